@@ -1,0 +1,51 @@
+"""The contracts every stage agrees on: preprocessing per family and the tensor names between steps.
+
+Torch-free on purpose: `training/` (export), `ensembles/` (Triton steps and the repository builder)
+and `client/` all import these constants, so a name changes in exactly one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+# Families, as written in ONNX metadata (`tdet.family`) and in `tdet info`.
+DAMO_YOLO = "damo-yolo"
+RTDETRV2 = "rtdetrv2"
+FAMILIES = (DAMO_YOLO, RTDETRV2)
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How an encoded image becomes the network input.
+
+    size_hw: network input (height, width).
+    scale: factor from 0..255 pixels to the network's input range (1.0 for DAMO-YOLO, 1/255 for RT-DETRv2).
+    resize: "cv2-linear" is `cv2.resize(INTER_LINEAR)` (DAMO-YOLO's official eval transform);
+        "pil-bilinear" is PIL's antialiased bilinear resize (RT-DETRv2's torchvision `Resize` on a PIL image).
+    Both families stretch to size_hw (no letterbox) and feed RGB.
+    """
+
+    size_hw: tuple[int, int]
+    scale: float
+    resize: Literal["cv2-linear", "pil-bilinear"]
+
+
+DAMO_YOLO_PRE = PreprocessSpec(size_hw=(640, 640), scale=1.0, resize="cv2-linear")
+RTDETRV2_PRE = PreprocessSpec(size_hw=(640, 640), scale=1 / 255, resize="pil-bilinear")
+PREPROCESS = {DAMO_YOLO: DAMO_YOLO_PRE, RTDETRV2: RTDETRV2_PRE}
+
+# ONNX graph names written by `tdet export` (float input, as the official models take it).
+EXPORT_INPUT = "images"
+EXPORT_OUTPUTS = {
+    DAMO_YOLO: ("scores", "boxes"),  # [B,N,C] sigmoid; [B,N,4] xyxy in input pixels
+    RTDETRV2: ("logits", "boxes"),  # [B,Q,C] raw logits; [B,Q,4] normalized cxcywh
+}
+
+# ONNX metadata_props keys written by `tdet export` and read by the repository builder.
+META_FAMILY = "tdet.family"
+META_VARIANT = "tdet.variant"
+META_INPUT_HW = "tdet.input_hw"  # "640,640"
+META_CLASS_NAMES = "tdet.class_names"  # JSON list, index = model label
+META_CATEGORY_IDS = "tdet.category_ids"  # JSON list, index = model label -> dataset category id
+META_WEIGHTS = "tdet.weights"  # checkpoint path/URL, or "random-init(seed=N)"

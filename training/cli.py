@@ -1,0 +1,66 @@
+"""`tdet info` and `tdet export` (torch is imported only when a command runs)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="list variants with params and GFLOPs (deploy form, 640x640)",
+                       description="List every registered variant: family, input size, params (M) and "
+                                   "GFLOPs (2 x MACs, torch flop counter) at 1x3x640x640 in deploy form, "
+                                   "the published COCO AP and the official weights URL.")
+    p.add_argument("variants", nargs="*", help="only these variants (default: all)")
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("export", help="export a variant to ONNX (dynamic batch, named outputs)",
+                       description="Export VARIANT in deploy form to ONNX (opset >= 17, dynamic batch). "
+                                   "DAMO-YOLO: images float32 [B,3,640,640] RGB 0..255 -> scores [B,N,80], "
+                                   "boxes [B,N,4] xyxy input px. RT-DETRv2: images RGB 0..1 -> logits "
+                                   "[B,300,80], boxes [B,300,4] normalized cxcywh. No NMS in the graph.")
+    p.add_argument("variant", help="e.g. damo-yolo-t, rtdetrv2-s (see `tdet info`)")
+    p.add_argument("--weights", help="checkpoint path, or 'official' to download the release file; "
+                                     "omitted: a seeded random init (NOT a trained model)")
+    p.add_argument("--out", required=True, help="output .onnx file")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17, default 17)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random init when --weights is omitted")
+    p.add_argument("--check", action="store_true", help="run ONNX Runtime on the result and print the max "
+                                                        "difference from PyTorch at batch 2")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .info import all_info
+    from .registry import variant_names
+
+    unknown = [v for v in args.variants if v not in variant_names()]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown}; known: {', '.join(variant_names())}")
+    rows = all_info(args.variants or None)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in rows], indent=2))
+        return 0
+    print(f"{'name':<20} {'family':<10} {'input':>9} {'params(M)':>10} {'GFLOPs':>8} {'COCO AP':>8}")
+    for r in rows:
+        ap = f"{r.published_map:.1f}" if r.published_map is not None else "-"
+        print(f"{r.name:<20} {r.family:<10} {r.input_size[0]:>4}x{r.input_size[1]:<4} {r.params_m:>10.2f} "
+              f"{r.gflops:>8.1f} {ap:>8}")
+    print("params and GFLOPs: deploy form (RepConv/RepVGG fused), 1x3x640x640, FLOPs = 2 x MACs")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_onnx
+
+    if args.weights is None:
+        print(f"WARNING: no --weights given: exporting {args.variant} with a seeded RANDOM init "
+              f"(seed={args.seed}). Detections will be meaningless; use --weights PATH or --weights official.")
+    res = export_onnx(args.variant, args.out, weights=args.weights, opset=args.opset, seed=args.seed,
+                      check=args.check)
+    print(f"exported {res.variant} ({res.family}) -> {res.path}  [weights: {res.weights}]")
+    if res.max_abs_diff is not None:
+        print("ONNX Runtime vs PyTorch, batch 2, max abs diff: "
+              + ", ".join(f"{k} {v:.2e}" for k, v in res.max_abs_diff.items()))
+    return 0

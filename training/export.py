@@ -1,0 +1,109 @@
+"""`tdet export`: deploy-form model -> ONNX with a dynamic batch axis, named outputs and metadata.
+
+The graph holds the network and the box decode only: no NMS / top-k (those are the Triton
+postprocess), no preprocessing (the repository builder prepends the uint8 cast/scale).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from tdet.client import specs
+from tdet.client.labels import COCO_CATEGORY_IDS, COCO_CLASSES
+
+from .registry import build_model, family_of
+
+MIN_OPSET = 17  # opset 17 keeps LayerNorm one op (fp16 TensorRT engines break on the decomposed form)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    variant: str
+    family: str
+    weights: str  # what the graph's weights are: a path, or "random-init(seed=N)"
+    max_abs_diff: dict[str, float] | None = None  # ORT vs PyTorch, when checked
+
+
+def export_onnx(variant: str, out: str | Path, *, weights: str | Path | None = None, opset: int = MIN_OPSET,
+                seed: int = 0, check: bool = False, overwrite: bool = True) -> ExportResult:
+    """Export `variant` to `out` (.onnx). Input `images` float32 [B,3,H,W]; outputs per family
+    (tdet.client.specs.EXPORT_OUTPUTS). Written to a temp file and renamed, so a failed export never
+    leaves a file that looks complete."""
+    import onnx
+    import torch
+
+    out = Path(out)
+    fam = family_of(variant)  # ValueError for unknown names
+    if out.suffix != ".onnx":
+        raise ValueError(f"--out must end in .onnx, got {out}")
+    if opset < MIN_OPSET:
+        raise ValueError(f"--opset must be >= {MIN_OPSET} (got {opset}): lower opsets split LayerNorm")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists")
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    model = build_model(variant, weights=weights, deploy=True, seed=seed).eval()
+    wrapper = fam.export_module(model).eval()
+    h, w = specs.PREPROCESS[fam.FAMILY].size_hw
+    output_names = list(specs.EXPORT_OUTPUTS[fam.FAMILY])
+    dummy = torch.rand(1, 3, h, w) * (255.0 * specs.PREPROCESS[fam.FAMILY].scale)
+    weights_desc = str(weights) if weights is not None else f"random-init(seed={seed})"
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".onnx.part", dir=out.parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # legacy-exporter deprecation and tracer notices
+            # The legacy (TorchScript) exporter: with dynamic_axes it keeps the batch symbolic, where
+            # torch>=2.9's default dynamo exporter specializes RT-DETR to batch 1.
+            torch.onnx.export(
+                wrapper, (dummy,), tmp, dynamo=False, opset_version=opset, do_constant_folding=True,
+                input_names=[specs.EXPORT_INPUT], output_names=output_names,
+                dynamic_axes={n: {0: "batch"} for n in [specs.EXPORT_INPUT, *output_names]},
+            )
+        graph = onnx.load(tmp)
+        meta = {
+            specs.META_FAMILY: fam.FAMILY,
+            specs.META_VARIANT: variant,
+            specs.META_INPUT_HW: f"{h},{w}",
+            specs.META_CLASS_NAMES: json.dumps(list(COCO_CLASSES)),
+            specs.META_CATEGORY_IDS: json.dumps(list(COCO_CATEGORY_IDS)),
+            specs.META_WEIGHTS: weights_desc,
+            "tdet.params": str(fam.num_params(model)),
+        }
+        del graph.metadata_props[:]
+        for k, v in meta.items():
+            graph.metadata_props.add(key=k, value=v)
+        graph.producer_name = "tdet"
+        onnx.checker.check_model(graph)
+        onnx.save(graph, tmp)
+        diffs = _check_against_torch(tmp, wrapper, dummy, output_names) if check else None
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return ExportResult(out, variant, fam.FAMILY, weights_desc, diffs)
+
+
+def _check_against_torch(path: str, wrapper, dummy, output_names: list[str]) -> dict[str, float]:
+    """Max |ORT - PyTorch| per output at batch 2 (different images per row)."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    x = torch.cat([dummy, dummy.flip(-1)], 0)
+    with torch.no_grad():
+        ref = [t.numpy() for t in wrapper(x)]
+    opts = ort.SessionOptions()
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    got = sess.run(output_names, {specs.EXPORT_INPUT: x.numpy()})
+    return {n: float(np.abs(a - b).max()) for n, a, b in zip(output_names, got, ref)}

@@ -1,0 +1,104 @@
+"""Official checkpoints: where they come from, how they are fetched, how they are read.
+
+The download code is real: it streams the release file to a cache with a temp-file + rename (so an
+interrupted download never looks complete) and fails with a clear message when offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """One official release checkpoint.
+
+    url: the release URL. filename: the cached file name. map_coco: the published COCO val2017 AP.
+    legacy: an older format that needs conversion on load (family-specific meaning).
+    sha256: expected digest, when known (checked after download).
+    """
+
+    url: str
+    filename: str
+    map_coco: float
+    legacy: bool = False
+    sha256: str | None = None
+
+
+def cache_dir() -> Path:
+    """Where downloaded checkpoints live: $TDET_CACHE, else ~/.cache/tdet/weights."""
+    return Path(os.environ.get("TDET_CACHE", Path.home() / ".cache" / "tdet")) / "weights"
+
+
+def download(info: WeightsInfo, *, dest_dir: Path | None = None, timeout_s: float = 60.0) -> Path:
+    """Fetch `info.url` into the cache (once) and return the local path.
+
+    Raises ConnectionError naming the URL and the manual alternative when the network is unreachable.
+    """
+    dest = (dest_dir or cache_dir()) / info.filename
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{info.filename}.", suffix=".part", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(info.url, timeout=timeout_s) as resp:
+            shutil.copyfileobj(resp, out, length=1 << 20)
+        if info.sha256 is not None:
+            digest = sha256sum(Path(tmp))
+            if digest != info.sha256:
+                raise ValueError(f"checksum mismatch for {info.url}: got {digest}, expected {info.sha256}")
+        os.replace(tmp, dest)
+    except (urllib.error.URLError, TimeoutError, OSError) as err:
+        raise ConnectionError(
+            f"could not download {info.url} ({err}). Download it elsewhere and pass the file with "
+            f"--weights PATH, or put it at {dest}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dest
+
+
+def sha256sum(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """torch.load with weights_only=True (no arbitrary code from a checkpoint). Clear error if missing/corrupt."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle errors, zip errors, weights_only refusals
+        raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a state dict")
+    return ckpt
+
+
+def resolve(weights: str | Path | None, family_weights: dict[str, WeightsInfo], variant: str) -> Path | None:
+    """--weights value -> local file. "official" downloads the variant's release file; None stays None."""
+    if weights is None:
+        return None
+    if str(weights) == "official":
+        if variant not in family_weights:
+            raise ValueError(f"no official checkpoint is registered for {variant}")
+        return download(family_weights[variant])
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    return path
