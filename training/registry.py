@@ -38,9 +38,13 @@ def variant_names() -> list[str]:
 
 def family_of(variant: str) -> ModuleType:
     """The family package that defines `variant`. ValueError lists the known names otherwise."""
-    for fam in families():
-        if variant in fam.VARIANTS:
-            return fam
+    # variant names start with the family name, so only that family's package is imported
+    for family in sorted(FAMILY_MODULES, key=len, reverse=True):
+        if variant.startswith(family):
+            fam = family_module(family)
+            if variant in fam.VARIANTS:
+                return fam
+            break
     raise ValueError(f"unknown variant {variant!r}; known: {', '.join(variant_names())}")
 
 

@@ -1,0 +1,46 @@
+"""Loading official DAMO-YOLO checkpoints into the train-form model, strictly.
+
+Release files hold the EMA weights under ckpt['model'] (tools/converter.py also accepts a bare state
+dict); DDP-saved files prefix keys with 'module.'; pre-v0.3.0 "legacy" heads have num_classes+1
+classifier channels whose last one is unused (sliced off, as the official head does at inference).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tdet.training.weights import read_checkpoint
+
+
+def extract_state_dict(ckpt: dict) -> dict[str, torch.Tensor]:
+    sd = ckpt["model"] if isinstance(ckpt.get("model"), dict) else ckpt
+    if not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError("checkpoint has no state dict under 'model' and is not a bare state dict")
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def slice_legacy_head(sd: dict[str, torch.Tensor], num_classes: int) -> dict[str, torch.Tensor]:
+    """81-channel legacy classifiers -> the first num_classes channels."""
+    out = dict(sd)
+    for k, v in sd.items():
+        if k.startswith("head.gfl_cls.") and v.shape[0] == num_classes + 1:
+            out[k] = v[:num_classes]
+    return out
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, *, num_classes: int) -> None:
+    """Load `path` into a train-form model with strict=True; mismatches raise ValueError naming keys."""
+    sd = slice_legacy_head(extract_state_dict(read_checkpoint(path)), num_classes)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    wrong = [f"{k}: {tuple(sd[k].shape)} vs {tuple(expected[k].shape)}" for k in expected
+             if k in sd and sd[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        raise ValueError(f"{path} does not match this DAMO-YOLO variant: {len(missing)} missing "
+                         f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), "
+                         f"{len(wrong)} with other shapes (e.g. {wrong[:3]}). Wrong variant?")
+    model.load_state_dict(sd, strict=True)
