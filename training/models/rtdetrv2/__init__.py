@@ -1,0 +1,63 @@
+"""RT-DETRv2 (S / M* / M / L / X and discrete-sampling -dsp variants): PResNet-vd backbone,
+HybridEncoder (AIFI + CCFM), RTDETRTransformerv2 decoder.
+
+The family interface used by tdet.training.registry: FAMILY, VARIANTS, WEIGHTS, build_model,
+export_module, num_params.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from tdet.training.weights import WeightsInfo
+
+from .checkpoint import load_checkpoint
+from .detector import RTDETRv2, tame_init
+from .variants import VARIANTS, RTDETRv2Config
+
+FAMILY = "rtdetrv2"
+_URL = "https://github.com/lyuwenyu/storage/releases/download/"
+WEIGHTS: dict[str, WeightsInfo] = {
+    "rtdetrv2-s": WeightsInfo(_URL + "v0.2/rtdetrv2_r18vd_120e_coco_rerun_48.1.pth",
+                              "rtdetrv2_r18vd_120e_coco_rerun_48.1.pth", 48.1),
+    "rtdetrv2-m34": WeightsInfo(_URL + "v0.1/rtdetrv2_r34vd_120e_coco_ema.pth", "rtdetrv2_r34vd_120e_coco_ema.pth", 49.9),
+    "rtdetrv2-m": WeightsInfo(_URL + "v0.1/rtdetrv2_r50vd_m_7x_coco_ema.pth", "rtdetrv2_r50vd_m_7x_coco_ema.pth", 51.9),
+    "rtdetrv2-l": WeightsInfo(_URL + "v0.1/rtdetrv2_r50vd_6x_coco_ema.pth", "rtdetrv2_r50vd_6x_coco_ema.pth", 53.4),
+    "rtdetrv2-x": WeightsInfo(_URL + "v0.1/rtdetrv2_r101vd_6x_coco_from_paddle.pth",
+                              "rtdetrv2_r101vd_6x_coco_from_paddle.pth", 54.3),
+    "rtdetrv2-s-dsp": WeightsInfo(_URL + "v0.1/rtdetrv2_r18vd_dsp_3x_coco.pth", "rtdetrv2_r18vd_dsp_3x_coco.pth", 47.4),
+    "rtdetrv2-m34-dsp": WeightsInfo(_URL + "v0.1/rtdetrv2_r34vd_dsp_1x_coco.pth", "rtdetrv2_r34vd_dsp_1x_coco.pth", 49.2),
+    "rtdetrv2-m-dsp": WeightsInfo(_URL + "v0.1/rtdetrv2_r50vd_m_dsp_3x_coco.pth", "rtdetrv2_r50vd_m_dsp_3x_coco.pth", 51.4),
+    "rtdetrv2-l-dsp": WeightsInfo(_URL + "v0.1/rtdetrv2_r50vd_dsp_1x_coco.pth", "rtdetrv2_r50vd_dsp_1x_coco.pth", 52.9),
+}
+
+__all__ = ["FAMILY", "VARIANTS", "WEIGHTS", "RTDETRv2", "RTDETRv2Config", "build_model", "export_module",
+           "num_params"]
+
+
+def build_model(name: str, *, weights: str | Path | None = None, deploy: bool = False, seed: int = 0) -> RTDETRv2:
+    """Train-form RT-DETRv2 `name` with an official (v2 or v1) checkpoint loaded strictly, or a seeded
+    tame random init; deploy=True returns the fused eval-mode model."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown RT-DETRv2 variant {name!r}; known: {sorted(VARIANTS)}")
+    model = RTDETRv2(VARIANTS[name])
+    if weights is None:
+        tame_init(model, seed)
+    else:
+        load_checkpoint(model, weights)
+    if deploy:
+        model.eval().fuse()
+    return model
+
+
+def export_module(model: RTDETRv2) -> nn.Module:
+    """The model itself: forward(images RGB 0..1) -> (logits, boxes); no postprocess in the graph."""
+    return model
+
+
+def num_params(model: RTDETRv2) -> int:
+    """Train-form parameter count, as published (counts all decoder layers, also those after eval_idx,
+    and the training-only denoising embedding; FrozenBatchNorm statistics are buffers, not parameters)."""
+    return model.train_form_params

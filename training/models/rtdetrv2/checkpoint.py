@@ -1,0 +1,67 @@
+"""Loading official RT-DETR(v2) checkpoints strictly.
+
+v2 releases hold the EMA weights at ckpt['ema']['module'] (training files also carry 'model');
+paddle-converted files hold only {'ema': {'module': sd}}. RT-DETR v1 checkpoints use older names
+(`upgrade_v1_keys`). `anchors` / `valid_mask` depend only on the input size, so they are always
+regenerated for this model's size instead of read from the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tdet.training.weights import read_checkpoint
+
+REGENERATED = ("decoder.anchors", "decoder.valid_mask")
+
+
+def extract_state_dict(ckpt: dict) -> dict[str, torch.Tensor]:
+    if isinstance(ckpt.get("ema"), dict) and isinstance(ckpt["ema"].get("module"), dict):
+        sd = ckpt["ema"]["module"]
+    elif isinstance(ckpt.get("model"), dict):
+        sd = ckpt["model"]
+    else:
+        sd = ckpt
+    if not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError("checkpoint has no state dict under ['ema']['module'] or ['model'], and is not a bare one")
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def upgrade_v1_keys(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """RT-DETR v1 -> v2 names: encoder.input_proj.{i}.0/1 -> .conv/.norm, decoder.enc_output.0/1 ->
+    .proj/.norm; v1 lacks cross_attn.num_points_scale (a constant of the config: taken from the model).
+    v1's offset formula equals v2's for 4 points per level, so the weights run unchanged."""
+    if not any(k.startswith("decoder.enc_output.0.") for k in sd):
+        return sd
+    out = {}
+    for k, v in sd.items():
+        for old, new in ((".0.", ".conv."), (".1.", ".norm.")):
+            if k.startswith("encoder.input_proj.") and k.split(".", 3)[3].startswith(old[1:]):
+                k = ".".join(k.split(".")[:3]) + new + k.split(".", 4)[4]
+                break
+        k = k.replace("decoder.enc_output.0.", "decoder.enc_output.proj.")
+        k = k.replace("decoder.enc_output.1.", "decoder.enc_output.norm.")
+        out[k] = v
+    for k, v in model.state_dict().items():
+        if k.endswith("cross_attn.num_points_scale") and k not in out:
+            out[k] = v.clone()
+    return out
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+    sd = upgrade_v1_keys(extract_state_dict(read_checkpoint(path)), model)
+    expected = model.state_dict()
+    for k in REGENERATED:
+        sd[k] = expected[k]
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    wrong = [f"{k}: {tuple(sd[k].shape)} vs {tuple(expected[k].shape)}" for k in expected
+             if k in sd and sd[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        raise ValueError(f"{path} does not match this RT-DETRv2 variant: {len(missing)} missing "
+                         f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), "
+                         f"{len(wrong)} with other shapes (e.g. {wrong[:3]}). Wrong variant?")
+    model.load_state_dict(sd, strict=True)
