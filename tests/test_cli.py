@@ -31,3 +31,25 @@ def test_unknown_variant_is_a_clean_error(tmp_path):
     assert out.returncode == 2
     assert "unknown variant 'yolo-nope'" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_info_json_lists_variants_with_sizes():
+    import json
+
+    out = subprocess.run([sys.executable, "-m", "tdet.client.cli", "info", "--json", "damo-yolo-t", "rtdetrv2-s"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = {r["name"]: r for r in json.loads(out.stdout)}
+    assert rows["damo-yolo-t"]["family"] == "damo-yolo" and rows["rtdetrv2-s"]["family"] == "rtdetrv2"
+    assert rows["damo-yolo-t"]["input_size"] == [640, 640]
+    assert abs(rows["damo-yolo-t"]["params_m"] - 8.48) < 0.01 and abs(rows["rtdetrv2-s"]["gflops"] - 60.1) < 0.6
+    assert rows["rtdetrv2-s"]["weights_url"].startswith("https://github.com/lyuwenyu/storage/releases/")
+
+
+def test_info_lists_every_registered_variant():
+    from tdet.training.registry import variant_names
+
+    names = variant_names()
+    for want in ("damo-yolo-t", "damo-yolo-s", "damo-yolo-m", "damo-yolo-l", "rtdetrv2-s", "rtdetrv2-m34",
+                 "rtdetrv2-m", "rtdetrv2-l", "rtdetrv2-x", "rtdetrv2-s-dsp", "rtdetrv2-l-dsp"):
+        assert want in names

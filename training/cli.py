@@ -42,12 +42,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))
         return 0
-    print(f"{'name':<20} {'family':<10} {'input':>9} {'params(M)':>10} {'GFLOPs':>8} {'COCO AP':>8}")
+    print(f"{'name':<18} {'family':<10} {'input':>9} {'params(M)':>10} {'GFLOPs':>8} {'unfused':>8} {'COCO AP':>8}")
     for r in rows:
         ap = f"{r.published_map:.1f}" if r.published_map is not None else "-"
-        print(f"{r.name:<20} {r.family:<10} {r.input_size[0]:>4}x{r.input_size[1]:<4} {r.params_m:>10.2f} "
-              f"{r.gflops:>8.1f} {ap:>8}")
-    print("params and GFLOPs: deploy form (RepConv/RepVGG fused), 1x3x640x640, FLOPs = 2 x MACs")
+        print(f"{r.name:<18} {r.family:<10} {r.input_size[0]:>4}x{r.input_size[1]:<4} {r.params_m:>10.2f} "
+              f"{r.gflops:>8.1f} {r.gflops_unfused:>8.1f} {ap:>8}")
+    print("GFLOPs: 1x3x640x640, 2 x MACs (torch flop counter), deploy form (RepConv/RepVGG fused); 'unfused' is "
+          "the train form.\nparams: DAMO-YOLO deploy form; RT-DETRv2 train form, as each family's tables count them.")
     return 0
 
 

@@ -18,7 +18,8 @@ class VariantInfo:
     family: str
     input_size: tuple[int, int]  # (height, width)
     params_m: float
-    gflops: float
+    gflops: float  # deploy form (RepConv/RepVGG fused), what the engine runs
+    gflops_unfused: float  # train form; some published tables (RT-DETRv2 L/X) use this count
     published_map: float | None  # COCO val2017 AP of the official checkpoint
     weights_url: str | None
 
@@ -43,12 +44,15 @@ def variant_info(name: str) -> VariantInfo:
 
     fam = family_of(name)
     hw = specs.PREPROCESS[fam.FAMILY].size_hw
-    model = build_model(name, deploy=True).eval()
+    model = build_model(name).eval()
+    unfused = count_gflops(model, hw)
+    model.fuse()
     w = fam.WEIGHTS.get(name)
     return VariantInfo(
         name=name, family=fam.FAMILY, input_size=hw,
         params_m=round(fam.num_params(model) / 1e6, 2),
         gflops=round(count_gflops(model, hw), 2),
+        gflops_unfused=round(unfused, 2),
         published_map=w.map_coco if w else None,
         weights_url=w.url if w else None,
     )
