@@ -1,0 +1,83 @@
+"""Batch-level numpy steps of the served pipeline, importable without Triton: the preprocess and
+postprocess python models call these, and so do the in-process reference pipeline and the benchmark.
+
+`preprocess_image` is the fused fast path of tdet.client.preprocess.preprocess (tests check they give
+identical bytes): decode straight to BGR and let one OpenCV call resize + swap to RGB + transpose to
+CHW, instead of a full-resolution cvtColor plus a separate resize and transpose copy.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from .postprocess import postprocess_one, to_wire
+from .preprocess import MAX_PIXELS, image_size
+from .specs import PreprocessSpec
+
+U8 = npt.NDArray[np.uint8]
+
+
+def preprocess_image(data: bytes | U8, spec: PreprocessSpec, *, max_pixels: int = MAX_PIXELS
+                     ) -> tuple[U8, tuple[int, int]]:
+    """Encoded image -> (uint8 [3, H, W] RGB network input, original (height, width)).
+
+    Raises ValueError naming the problem: empty bytes, non-image bytes, over `max_pixels` (checked from
+    the header before decoding: decompression bombs), corrupt/truncated data. Grayscale and RGBA
+    inputs become RGB (alpha dropped).
+    """
+    buf = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
+    if not buf:
+        raise ValueError("empty image: 0 bytes")
+    width, height = image_size(buf)
+    if width * height > max_pixels:
+        raise ValueError(f"image too large: {width}x{height} = {width * height} pixels > limit {max_pixels}")
+    bgr = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None or bgr.shape[0] != height or bgr.shape[1] != width:
+        raise ValueError(f"corrupt or truncated image ({len(buf)} bytes, header says {width}x{height})")
+    h, w = spec.size_hw
+    if spec.resize == "cv2-linear":
+        # resize (INTER_LINEAR) + BGR->RGB + HWC->CHW in one call, staying uint8
+        chw = cv2.dnn.blobFromImage(bgr, 1.0, (w, h), swapRB=True, crop=False, ddepth=cv2.CV_8U)[0]
+    elif spec.resize == "pil-bilinear":
+        # PIL's antialiased bilinear is per channel, so resizing BGR then swapping equals RGB-then-resize
+        small = np.asarray(Image.fromarray(bgr).resize((w, h), Image.BILINEAR))
+        chw = np.ascontiguousarray(small.transpose(2, 0, 1)[::-1])
+    else:
+        raise ValueError(f"unknown resize {spec.resize!r}")
+    return chw, (height, width)
+
+
+def preprocess_rows(rows: Sequence[bytes | U8], spec: PreprocessSpec, *, max_pixels: int = MAX_PIXELS
+                    ) -> tuple[U8, npt.NDArray[np.int32]]:
+    """The rows of one request -> (uint8 [B, 3, H, W], original sizes int32 [B, 2] as (height, width)).
+
+    A bad row fails the whole request (its rows are one unit) with the row index in the message.
+    """
+    if len(rows) == 0:
+        raise ValueError("request has no images")
+    h, w = spec.size_hw
+    images = np.empty((len(rows), 3, h, w), np.uint8)
+    sizes = np.empty((len(rows), 2), np.int32)
+    for i, row in enumerate(rows):
+        try:
+            images[i], sizes[i] = preprocess_image(row, spec, max_pixels=max_pixels)
+        except ValueError as err:
+            raise ValueError(f"IMAGE row {i}: {err}" if len(rows) > 1 else f"IMAGE: {err}") from None
+    return images, sizes
+
+
+def postprocess_rows(family: str, outputs: Sequence[npt.NDArray[np.float32]], sizes: npt.NDArray[np.integer],
+                     category_ids: npt.NDArray[np.int32], *, score_thr: float, iou: float, max_det: int
+                     ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32], npt.NDArray[np.float32],
+                                npt.NDArray[np.int32]]:
+    """Engine outputs of one request ([B, ...] each, specs.EXPORT_OUTPUTS order) + sizes [B, 2] ->
+    wire tensors NUM_DETECTIONS [B, 1], BOXES [B, K, 4], SCORES [B, K], CLASSES [B, K] (K = max_det)."""
+    rows = [to_wire(*postprocess_one(family, [o[b] for o in outputs], (int(sizes[b][0]), int(sizes[b][1])),
+                                     score_thr=score_thr, iou=iou, max_det=max_det), category_ids, max_det)
+            for b in range(len(sizes))]
+    return tuple(np.stack(parts) for parts in zip(*rows))  # type: ignore[return-value]

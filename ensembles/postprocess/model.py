@@ -1,0 +1,37 @@
+"""Triton python model `<m>_postprocess`: engine outputs + orig_hw -> NUM_DETECTIONS, BOXES (xyxy original
+px), SCORES, CLASSES (category ids), padded to max_detections. Thin: the work is
+tdet.client.pipeline.postprocess_rows (numpy). Thresholds are config parameters."""
+
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from tdet.client.pipeline import postprocess_rows
+from tdet.client.specs import EXPORT_OUTPUTS
+
+WIRE = ("NUM_DETECTIONS", "BOXES", "SCORES", "CLASSES")
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = {k: v["string_value"] for k, v in json.loads(args["model_config"]).get("parameters", {}).items()}
+        self.family = params["family"]
+        self.inputs = EXPORT_OUTPUTS[self.family]
+        self.score_thr = float(params["score_threshold"])
+        self.iou = float(params["iou_threshold"])
+        self.max_det = int(params["max_detections"])
+        self.category_ids = np.asarray(json.loads(params["category_ids"]), np.int32)
+
+    def execute(self, requests):
+        return [self._respond(r) for r in requests]
+
+    def _respond(self, request):
+        outputs = [pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in self.inputs]
+        sizes = pb_utils.get_input_tensor_by_name(request, "orig_hw").as_numpy()
+        try:
+            wire = postprocess_rows(self.family, outputs, sizes, self.category_ids, score_thr=self.score_thr,
+                                    iou=self.iou, max_det=self.max_det)
+        except ValueError as err:
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(err)))
+        return pb_utils.InferenceResponse([pb_utils.Tensor(n, t) for n, t in zip(WIRE, wire)])

@@ -1,0 +1,223 @@
+"""`tdet serve` / `tdet stop`: the local CPU tritonserver from the nvidia-pytriton wheel.
+
+The wheel ships the binary and the python backend; this module assembles a backend directory
+(python backend + its Python 3.x stub + our python-based `onnxruntime` backend), and starts the
+server with this venv first on PATH, which is how the stub finds numpy<2, OpenCV and tdet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    pid: int
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    repository: str
+    log: str
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("TDET_CACHE", Path.home() / ".cache" / "tdet")) / "triton"
+
+
+def _pytriton_root() -> Path:
+    try:
+        import pytriton
+    except ImportError:
+        raise FileNotFoundError("the local tritonserver comes from nvidia-pytriton: pip install 'tdet[server]'") from None
+    return Path(pytriton.__file__).parent / "tritonserver"
+
+
+def _install(src: Path, dst: Path) -> None:
+    """Copy src to dst unless identical. Temp file + rename: a running server may be executing the old
+    stub (overwriting it in place fails with 'Text file busy'), and a half-copied file is never seen."""
+    if dst.is_file() and dst.read_bytes() == src.read_bytes():
+        return
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+
+
+def backend_dir() -> Path:
+    """<cache>/backends with python/ (from the wheel + stub for this Python) and onnxruntime/ (ours)."""
+    root = _pytriton_root()
+    ver = f"{sys.version_info.major}.{sys.version_info.minor}"
+    dest = state_dir() / f"backends-py{ver}"
+    py = dest / "python"
+    py.mkdir(parents=True, exist_ok=True)
+    for f in (root / "backends/python").iterdir():
+        if f.is_file():
+            _install(f, py / f.name)
+    stub = root / "python_backend_stubs" / ver / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise FileNotFoundError(f"no python backend stub for Python {ver} in {root}")
+    _install(stub, py / "triton_python_backend_stub")
+    ort = dest / "onnxruntime"
+    ort.mkdir(exist_ok=True)
+    _install(Path(str(resources.files("tdet.ensembles") / "backends/onnxruntime/model.py")), ort / "model.py")
+    return dest
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_repository(repository: Path) -> list[str]:
+    if not repository.is_dir():
+        raise FileNotFoundError(f"model repository not found: {repository}")
+    models = sorted(p.name for p in repository.iterdir() if (p / "config.pbtxt").is_file())
+    if not models:
+        raise ValueError(f"{repository} holds no models (no */config.pbtxt): build it with `tdet repo build`")
+    return models
+
+
+def server_env() -> dict[str, str]:
+    root = _pytriton_root()
+    libs = root.parent.parent / "nvidia_pytriton.libs"
+    env = dict(os.environ)
+    # the stub's embedded Python finds packages through `python3` on PATH: put this venv first
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(libs), libdir, env.get("LD_LIBRARY_PATH", "")) if p)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads starve the other steps
+    return env
+
+
+def start(repository: Path, *, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
+          log: Path | None = None, timeout_s: float = 180.0, verbose: bool = False) -> tuple[subprocess.Popen, ServerInfo]:
+    """Start tritonserver on 127.0.0.1 and wait until it is READY. Raises with the log tail on failure."""
+    repository = repository.resolve()
+    check_repository(repository)
+    # 0 means any free port (tests, several servers side by side)
+    http_port, grpc_port, metrics_port = (p or free_port() for p in (http_port, grpc_port, metrics_port))
+    for port, what in ((http_port, "--http-port"), (grpc_port, "--grpc-port"), (metrics_port, "--metrics-port")):
+        if not _port_free(port):
+            raise ValueError(f"port {port} ({what}) is already in use: stop what holds it or pick another port")
+    log = log or state_dir() / f"server-{http_port}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [str(_pytriton_root() / "bin/tritonserver"), f"--model-repository={repository}",
+           f"--backend-directory={backend_dir()}", f"--http-port={http_port}", f"--grpc-port={grpc_port}",
+           f"--metrics-port={metrics_port}", "--http-address=127.0.0.1", "--grpc-address=127.0.0.1",
+           "--metrics-address=127.0.0.1", "--strict-readiness=true", "--exit-on-error=true",
+           "--backend-config=python,shm-default-byte-size=16777216",
+           "--backend-config=python,shm-growth-byte-size=16777216", f"--log-verbose={1 if verbose else 0}"]
+    with open(log, "wb") as logf:
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True)
+    info = ServerInfo(proc.pid, http_port, grpc_port, metrics_port, str(repository), str(log))
+    try:
+        wait_ready(info, proc, timeout_s)
+    except BaseException:
+        stop_process(proc.pid)
+        raise
+    return proc, info
+
+
+def wait_ready(info: ServerInfo, proc: subprocess.Popen | None, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    url = f"http://{info.http_url}/v2/health/ready"
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ValueError(f"tritonserver exited with status {proc.returncode} while loading:\n{_tail(info.log)}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"tritonserver not ready after {timeout_s:.0f}s; log:\n{_tail(info.log)}")
+
+
+def _tail(log: str, lines: int = 25) -> str:
+    try:
+        text = Path(log).read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    errors = [l for l in text if " E" in l[:3] or "error" in l.lower()]
+    return "\n".join((errors or text)[-lines:])
+
+
+def is_tritonserver(pid: int) -> bool:
+    """Whether `pid` is a live tritonserver (a pidfile can outlive its process and the pid be reused)."""
+    try:
+        return b"tritonserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def stop_process(pid: int, timeout_s: float = 30.0) -> None:
+    """SIGTERM the server's process group (stubs included), SIGKILL if it does not go."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        try:  # reap it if it is our child
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.2)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def pidfile() -> Path:
+    return state_dir() / "server.json"
+
+
+def write_pidfile(info: ServerInfo) -> None:
+    pidfile().write_text(json.dumps(asdict(info)))
+
+
+def read_pidfile() -> ServerInfo | None:
+    try:
+        return ServerInfo(**json.loads(pidfile().read_text()))
+    except (OSError, ValueError, TypeError):
+        return None

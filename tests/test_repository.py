@@ -1,0 +1,161 @@
+"""The repository builder (no server): configs parse and agree with each other and with the ONNX names,
+the uint8 engine graph equals the exported float graph, and the numpy steps equal their references."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from tdet.client import preprocess as pp
+from tdet.client.boxes import box_iou, cxcywh_to_xyxy, nms, xyxy_to_cxcywh
+from tdet.client.pipeline import preprocess_image
+from tdet.client.postprocess import postprocess_damo_yolo, postprocess_rtdetrv2
+from tdet.client.specs import EXPORT_INPUT, EXPORT_OUTPUTS, PREPROCESS
+from tdet.ensembles.builder import build_repository, trtexec_command, uint8_engine_graph
+from tdet.ensembles.configs import BuildOptions
+
+
+def _config(path) -> model_config_pb2.ModelConfig:
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def _session(model) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def test_every_config_parses_and_the_ensemble_maps_agree(repository, exported):
+    for variant, onnx_path in exported.items():
+        m = variant.replace("-", "_")
+        family = onnx.load(str(onnx_path), load_external_data=False).metadata_props
+        family = {p.key: p.value for p in family}["tdet.family"]
+        cfg = {name: _config(repository / name / "config.pbtxt")
+               for name in (m, f"{m}_preprocess", f"{m}_engine", f"{m}_postprocess")}
+        ens = cfg[m]
+        assert ens.platform == "ensemble" and ens.max_batch_size == 16
+        assert [i.name for i in ens.input] == ["IMAGE"] and ens.input[0].data_type == model_config_pb2.TYPE_STRING
+        assert [o.name for o in ens.output] == ["NUM_DETECTIONS", "BOXES", "SCORES", "CLASSES"]
+        assert list(ens.output[1].dims) == [100, 4]
+        for step in ens.ensemble_scheduling.step:
+            step_cfg = cfg[step.model_name]
+            assert set(step.input_map) == {i.name for i in step_cfg.input}, step.model_name
+            assert set(step.output_map) == {o.name for o in step_cfg.output}, step.model_name
+            assert step_cfg.max_batch_size == 16 and step_cfg.HasField("dynamic_batching"), step.model_name
+        engine = cfg[f"{m}_engine"]
+        assert engine.backend == "onnxruntime" and engine.input[0].data_type == model_config_pb2.TYPE_UINT8
+        assert [o.name for o in engine.output] == list(EXPORT_OUTPUTS[family])
+        assert engine.model_warmup and cfg[f"{m}_preprocess"].model_warmup
+        graph = onnx.load(str(repository / f"{m}_engine" / "1" / "model.onnx"))
+        assert [i.name for i in graph.graph.input] == [EXPORT_INPUT]
+        assert {o.name for o in graph.graph.output} == set(EXPORT_OUTPUTS[family])
+        assert ens.parameters["family"].string_value == family
+        assert (repository / f"{m}_preprocess" / "1" / "model.py").is_file()
+
+
+@pytest.mark.parametrize("variant", ["damo-yolo-t", "rtdetrv2-s"])
+def test_uint8_engine_graph_equals_the_exported_float_graph(exported, variant):
+    model = onnx.load(str(exported[variant]))
+    family = {p.key: p.value for p in model.metadata_props}["tdet.family"]
+    spec = PREPROCESS[family]
+    x = np.random.default_rng(0).integers(0, 256, (2, 3, 640, 640), dtype=np.uint8)
+    want = _session(model).run(None, {EXPORT_INPUT: pp.to_float_input(x, spec)})
+    got = _session(uint8_engine_graph(model, spec.scale)).run(None, {EXPORT_INPUT: x})
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["damo-yolo-t", "rtdetrv2-s"])
+def test_numpy_postprocess_equals_the_pytorch_reference(exported, images, variant):
+    torch = pytest.importorskip("torch")
+    model = onnx.load(str(exported[variant]))
+    family = {p.key: p.value for p in model.metadata_props}["tdet.family"]
+    spec = PREPROCESS[family]
+    chw, orig_hw = pp.preprocess(images["wide.jpg"], spec)
+    a, b = (t[0] for t in _session(model).run(None, {EXPORT_INPUT: pp.to_float_input(chw[None], spec)}))
+    if family == "damo-yolo":
+        from tdet.training.models.damo_yolo.postprocess import postprocess
+        rb, rs, rl = postprocess(torch.from_numpy(a), torch.from_numpy(b))
+        rb = pp.boxes_to_original(rb.numpy(), orig_hw, spec)
+        nb, ns, nl = postprocess_damo_yolo(a, b, orig_hw)
+    else:
+        from tdet.training.models.rtdetrv2.postprocess import postprocess
+        rb, rs, rl = postprocess(torch.from_numpy(a), torch.from_numpy(b), orig_hw)
+        rb = rb.numpy()
+        nb, ns, nl = postprocess_rtdetrv2(a, b, orig_hw)
+    assert len(nl) == len(rl) > 0
+    np.testing.assert_allclose(np.sort(ns), np.sort(rs.numpy()), atol=1e-5)
+    order_n, order_r = np.lexsort((nb[:, 0], -ns)), np.lexsort((rb[:, 0], -rs.numpy()))
+    np.testing.assert_allclose(nb[order_n], rb[order_r], atol=1e-3)
+    np.testing.assert_array_equal(nl[order_n], rl.numpy()[order_r])
+
+
+def test_fused_preprocess_is_byte_identical_to_the_reference(images):
+    for data in images.values():
+        for spec in PREPROCESS.values():
+            fast, hw = preprocess_image(data, spec)
+            ref, ref_hw = pp.preprocess(data, spec)
+            assert hw == ref_hw and fast.dtype == np.uint8
+            np.testing.assert_array_equal(fast, ref)
+
+
+def test_box_ops():
+    xyxy = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]], np.float32)
+    np.testing.assert_allclose(cxcywh_to_xyxy(xyxy_to_cxcywh(xyxy)), xyxy)
+    iou = box_iou(xyxy, xyxy)
+    assert iou[0, 1] == pytest.approx(81 / 119) and iou[0, 2] == 0 and np.allclose(np.diag(iou), 1)
+    scores = np.array([0.9, 0.8, 0.7], np.float32)
+    assert nms(xyxy, scores, 0.5).tolist() == [0, 2]
+    assert nms(xyxy, scores, 0.5, labels=np.array([0, 1, 0])).tolist() == [0, 1, 2]  # class-aware
+    assert nms(xyxy, scores, 0.5, max_keep=1).tolist() == [0]
+
+
+def test_tensorrt_kind_writes_config_and_build_script(exported, tmp_path):
+    repo = tmp_path / "trt"
+    build_repository([exported["damo-yolo-t"]], repo, BuildOptions(engine="tensorrt", max_batch_size=8))
+    cfg = _config(repo / "damo_yolo_t_engine" / "config.pbtxt")
+    assert cfg.platform == "tensorrt_plan" and cfg.default_model_filename == "model.plan"
+    assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+    script = (repo / "damo_yolo_t_engine" / "build_engine.sh").read_text()
+    assert "--fp16" in script and "--minShapes=images:1x3x640x640" in script
+    assert "--maxShapes=images:8x3x640x640" in script and "model.plan" in script
+    assert (repo / "damo_yolo_t_engine" / "model.uint8.onnx").is_file() and (repo / "build_engines.sh").is_file()
+    assert not (repo / "damo_yolo_t_engine" / "1" / "model.plan").exists()  # built on the GPU host, never faked
+
+
+def test_tensorrt_engine_builds_where_trtexec_exists(exported, tmp_path):
+    if shutil.which("trtexec") is None:
+        pytest.skip("TensorRT engine build needs trtexec and a GPU (run it in the engine-builder container)")
+    repo = tmp_path / "trt"
+    build_repository([exported["damo-yolo-t"]], repo, BuildOptions(engine="tensorrt", max_batch_size=2))
+    subprocess.run(["sh", str(repo / "build_engines.sh")], check=True, timeout=1800)
+    assert (repo / "damo_yolo_t_engine" / "1" / "model.plan").stat().st_size > 0
+
+
+def test_trtexec_command_profile():
+    cmd = trtexec_command("m.onnx", "m.plan", (640, 640), 16)
+    assert cmd.split()[0] == "trtexec" and "--optShapes=images:8x3x640x640" in cmd
+
+
+def test_builder_rejects_a_foreign_onnx_and_leaves_nothing(tmp_path):
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Identity", ["x"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    path = tmp_path / "foreign.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    repo = tmp_path / "repo"
+    with pytest.raises(ValueError, match="tdet export"):
+        build_repository([path], repo)
+    assert list(repo.iterdir()) == [] and not list(tmp_path.glob(".stage-*"))
+    with pytest.raises(FileNotFoundError):
+        build_repository([tmp_path / "missing.onnx"], repo)

@@ -1,0 +1,194 @@
+"""The served ensembles against the in-process PyTorch pipeline, over gRPC and HTTP, on a real tritonserver."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import urllib.request
+from functools import lru_cache
+
+import cv2
+import numpy as np
+import pytest
+
+from tdet.client import preprocess as pp
+from tdet.client.labels import COCO_CATEGORY_IDS, COCO_CLASSES
+from tdet.client.specs import PREPROCESS
+from tdet.client.triton import connect
+
+pytestmark = pytest.mark.server
+
+VARIANTS = {"damo-yolo-t": "damo_yolo_t", "rtdetrv2-s": "rtdetrv2_s"}
+
+
+@lru_cache(maxsize=None)
+def _torch_model(variant: str):
+    from tdet.training.registry import build_model, family_of
+
+    fam = family_of(variant)
+    return fam, fam.export_module(build_model(variant, deploy=True, seed=0).eval()).eval()
+
+
+@lru_cache(maxsize=None)
+def reference(variant: str, data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The in-process pipeline: the shared preprocessing, the PyTorch model (deploy form, the same seed
+    as the export) and the family's PyTorch postprocess -> (boxes [K,4] original px, scores, category ids)."""
+    import torch
+
+    fam, model = _torch_model(variant)
+    spec = PREPROCESS[fam.FAMILY]
+    chw, orig_hw = pp.preprocess(data, spec)
+    x = torch.from_numpy(pp.to_float_input(chw[None], spec))
+    with torch.no_grad():
+        out = [t[0] for t in model(x)]
+    if fam.FAMILY == "damo-yolo":
+        from tdet.training.models.damo_yolo.postprocess import postprocess
+        boxes, scores, labels = postprocess(out[0], out[1])
+        boxes = pp.boxes_to_original(boxes.numpy(), orig_hw, spec)
+    else:
+        from tdet.training.models.rtdetrv2.postprocess import postprocess
+        boxes, scores, labels = postprocess(out[0], out[1], orig_hw)
+        boxes = boxes.numpy()
+    ids = np.asarray(COCO_CATEGORY_IDS)[labels.numpy()]
+    return boxes, scores.numpy(), ids
+
+
+def match_box_by_box(boxes, scores, ids, ref_boxes, ref_scores, ref_ids, score_tol: float = 1e-3) -> float:
+    """Pair every served detection with an unused in-process one of the same class and score (within
+    score_tol); returns the largest box coordinate difference (px) over the pairs. Pairing, not index
+    order: equal scores (common with random weights) may come out of top-K in either order."""
+    used = np.zeros(len(ref_ids), bool)
+    worst = 0.0
+    for b, s, c in zip(boxes, scores, ids):
+        cand = np.flatnonzero(~used & (ref_ids == c) & (np.abs(ref_scores - s) <= score_tol))
+        assert cand.size, f"served detection class {c} score {s:.4f} box {b} has no in-process twin"
+        diff = np.abs(ref_boxes[cand] - b).max(1)
+        j = cand[int(diff.argmin())]
+        used[j] = True
+        worst = max(worst, float(diff.min()))
+    return worst
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_served_detections_equal_in_process_pytorch(served, images, variant, protocol):
+    url = served.grpc_url if protocol == "grpc" else served.http_url
+    with connect(url, VARIANTS[variant], protocol) as client:
+        results = client.infer_many(list(images.values()), concurrency=2)
+    for (name, data), dets in zip(images.items(), results):
+        boxes, scores, ids = reference(variant, data)
+        assert len(ids) > 0, f"{variant} {name}: the reference found nothing; the test would prove nothing"
+        assert len(dets) == len(ids), f"{variant} {name}: {len(dets)} served vs {len(ids)} in-process"
+        worst = match_box_by_box(dets.boxes, dets.scores, dets.category_ids, boxes, scores, ids)
+        assert worst <= 0.5, f"{variant} {name}: a served box is {worst:.3f} px from its in-process twin"
+        assert dets.class_names == tuple(COCO_CLASSES[COCO_CATEGORY_IDS.index(int(i))] for i in ids)
+
+
+def test_one_request_with_rows_of_different_images(served, images):
+    """Batch rows of different sizes in ONE request: each row is decoded and mapped back on its own."""
+    blobs = [images["wide.jpg"], images["tall.png"]]
+    with connect(served.grpc_url, "damo_yolo_t") as client:
+        batched = client.infer_batch(blobs)
+        single = [client.infer(b) for b in blobs]
+    for b, s in zip(batched, single):
+        assert len(b) == len(s) > 0
+        np.testing.assert_allclose(b.boxes, s.boxes, atol=1e-3)
+        np.testing.assert_array_equal(b.category_ids, s.category_ids)
+
+
+@pytest.mark.parametrize("model", ["damo_yolo_t", "rtdetrv2_s"])
+def test_concurrent_requests_are_batched(served, images, model):
+    """8 requests in flight: Triton's own statistics must show fewer engine executions than inferences."""
+    with connect(served.grpc_url, model) as client:
+        engine = f"{model}_engine"
+        before = client.statistics(engine)
+        results = client.infer_many([images["square.jpg"]] * 8, concurrency=8)
+        after = client.statistics(engine)
+    assert all(len(r) == len(results[0]) > 0 for r in results)
+    inferences = int(after["inference_count"]) - int(before.get("inference_count", 0))
+    executions = int(after["execution_count"]) - int(before.get("execution_count", 0))
+    assert inferences == 8
+    assert executions < inferences, f"{executions} engine executions for {inferences} requests: not batched"
+
+
+def test_class_names_come_from_the_server(served):
+    for protocol, url in (("grpc", served.grpc_url), ("http", served.http_url)):
+        with connect(url, "rtdetrv2_s", protocol) as client:
+            assert client.class_names == dict(zip(COCO_CATEGORY_IDS, COCO_CLASSES))
+            assert client.family == "rtdetrv2"
+
+
+def test_metrics_endpoint_reports_the_steps(served, images):
+    with connect(served.grpc_url, "damo_yolo_t") as client:
+        client.infer(images["small.bmp"])
+    text = urllib.request.urlopen(served.metrics_url, timeout=10).read().decode()
+    for step in ("damo_yolo_t_preprocess", "damo_yolo_t_engine", "damo_yolo_t_postprocess"):
+        assert f'nv_inference_count{{model="{step}"' in text
+
+
+def test_infer_command_writes_annotated_images_and_json(served, images, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("wide.jpg", "tall.png"):
+        (src / name).write_bytes(images[name])
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-m", "tdet.client.cli", "infer", str(src), "--model", "rtdetrv2_s",
+                          "--url", served.http_url, "--protocol", "http", "--out", str(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    for stem, (h, w) in (("wide", (720, 1280)), ("tall", (500, 333))):
+        annotated = cv2.imread(str(out / f"{stem}.jpg"))
+        assert annotated is not None and annotated.shape[:2] == (h, w)
+        row = json.loads((out / f"{stem}.json").read_text())
+        assert (row["height"], row["width"]) == (h, w) and len(row["detections"]) == 100
+        assert {"box", "score", "category_id", "class_name"} <= set(row["detections"][0])
+    assert len(json.loads((out / "detections.json").read_text())) == 2
+
+
+def _tdet(*args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tdet.client.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_serve_refuses_a_port_in_use(repository):
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        res = _tdet("serve", "--repository", str(repository), "--http-port", str(port), timeout=60)
+    assert res.returncode == 2 and "already in use" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_serve_refuses_an_invalid_repository(tmp_path):
+    res = _tdet("serve", "--repository", str(tmp_path), timeout=60)
+    assert res.returncode == 2 and "no models" in res.stderr
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.pbtxt").write_text("this is not a model config {")
+    res = _tdet("serve", "--repository", str(tmp_path), "--http-port", "0", "--grpc-port", "0",
+                "--metrics-port", "0", timeout=120)
+    assert res.returncode == 2 and "exited" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_serve_detach_then_stop(exported, tmp_path):
+    """`tdet serve --detach` leaves a READY server behind; `tdet stop` ends it and its stubs."""
+    from tdet.ensembles.builder import build_repository
+
+    repo = tmp_path / "repo"
+    build_repository([exported["damo-yolo-t"]], repo)
+    env = {**os.environ, "TDET_CACHE": str(tmp_path / "cache")}  # its own pidfile, not the user's
+    res = _tdet("serve", "--repository", str(repo), "--detach", "--http-port", "0", "--grpc-port", "0",
+                "--metrics-port", "0", env=env)
+    assert res.returncode == 0, res.stderr
+    info = json.loads((tmp_path / "cache" / "triton" / "server.json").read_text())
+    try:
+        ready = urllib.request.urlopen(f"http://127.0.0.1:{info['http_port']}/v2/health/ready", timeout=5)
+        assert ready.status == 200
+    finally:
+        res = _tdet("stop", env=env, timeout=60)
+    assert res.returncode == 0, res.stderr
+    with pytest.raises(ProcessLookupError):
+        os.killpg(info["pid"], 0)
