@@ -25,7 +25,7 @@ test-fast: venv
 # The main job: export both families (seeded random init unless WEIGHTS_DIR holds official files),
 # build the Triton repository, start the local server, run inference on generated images.
 demo: venv
-	$(BIN)/python -m tdet.client.demo --workdir $(BUILD)/demo
+	$(BIN)/python -m tdet.client.demo --workdir $(BUILD)/demo --repository model_repository
 
 bench: venv
 	$(BIN)/python bench/ensemble_overhead.py

@@ -63,3 +63,10 @@ def nms(boxes: F32, scores: F32, iou: float, *, labels: npt.NDArray[np.integer] 
             suppress &= labels[rest] == labels[i]
         order = rest[~suppress]
     return np.asarray(keep, dtype=np.int64)
+
+
+def xyxy_to_xywh(boxes: F32) -> F32:
+    """[..., 4] (x1, y1, x2, y2) -> COCO (x, y, width, height)."""
+    out = np.asarray(boxes, np.float32).copy()
+    out[..., 2:] -= out[..., :2]
+    return out

@@ -16,7 +16,7 @@ import os
 import shutil
 import struct
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -40,6 +40,7 @@ class OnnxInfo:
     category_ids: list[int]
     weights: str
     output_dims: dict[str, list[int]]  # per output, without the batch axis (-1 = dynamic)
+    size: dict[str, str] = field(default_factory=dict)  # params_m / gflops, when export recorded them
 
     @property
     def model_name(self) -> str:
@@ -70,8 +71,9 @@ def read_onnx_info(model) -> OnnxInfo:
     names, ids = json.loads(meta[specs.META_CLASS_NAMES]), json.loads(meta[specs.META_CATEGORY_IDS])
     if len(names) != len(ids):
         raise ValueError(f"{len(names)} class names but {len(ids)} category ids in ONNX metadata")
+    size = {k: meta[m] for k, m in (("params_m", specs.META_PARAMS_M), ("gflops", specs.META_GFLOPS)) if m in meta}
     return OnnxInfo(family, meta[specs.META_VARIANT], (h, w), names, [int(i) for i in ids],
-                    meta.get(specs.META_WEIGHTS, "unknown"), dims)
+                    meta.get(specs.META_WEIGHTS, "unknown"), dims, size)
 
 
 def uint8_engine_graph(model, scale: float):
@@ -148,7 +150,7 @@ def _write_variant(stage: Path, model, info: OnnxInfo, opts: BuildOptions, max_p
     (eng / "config.pbtxt").write_text(engine_config(eng.name, info.family, info.input_hw, info.output_dims, opts))
     meta = {"family": info.family, "variant": info.variant, "weights": info.weights,
             "class_names": json.dumps(info.class_names), "category_ids": json.dumps(info.category_ids),
-            "input_hw": f"{info.input_hw[0]},{info.input_hw[1]}", "engine": opts.engine}
+            "input_hw": f"{info.input_hw[0]},{info.input_hw[1]}", "engine": opts.engine, **info.size}
     ens = stage / m
     (ens / "1").mkdir(parents=True)  # an ensemble needs an (empty) version directory
     (ens / "config.pbtxt").write_text(ensemble_config(m, info.family, opts, meta))

@@ -187,7 +187,7 @@ def test_torch_postprocess_matches_numpy():
 
     logits, boxes = R.build_model("rtdetrv2-s", deploy=True, seed=6).eval()(images(1, seed=8))
     b_t, s_t, l_t = postprocess(logits[0], boxes[0], (480, 640), max_det=100)
-    b_n, s_n, l_n = numpy_post.rtdetrv2_detections(logits[0].numpy(), boxes[0].numpy(), (480, 640), max_det=100)
+    b_n, s_n, l_n = numpy_post.postprocess_rtdetrv2(logits[0].numpy(), boxes[0].numpy(), (480, 640), max_det=100)
     np.testing.assert_allclose(s_n, s_t.numpy(), atol=1e-6)
     np.testing.assert_allclose(b_n, b_t.numpy(), atol=1e-3)
     np.testing.assert_array_equal(l_n, l_t.numpy())

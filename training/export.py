@@ -16,6 +16,7 @@ from pathlib import Path
 from tdet.client import specs
 from tdet.client.labels import COCO_CATEGORY_IDS, COCO_CLASSES
 
+from .info import count_gflops
 from .registry import build_model, family_of
 
 MIN_OPSET = 17  # opset 17 keeps LayerNorm one op (fp16 TensorRT engines break on the decomposed form)
@@ -77,7 +78,8 @@ def export_onnx(variant: str, out: str | Path, *, weights: str | Path | None = N
             specs.META_CLASS_NAMES: json.dumps(list(COCO_CLASSES)),
             specs.META_CATEGORY_IDS: json.dumps(list(COCO_CATEGORY_IDS)),
             specs.META_WEIGHTS: weights_desc,
-            "tdet.params": str(fam.num_params(model)),
+            specs.META_PARAMS_M: f"{fam.num_params(model) / 1e6:.2f}",
+            specs.META_GFLOPS: f"{count_gflops(model, (h, w)):.2f}",
         }
         del graph.metadata_props[:]
         for k, v in meta.items():

@@ -1,0 +1,109 @@
+"""`tdet compare`: the seed page's DAMO-YOLO vs RT-DETRv2 table, measured through the served path on
+your hardware: mAP (tdet eval), single-stream p50 latency, saturated throughput, params and GFLOPs
+(from the export metadata the server exposes), as markdown + JSON + a mAP-vs-latency chart."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .evaluation import evaluate, load_dataset
+
+
+@dataclass(frozen=True)
+class Row:
+    model: str
+    variant: str
+    map_50_95: float
+    map_50: float
+    latency_p50_ms: float
+    throughput_img_s: float
+    params_m: float | None
+    gflops: float | None
+    engine: str
+
+
+def _latency_and_throughput(model: str, url: str, protocol: str, blobs: list[bytes], *, single: int,
+                            seconds: float, concurrency: int) -> tuple[float, float]:
+    from .triton import connect
+
+    with connect(url, model, protocol) as client:
+        client.infer(blobs[0])  # warm
+        lat = []
+        for i in range(single):  # single stream: one request in flight
+            t0 = time.perf_counter()
+            client.infer(blobs[i % len(blobs)])
+            lat.append((time.perf_counter() - t0) * 1000)
+        done = 0
+        deadline = time.perf_counter() + seconds
+
+        def worker(k: int) -> int:
+            n = 0
+            while time.perf_counter() < deadline:
+                client.infer(blobs[(k + n) % len(blobs)])
+                n += 1
+            return n
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:  # saturation: `concurrency` requests in flight
+            done = sum(pool.map(worker, range(concurrency)))
+        return float(np.median(lat)), done / (time.perf_counter() - t0)
+
+
+def compare(models: list[str], url: str, coco_json: Path, images_dir: Path, *, out: Path, protocol: str = "grpc",
+            single: int = 20, seconds: float = 10.0, concurrency: int = 8) -> list[Row]:
+    from .triton import connect
+
+    if not models:
+        raise ValueError("--models needs at least one served model")
+    _, paths = load_dataset(coco_json, images_dir)
+    blobs = [p.read_bytes() for p in paths.values()]
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for model in models:
+        with connect(url, model, protocol) as client:
+            params = {k: v.get("string_value", "") for k, v in client.config.get("parameters", {}).items()}
+        res = evaluate(model, url, coco_json, images_dir, protocol=protocol, concurrency=concurrency,
+                       out=out / "eval" / model)
+        p50, tput = _latency_and_throughput(model, url, protocol, blobs, single=single, seconds=seconds,
+                                            concurrency=concurrency)
+        num = (lambda k: float(params[k]) if params.get(k) else None)
+        rows.append(Row(model, params.get("variant", model), res.metrics["AP"], res.metrics["AP50"], p50, tput,
+                        num("params_m"), num("gflops"), params.get("engine", "")))
+    (out / "compare.json").write_text(json.dumps([asdict(r) for r in rows], indent=1))
+    (out / "compare.md").write_text(markdown_table(rows))
+    plot(rows, out / "compare.png")
+    return rows
+
+
+def markdown_table(rows: list[Row]) -> str:
+    fmt = (lambda v, f: "-" if v is None else format(v, f))
+    lines = ["| Model | mAP 50:95 | mAP 50 | Latency p50 (ms) | Throughput (img/s) | Params (M) | GFLOPs | Engine |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r.variant} | {100 * r.map_50_95:.1f} | {100 * r.map_50:.1f} | {r.latency_p50_ms:.1f} | "
+              f"{r.throughput_img_s:.2f} | {fmt(r.params_m, '.2f')} | {fmt(r.gflops, '.1f')} | {r.engine} |"
+              for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        ax.scatter(r.latency_p50_ms, 100 * r.map_50_95, s=40)
+        ax.annotate(r.variant, (r.latency_p50_ms, 100 * r.map_50_95), textcoords="offset points", xytext=(5, 5))
+    ax.set(xlabel="served latency p50, single stream (ms)", ylabel="COCO mAP 50:95 (served)",
+           title="mAP vs latency through Triton")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

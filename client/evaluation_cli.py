@@ -1,0 +1,124 @@
+"""`tdet data synth`, `tdet eval`, `tdet loadtest`, `tdet compare` (torch only for `eval --reference`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size must look like 640x480, got {text!r}") from None
+    return w, h
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="datasets the project generates", description="Dataset commands.")
+    dsub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    p = dsub.add_parser("synth", help="generate a COCO-format detection dataset",
+                        description="Write DIR/images/*.jpg and DIR/annotations.json (COCO format, COCO ids).")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--num", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=_size, help="WxH for every image (default: a mix of sizes)")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("eval", help="COCO evaluation through the served model",
+                       description="Send every annotated image through the served ensemble, write COCO results "
+                                   "and the 12 COCO metrics; --reference also runs them in-process (PyTorch) and "
+                                   "prints the per-metric difference.")
+    _server_args(p)
+    p.add_argument("--coco", type=Path, required=True, help="COCO annotations JSON")
+    p.add_argument("--images", type=Path, required=True, help="folder with the annotated images")
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--out", type=Path, help="output folder (default build/eval/MODEL)")
+    p.add_argument("--reference", metavar="VARIANT", help="also run VARIANT in-process and report the delta")
+    p.add_argument("--weights", help="checkpoint for --reference (default: the same seeded init as export)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("loadtest", help="Locust load test with throughput/latency report",
+                       description="Headless Locust against the served model, bounded by --duration, exact "
+                                   "latencies, Triton batch/queue/compute per step, CSV + JSON + PNG/HTML report.")
+    _server_args(p)
+    p.add_argument("--users", type=int, default=4)
+    p.add_argument("--spawn-rate", type=float, default=4)
+    p.add_argument("--duration", type=float, default=30, help="seconds")
+    p.add_argument("--images", type=Path, required=True, help="image file or folder to rotate through")
+    p.add_argument("--out", type=Path, default=Path("build/loadtest"))
+    p.add_argument("--metrics-url", help="Triton metrics, e.g. http://127.0.0.1:8002/metrics")
+    p.add_argument("--sweep", type=_ints, help="concurrency sweep, e.g. 1,2,4,8,16")
+    p.set_defaults(func=cmd_loadtest)
+
+    p = sub.add_parser("compare", help="the DAMO-YOLO vs RT-DETRv2 table, measured through the server",
+                       description="For each served model: mAP, single-stream p50 latency, saturated throughput, "
+                                   "params, GFLOPs; writes compare.md, compare.json and compare.png.")
+    p.add_argument("--models", required=True, help="comma-separated served models, e.g. damo_yolo_t,rtdetrv2_s")
+    p.add_argument("--url", default="127.0.0.1:8001")
+    p.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
+    p.add_argument("--coco", type=Path, required=True)
+    p.add_argument("--images", type=Path, required=True)
+    p.add_argument("--out", type=Path, default=Path("build/compare"))
+    p.add_argument("--seconds", type=float, default=10, help="saturation run length per model")
+    p.add_argument("--concurrency", type=int, default=8, help="requests in flight at saturation")
+    p.set_defaults(func=cmd_compare)
+
+
+def _server_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="served ensemble, e.g. damo_yolo_t")
+    p.add_argument("--url", default="127.0.0.1:8001", help="host:port (gRPC 8001, HTTP 8000 by default)")
+    p.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .synth import synthesize
+
+    path = synthesize(args.out, args.num, args.seed, args.size)
+    print(f"wrote {args.num} images to {args.out / 'images'} and {path}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate, format_metrics
+
+    if args.weights and not args.reference:
+        raise ValueError("--weights goes with --reference VARIANT")
+    res = evaluate(args.model, args.url, args.coco, args.images, protocol=args.protocol,
+                   concurrency=args.concurrency, out=args.out, reference=args.reference, weights=args.weights)
+    print(format_metrics(res))
+    print(f"results: {res.results_path}  metrics: {res.results_path.parent / 'metrics.json'}")
+    return 0
+
+
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    from .loadtest.runner import format_summary, run_once, sweep
+
+    kw = dict(protocol=args.protocol, duration_s=args.duration, images=args.images, metrics_url=args.metrics_url)
+    if args.sweep:
+        runs = sweep(args.model, args.url, args.sweep, out=args.out, **kw)
+        for r in runs:
+            print(format_summary(r))
+        print(f"sweep report: {args.out / 'sweep.csv'}, {args.out / 'sweep.png'}, {args.out / 'report.html'}")
+        return 1 if any(r.failures for r in runs) else 0
+    s = run_once(args.model, args.url, users=args.users, spawn_rate=args.spawn_rate, out=args.out, **kw)
+    print(format_summary(s))
+    print(f"report: {args.out / 'summary.json'}, {args.out / 'latencies.csv'}, {args.out / 'report.png'}")
+    return 1 if s.failures else 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare, markdown_table
+
+    rows = compare([m for m in args.models.split(",") if m], args.url, args.coco, args.images, out=args.out,
+                   protocol=args.protocol, seconds=args.seconds, concurrency=args.concurrency)
+    print(markdown_table(rows))
+    print(f"written: {args.out / 'compare.md'}, {args.out / 'compare.json'}, {args.out / 'compare.png'}")
+    return 0

@@ -1,0 +1,141 @@
+"""`tdet loadtest`: Locust in headless mode against a served detector, bounded in time, with exact
+latencies, Triton's own view of the run (batch sizes, queue vs compute per step), and a report.
+
+A run writes <out>/: latencies.csv (every request), locust_*.csv (Locust's own), summary.json, and
+report.png + report.html. `--sweep 1,2,4` runs one such run per concurrency into <out>/c<N>/ and adds
+sweep.csv / sweep.json / sweep.png (throughput and p95 vs concurrency).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+
+from . import metrics as triton_metrics
+from .report import plot_run, plot_sweep, write_html
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+@dataclass
+class RunSummary:
+    model: str
+    protocol: str
+    users: int
+    duration_s: float
+    requests: int
+    failures: int
+    requests_per_s: float
+    images_per_s: float
+    latency_ms: dict[str, float]  # p50 p90 p95 p99 max mean
+    errors: list[str] = field(default_factory=list)
+    triton: dict[str, dict[str, float]] = field(default_factory=dict)  # per composing model
+
+
+def _host(url: str) -> str:
+    return (urlparse(url if "//" in url else f"//{url}").hostname or "").lower()
+
+
+def run_once(model: str, url: str, *, protocol: str = "grpc", users: int = 4, spawn_rate: float = 4,
+             duration_s: float = 10, images: Path, out: Path, metrics_url: str | None = None,
+             local_only: bool = False) -> RunSummary:
+    """One bounded Locust run. Every failed request is counted in `failures` and listed in `errors`."""
+    if protocol not in ("grpc", "http"):
+        raise ValueError(f"--protocol must be grpc or http, got {protocol!r}")
+    if users < 1 or spawn_rate <= 0 or duration_s < 1:
+        raise ValueError("--users and --spawn-rate must be positive and --duration at least 1 s")
+    if not images.exists():
+        raise FileNotFoundError(f"images not found: {images}")
+    if local_only and _host(url) not in LOOPBACK:
+        raise ValueError(f"refusing to load-test {url}: only loopback targets are allowed here")
+    out.mkdir(parents=True, exist_ok=True)
+    from tdet.client.triton import connect
+
+    with connect(url, model, protocol):  # fails fast, with a clear message, if the model is not served
+        pass
+    before = triton_metrics.scrape(metrics_url) if metrics_url else {}
+    env = dict(os.environ, TDET_URL=url, TDET_MODEL=model, TDET_IMAGES=str(images),
+               TDET_LATENCY_FILE=str(out / "latencies.csv"))
+    locustfile = resources.files("tdet.client.loadtest") / "locustfile.py"
+    user_class = "TritonGrpcUser" if protocol == "grpc" else "TritonHttpUser"
+    cmd = [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "-u", str(users),
+           "-r", str(spawn_rate), "-t", f"{max(1, round(duration_s))}s", "--stop-timeout", "10", "--csv", str(out / "locust"),
+           "--only-summary", "--loglevel", "WARNING", user_class]
+    t0 = time.monotonic()
+    with open(out / "locust.log", "w") as log:
+        try:  # the run stops itself at --duration; the timeout only catches a hung Locust
+            subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=duration_s + 90)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"locust did not stop within {duration_s + 90:.0f}s (see {out / 'locust.log'})") from None
+    wall = time.monotonic() - t0
+    after = triton_metrics.scrape(metrics_url) if metrics_url else {}
+    if not (out / "latencies.csv").is_file():
+        tail = (out / "locust.log").read_text(errors="replace")[-2000:]
+        raise ValueError(f"locust failed (no latencies written); locust said:\n{tail}")
+    summary = summarize(out / "latencies.csv", model, protocol, users, duration_s)
+    if not summary.requests:
+        tail = (out / "locust.log").read_text(errors="replace")[-2000:]
+        raise ValueError(f"the load test sent no requests in {wall:.0f}s; locust said:\n{tail}")
+    if metrics_url:
+        steps = [m for m in sorted(after) if m == model or m.startswith(f"{model}_")]
+        summary.triton = triton_metrics.per_model(before, after, steps)
+    (out / "summary.json").write_text(json.dumps(asdict(summary), indent=1))
+    plot_run(out / "latencies.csv", summary, out / "report.png")
+    write_html(summary, out / "report.html", ["report.png"])
+    return summary
+
+
+def summarize(latency_csv: Path, model: str, protocol: str, users: int, duration_s: float) -> RunSummary:
+    with open(latency_csv) as f:
+        rows = list(csv.DictReader(f))
+    ok = np.array([float(r["latency_ms"]) for r in rows if r["ok"] == "1"])
+    errors = sorted({r["error"] for r in rows if r["ok"] != "1"})
+    starts = [float(r["start_unix_s"]) for r in rows]
+    ends = [s + float(r["latency_ms"]) / 1000 for s, r in zip(starts, rows)]
+    span = max(ends) - min(starts) if rows else duration_s  # first request sent -> last answer received
+    pct = {f"p{q}": float(np.percentile(ok, q)) if ok.size else 0.0 for q in (50, 90, 95, 99)}
+    pct.update(max=float(ok.max()) if ok.size else 0.0, mean=float(ok.mean()) if ok.size else 0.0)
+    rps = ok.size / span
+    return RunSummary(model, protocol, users, duration_s, len(rows), len(rows) - ok.size, rps, rps, pct, errors)
+
+
+def sweep(model: str, url: str, concurrencies: list[int], *, out: Path, **kw) -> list[RunSummary]:
+    """One run per concurrency (users = spawn rate = c); writes sweep.csv/json/png under `out`."""
+    if not concurrencies or any(c < 1 for c in concurrencies):
+        raise ValueError(f"--sweep needs positive concurrencies, got {concurrencies}")
+    kw.pop("users", None)
+    kw.pop("spawn_rate", None)
+    runs = [run_once(model, url, users=c, spawn_rate=c, out=out / f"c{c}", **kw) for c in concurrencies]
+    with open(out / "sweep.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["concurrency", "requests", "failures", "images_per_s", "p50_ms", "p95_ms", "p99_ms"])
+        for r in runs:
+            w.writerow([r.users, r.requests, r.failures, f"{r.images_per_s:.3f}", f"{r.latency_ms['p50']:.2f}",
+                        f"{r.latency_ms['p95']:.2f}", f"{r.latency_ms['p99']:.2f}"])
+    (out / "sweep.json").write_text(json.dumps([asdict(r) for r in runs], indent=1))
+    plot_sweep(runs, out / "sweep.png")
+    write_html(runs[-1], out / "report.html", ["sweep.png"] + [f"c{r.users}/report.png" for r in runs])
+    return runs
+
+
+def format_summary(s: RunSummary) -> str:
+    lat = s.latency_ms
+    lines = [f"{s.model} over {s.protocol}, {s.users} users, {s.duration_s:g}s: {s.requests} requests, "
+             f"{s.failures} failures, {s.images_per_s:.2f} images/s",
+             f"latency ms: p50 {lat['p50']:.1f}  p90 {lat['p90']:.1f}  p95 {lat['p95']:.1f}  p99 {lat['p99']:.1f}  "
+             f"max {lat['max']:.1f}"]
+    lines += [f"  error: {e}" for e in s.errors[:5]]
+    for step, t in s.triton.items():
+        lines.append(f"  {step:<28} batch {t['avg_batch_size']:5.2f}  queue {t['queue_ms']:7.1f} ms  "
+                     f"compute {t['compute_infer_ms']:7.1f} ms  (per request)")
+    return "\n".join(lines)

@@ -1,0 +1,58 @@
+"""`tdet loadtest`: real bounded Locust runs on 127.0.0.1 over gRPC and HTTP, with reports."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tdet.client.loadtest.metrics import scrape
+from tdet.client.loadtest.runner import run_once
+from tdet.client.synth import synthesize
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lt")
+    synthesize(root, num=4, seed=5, size=(640, 480))
+    return root / "images"
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_ten_second_loadtest_completes_with_reports(served, images, tmp_path, protocol):
+    url = served.grpc_url if protocol == "grpc" else served.http_url
+    out = tmp_path / protocol
+    res = subprocess.run([sys.executable, "-m", "tdet.client.cli", "loadtest", "--model", "damo_yolo_t", "--url", url,
+                          "--protocol", protocol, "--users", "2", "--spawn-rate", "2", "--duration", "10",
+                          "--images", str(images), "--out", str(out), "--metrics-url", served.metrics_url],
+                         capture_output=True, text=True, timeout=150)
+    assert res.returncode == 0, res.stdout + res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["requests"] > 0 and summary["failures"] == 0
+    assert summary["latency_ms"]["p50"] > 0 and summary["latency_ms"]["max"] >= summary["latency_ms"]["p99"]
+    with open(out / "latencies.csv") as f:
+        assert sum(1 for _ in csv.DictReader(f)) == summary["requests"]
+    engine = summary["triton"]["damo_yolo_t_engine"]
+    assert engine["requests"] >= summary["requests"] and engine["avg_batch_size"] >= 1
+    for name in ("report.png", "report.html", "locust_stats.csv"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_failures_are_counted_not_hidden(served, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    s = run_once("damo_yolo_t", served.grpc_url, users=1, spawn_rate=1, duration_s=2, images=bad, out=tmp_path / "o")
+    assert s.requests > 0 and s.failures == s.requests
+    assert any("not a decodable image" in e or "corrupt" in e for e in s.errors)
+
+
+def test_only_loopback_targets_when_asked(images, tmp_path):
+    with pytest.raises(ValueError, match="only loopback"):
+        run_once("damo_yolo_t", "10.1.2.3:8001", duration_s=1, images=images, out=tmp_path, local_only=True)
+
+
+def test_metrics_scrape_parses_triton_counters(served):
+    m = scrape(served.metrics_url)
+    assert "damo_yolo_t_engine" in m and "nv_inference_exec_count" in m["damo_yolo_t_engine"]
