@@ -47,11 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         tdet("export", variant, "--out", str(out), *(["--weights", str(weights)] if weights else []))
         onnx.append(str(out))
     tdet("repo", "build", "--onnx", *onnx, "--out", str(args.repository))
-    tdet("data", "synth", "--out", str(work / "images"), "--num", "6", "--seed", "0")
+    tdet("data", "synth", "--out", str(work / "data"), "--num", "6", "--seed", "0")
     tdet("serve", "--repository", str(args.repository), "--detach", "--http-port", args.http_port,
          "--grpc-port", args.grpc_port, "--metrics-port", args.metrics_port)
     try:
-        images = sorted(str(p) for p in (work / "images").rglob("*.jpg"))
+        images = sorted(str(p) for p in (work / "data" / "images").glob("*.jpg"))
         for variant in MODELS:
             model = variant.replace("-", "_")
             tdet("infer", *images, "--model", model, "--url", f"127.0.0.1:{args.grpc_port}",

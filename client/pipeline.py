@@ -16,7 +16,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from .postprocess import postprocess_one, to_wire
-from .preprocess import MAX_PIXELS, image_size
+from .preprocess import MAX_PIXELS, decode_bgr
 from .specs import PreprocessSpec
 
 U8 = npt.NDArray[np.uint8]
@@ -26,19 +26,11 @@ def preprocess_image(data: bytes | U8, spec: PreprocessSpec, *, max_pixels: int 
                      ) -> tuple[U8, tuple[int, int]]:
     """Encoded image -> (uint8 [3, H, W] RGB network input, original (height, width)).
 
-    Raises ValueError naming the problem: empty bytes, non-image bytes, over `max_pixels` (checked from
-    the header before decoding: decompression bombs), corrupt/truncated data. Grayscale and RGBA
-    inputs become RGB (alpha dropped).
+    Raises ValueError naming the problem, as tdet.client.preprocess.decode_bgr does (empty, not an
+    image, too small, over `max_pixels`, corrupt/truncated). Grayscale and RGBA inputs become RGB.
     """
-    buf = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
-    if not buf:
-        raise ValueError("empty image: 0 bytes")
-    width, height = image_size(buf)
-    if width * height > max_pixels:
-        raise ValueError(f"image too large: {width}x{height} = {width * height} pixels > limit {max_pixels}")
-    bgr = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None or bgr.shape[0] != height or bgr.shape[1] != width:
-        raise ValueError(f"corrupt or truncated image ({len(buf)} bytes, header says {width}x{height})")
+    bgr = decode_bgr(data, max_pixels=max_pixels)
+    height, width = bgr.shape[:2]
     h, w = spec.size_hw
     if spec.resize == "cv2-linear":
         # resize (INTER_LINEAR) + BGR->RGB + HWC->CHW in one call, staying uint8

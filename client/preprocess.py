@@ -18,7 +18,8 @@ from .specs import PreprocessSpec
 
 # Decompression-bomb guard, checked from the header before any pixel is decoded.
 MAX_PIXELS = 64_000_000
-MIN_SIDE = 1
+# Smaller images carry no detectable object once stretched to the network size.
+MIN_SIDE = 8
 
 # PIL's own bomb check warns/raises at other limits; ours is the one that counts.
 Image.MAX_IMAGE_PIXELS = None
@@ -35,11 +36,12 @@ def image_size(data: bytes) -> tuple[int, int]:
         raise ValueError(f"not a decodable image ({len(data)} bytes): {type(err).__name__}") from None
 
 
-def decode_image(data: bytes | npt.NDArray[np.uint8], *, max_pixels: int = MAX_PIXELS) -> npt.NDArray[np.uint8]:
-    """Decode JPEG/PNG/BMP/WebP bytes to an RGB uint8 array [H, W, 3].
+def decode_bgr(data: bytes | npt.NDArray[np.uint8], *, max_pixels: int = MAX_PIXELS) -> npt.NDArray[np.uint8]:
+    """Decode JPEG/PNG/BMP/WebP bytes to a BGR uint8 array [H, W, 3] (OpenCV's order), with every check.
 
-    Grayscale and RGBA inputs come back as 3-channel RGB (alpha dropped). Raises ValueError naming
-    the problem for empty, truncated or non-image bytes and for images over `max_pixels`.
+    Grayscale and RGBA inputs come back as 3 channels (alpha dropped). Raises ValueError naming the
+    problem for empty, truncated or non-image bytes, images smaller than MIN_SIDE, and images over
+    `max_pixels` (read from the header before any pixel is decoded: decompression bombs).
     """
     buf = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
     if not buf:
@@ -47,10 +49,17 @@ def decode_image(data: bytes | npt.NDArray[np.uint8], *, max_pixels: int = MAX_P
     width, height = image_size(buf)
     if width * height > max_pixels:
         raise ValueError(f"image too large: {width}x{height} = {width * height} pixels > limit {max_pixels}")
+    if min(width, height) < MIN_SIDE:
+        raise ValueError(f"image too small: {width}x{height}, need at least {MIN_SIDE} pixels per side")
     bgr = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None or bgr.shape[0] != height or bgr.shape[1] != width:
         raise ValueError(f"corrupt or truncated image ({len(buf)} bytes, header says {width}x{height})")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return bgr
+
+
+def decode_image(data: bytes | npt.NDArray[np.uint8], *, max_pixels: int = MAX_PIXELS) -> npt.NDArray[np.uint8]:
+    """Like decode_bgr, but RGB: [H, W, 3] uint8."""
+    return cv2.cvtColor(decode_bgr(data, max_pixels=max_pixels), cv2.COLOR_BGR2RGB)
 
 
 def resize_rgb(rgb: npt.NDArray[np.uint8], spec: PreprocessSpec) -> npt.NDArray[np.uint8]:

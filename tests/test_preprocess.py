@@ -59,6 +59,12 @@ def test_truncated_jpeg_is_rejected(rgb):
         pp.decode_image(data[: len(data) // 3])
 
 
+def test_tiny_images_are_refused():
+    with pytest.raises(ValueError, match="image too small: 1x1"):
+        pp.decode_image(_encode(np.zeros((1, 1, 3), np.uint8), ".png"))
+    assert pp.decode_image(_encode(np.zeros((8, 8, 3), np.uint8), ".png")).shape == (8, 8, 3)
+
+
 def test_pixel_limit_checked_from_header():
     data = _encode(np.zeros((300, 400, 3), np.uint8), ".png")
     with pytest.raises(ValueError, match="image too large: 400x300"):

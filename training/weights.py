@@ -102,3 +102,18 @@ def resolve(weights: str | Path | None, family_weights: dict[str, WeightsInfo], 
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     return path
+
+
+def load_state_dict_strict(model: Any, state_dict: dict[str, Any], source: str | Path, what: str) -> None:
+    """model.load_state_dict(strict=True), but a mismatch raises ValueError naming the missing,
+    unexpected and mis-shaped keys (the usual cause: a checkpoint of another variant)."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong = [f"{k}: {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}" for k in expected
+             if k in state_dict and state_dict[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        raise ValueError(f"{source} does not match this {what}: {len(missing)} missing (e.g. {missing[:3]}), "
+                         f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(wrong)} with other shapes "
+                         f"(e.g. {wrong[:3]}). Wrong variant?")
+    model.load_state_dict(state_dict, strict=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tdet.training.weights import read_checkpoint
+from tdet.training.weights import load_state_dict_strict, read_checkpoint
 
 
 def extract_state_dict(ckpt: dict) -> dict[str, torch.Tensor]:
@@ -34,13 +34,4 @@ def slice_legacy_head(sd: dict[str, torch.Tensor], num_classes: int) -> dict[str
 def load_checkpoint(model: nn.Module, path: str | Path, *, num_classes: int) -> None:
     """Load `path` into a train-form model with strict=True; mismatches raise ValueError naming keys."""
     sd = slice_legacy_head(extract_state_dict(read_checkpoint(path)), num_classes)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
-    wrong = [f"{k}: {tuple(sd[k].shape)} vs {tuple(expected[k].shape)}" for k in expected
-             if k in sd and sd[k].shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        raise ValueError(f"{path} does not match this DAMO-YOLO variant: {len(missing)} missing "
-                         f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), "
-                         f"{len(wrong)} with other shapes (e.g. {wrong[:3]}). Wrong variant?")
-    model.load_state_dict(sd, strict=True)
+    load_state_dict_strict(model, sd, path, "DAMO-YOLO variant")

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tdet.training.weights import read_checkpoint
+from tdet.training.weights import load_state_dict_strict, read_checkpoint
 
 REGENERATED = ("decoder.anchors", "decoder.valid_mask")
 
@@ -56,12 +56,4 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     expected = model.state_dict()
     for k in REGENERATED:
         sd[k] = expected[k]
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
-    wrong = [f"{k}: {tuple(sd[k].shape)} vs {tuple(expected[k].shape)}" for k in expected
-             if k in sd and sd[k].shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        raise ValueError(f"{path} does not match this RT-DETRv2 variant: {len(missing)} missing "
-                         f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), "
-                         f"{len(wrong)} with other shapes (e.g. {wrong[:3]}). Wrong variant?")
-    model.load_state_dict(sd, strict=True)
+    load_state_dict_strict(model, sd, path, "RT-DETRv2 variant")
