@@ -13,6 +13,7 @@ import torch
 from tdet.training.export import export_onnx
 from tdet.training.info import count_gflops
 from tdet.training.models import damo_yolo as D
+from tdet.training.models.damo_yolo.postprocess import nms
 from tdet.training.models.damo_yolo.postprocess import postprocess as torch_postprocess
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -129,7 +130,7 @@ def test_onnx_runtime_matches_pytorch_at_batch_1_and_3(name, tmp_path):
 
 @pytest.mark.parametrize("name", ALL)
 def test_params_and_gflops_match_published(name):
-    model = D.build_model(name, deploy=True).eval()
+    model = D.DamoYolo(D.VARIANTS[name]).eval().fuse()  # deploy form; the weights' values don't matter here
     params_m = D.num_params(model) / 1e6
     gflops = count_gflops(model, (640, 640))
     want_p, want_g = PUBLISHED[name]
@@ -152,11 +153,31 @@ def test_export_refuses_bad_arguments(tmp_path):
 def test_torch_postprocess_matches_numpy():
     numpy_post = pytest.importorskip("tdet.client.postprocess")
     model = D.export_module(D.build_model("damo-yolo-t", deploy=True, seed=4).eval())
-    scores, boxes = model(images(1, seed=5))
-    b_t, s_t, l_t = torch_postprocess(scores[0], boxes[0], score_thr=0.05, iou=0.7, max_det=100)
-    assert len(s_t) > 0
-    b_n, s_n, l_n = numpy_post.damo_yolo_detections(scores[0].numpy(), boxes[0].numpy(), score_thr=0.05,
-                                                    iou=0.7, max_det=100)
-    np.testing.assert_allclose(s_n, s_t.numpy(), atol=1e-6)
-    np.testing.assert_array_equal(l_n, l_t.numpy())
-    np.testing.assert_allclose(b_n, b_t.numpy(), atol=1e-4)
+    scores, boxes = model(images(2, seed=5))
+    for s, b in zip(scores, boxes):
+        b_t, s_t, l_t = torch_postprocess(s, b, score_thr=0.05, iou=0.7, max_det=100)
+        assert 0 < len(s_t) <= 100
+        # orig_hw = input size: the numpy path's box rescale is the identity
+        b_n, s_n, l_n = numpy_post.postprocess_damo_yolo(s.numpy(), b.numpy(), (640, 640), score_thr=0.05,
+                                                         iou=0.7, max_det=100)
+        np.testing.assert_array_equal(l_n, l_t.numpy())
+        np.testing.assert_allclose(s_n, s_t.numpy(), atol=1e-6)
+        np.testing.assert_allclose(b_n, b_t.numpy(), atol=1e-4)
+
+
+def test_nms_is_class_aware_greedy_and_stops_at_max_det():
+    boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 10, 10], [0, 0, 10, 10], [50, 50, 60, 60], [0, 0, 9, 10.]])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.95])
+    labels = torch.tensor([0, 0, 1, 0, 0])
+    # box 4 (0.95) suppresses 0 (IoU 0.9) which then cannot suppress 1; 1 vs 4: IoU 0.8 -> suppressed
+    assert nms(boxes, scores, 0.7, labels=labels).tolist() == [4, 2, 3]
+    assert nms(boxes, scores, 0.7).tolist() == [4, 3]
+    assert nms(boxes, scores, 0.7, labels=labels, max_keep=2).tolist() == [4, 2]
+    # multi-label: one anchor yields several classes; the 0.05 threshold is strict; (1, class 1) is a
+    # same-class duplicate of (0, class 1) and is suppressed
+    s = torch.tensor([[0.5, 0.3, 0.05], [0.04, 0.2, 0.0]])
+    b = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 10.]])
+    out_b, out_s, out_l = torch_postprocess(s, b)
+    assert out_s.tolist() == pytest.approx([0.5, 0.3]) and out_l.tolist() == [0, 1]
+    with pytest.raises(ValueError, match="expected scores"):
+        torch_postprocess(s[None], b)

@@ -14,7 +14,8 @@ from torch import nn
 from tdet.training.weights import WeightsInfo
 
 from .checkpoint import load_checkpoint
-from .detector import DamoYolo, DamoYoloExport, tame_init
+from .detector import DamoYolo, DamoYoloExport
+from .random_init import tame_init
 from .variants import VARIANTS, DamoYoloConfig
 
 FAMILY = "damo-yolo"

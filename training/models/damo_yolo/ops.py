@@ -79,7 +79,8 @@ def fuse_conv_bn(conv_weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.T
     """Fold eval-mode BN into the preceding bias-free conv: (weight, bias)."""
     std = (bn.running_var + bn.eps).sqrt()
     t = bn.weight / std
-    return conv_weight * t.reshape(-1, 1, 1, 1), bn.bias - bn.running_mean * t
+    # `mean * gamma / std` in this order, as the official switch_to_deploy: bit-identical fused weights
+    return conv_weight * t.reshape(-1, 1, 1, 1), bn.bias - bn.running_mean * bn.weight / std
 
 
 class RepConv(nn.Module):

@@ -1,43 +1,70 @@
-"""Reference (PyTorch) DAMO-YOLO postprocess, as the official eval: multi-label candidates above a score
-threshold, class-aware NMS, top-K. The served path does the same in numpy (tdet.client.postprocess);
-tests check the two agree."""
+"""Reference (PyTorch) DAMO-YOLO postprocess, as the official eval (`damo/utils/boxes.py::postprocess`):
+multi-label candidates with score > threshold, class-aware NMS (torchvision's `batched_nms`, written out
+here since torchvision is not a dependency), top K. The served path does the same in numpy
+(tdet.client.postprocess); a test checks the two agree.
+"""
 
 from __future__ import annotations
 
 import torch
 
 
+def box_area(boxes: torch.Tensor) -> torch.Tensor:
+    """Areas [N] of xyxy boxes [N, 4] (degenerate boxes count 0)."""
+    return (boxes[:, 2] - boxes[:, 0]).clamp_min(0) * (boxes[:, 3] - boxes[:, 1]).clamp_min(0)
+
+
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU matrix [N, M] of xyxy boxes."""
-    area_a = (a[:, 2] - a[:, 0]).clamp_min(0) * (a[:, 3] - a[:, 1]).clamp_min(0)
-    area_b = (b[:, 2] - b[:, 0]).clamp_min(0) * (b[:, 3] - b[:, 1]).clamp_min(0)
+    """IoU matrix [N, M] of xyxy boxes a [N, 4], b [M, 4]."""
     lt = torch.maximum(a[:, None, :2], b[None, :, :2])
     rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
     inter = (rb - lt).clamp_min(0).prod(-1)
-    return inter / (area_a[:, None] + area_b[None, :] - inter).clamp_min(1e-12)
+    return inter / (box_area(a)[:, None] + box_area(b)[None, :] - inter).clamp_min(1e-12)
 
 
-def nms(boxes: torch.Tensor, scores: torch.Tensor, iou: float) -> torch.Tensor:
-    """Greedy NMS; returns kept indices sorted by descending score (ties: lower index first)."""
-    order = torch.sort(scores, descending=True, stable=True).indices
-    boxes = boxes[order]
-    suppressed = torch.zeros(len(order), dtype=torch.bool)
-    ious = box_iou(boxes, boxes)
-    keep = []
-    for i in range(len(order)):
-        if suppressed[i]:
-            continue
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou: float, *, labels: torch.Tensor | None = None,
+        max_keep: int | None = None) -> torch.Tensor:
+    """Greedy NMS over xyxy boxes [N, 4] with scores [N]; class-aware when `labels` [N] is given.
+
+    Returns kept indices (int64) by descending score, ties broken by lower index. A box is suppressed
+    by a kept box of the same label with IoU > `iou`. Stops after `max_keep` kept boxes (greedy NMS
+    keeps in score order, so they are the first `max_keep` of a full run). One IoU row per kept box:
+    memory O(N) even for tens of thousands of candidates.
+    """
+    order = torch.argsort(scores, descending=True, stable=True)
+    area = box_area(boxes)
+    limit = len(order) if max_keep is None else max_keep
+    keep: list[int] = []
+    while order.numel() and len(keep) < limit:
+        i, rest = int(order[0]), order[1:]
         keep.append(i)
-        suppressed |= ious[i] > iou
-    return order[torch.tensor(keep, dtype=torch.long)] if keep else order[:0]
+        lt = torch.maximum(boxes[i, :2], boxes[rest, :2])
+        rb = torch.minimum(boxes[i, 2:], boxes[rest, 2:])
+        inter = (rb - lt).clamp_min(0).prod(-1)
+        suppress = inter / (area[i] + area[rest] - inter).clamp_min(1e-12) > iou
+        if labels is not None:
+            suppress &= labels[rest] == labels[i]
+        order = rest[~suppress]
+    return torch.tensor(keep, dtype=torch.long, device=boxes.device)
 
 
 def postprocess(scores: torch.Tensor, boxes: torch.Tensor, *, score_thr: float = 0.05, iou: float = 0.7,
                 max_det: int = 100) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One image: scores [N,C], boxes [N,4] xyxy -> (boxes [K,4], scores [K], labels [K] 0-based), K<=max_det."""
+    """One image: scores [N, C] (sigmoid), boxes [N, 4] xyxy input px ->
+    (boxes [K, 4] xyxy input px, scores [K], labels [K] int64 0-based), by descending score, K <= max_det.
+
+    The official eval keeps 500 (`max_det=500`); the served contract keeps 100.
+    """
+    if scores.ndim != 2 or boxes.shape != (scores.shape[0], 4):
+        raise ValueError(f"expected scores [N, C] and boxes [N, 4], got {tuple(scores.shape)} and "
+                         f"{tuple(boxes.shape)}")
     idx, labels = torch.nonzero(scores > score_thr, as_tuple=True)
     cand_boxes, cand_scores = boxes[idx], scores[idx, labels]
-    # class-aware NMS: shift each class to its own region so boxes of different classes never overlap
-    offset = labels.to(boxes.dtype)[:, None] * (cand_boxes.abs().max() + 1 if len(idx) else 0)
-    keep = nms(cand_boxes + offset, cand_scores, iou)[:max_det]
+    keep = nms(cand_boxes, cand_scores, iou, labels=labels, max_keep=max_det)
     return cand_boxes[keep], cand_scores[keep], labels[keep]
+
+
+def postprocess_batch(scores: torch.Tensor, boxes: torch.Tensor, *, score_thr: float = 0.05, iou: float = 0.7,
+                      max_det: int = 100) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Batched export outputs scores [B, N, C], boxes [B, N, 4] -> one `postprocess` result per image."""
+    return [postprocess(s, b, score_thr=score_thr, iou=iou, max_det=max_det) for s, b in zip(scores, boxes)]
