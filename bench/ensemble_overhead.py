@@ -3,9 +3,10 @@ not a test). Same ONNX (the uint8 engine graph from the repository), same ORT th
 
     .venv/bin/python bench/ensemble_overhead.py [--variants damo-yolo-t rtdetrv2-s] [--requests 48]
 
-Prints per variant: preprocess of a 1280x720 JPEG, engine alone (batch 1), the in-process
+Prints per variant: preprocess of a 1280x720 JPEG, the engine alone (batch 1 and 4), the in-process
 JPEG->detections pipeline (sequential), the served ensemble over gRPC at saturation (concurrent
-requests), the ratio served/in-process, and Triton's per-step compute time and engine batch size.
+requests), the ratios served/in-process and served/engine-alone, and Triton's per-step compute time
+and engine batch size.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ def jpegs(n: int, seed: int = 0) -> list[bytes]:
         img = cv2.add(img, rng.integers(0, 30, img.shape, dtype=np.uint8))
         out.append(cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
     return out
+
+
+ENGINE_BATCHES = (1, 4)
 
 
 def median_ms(fn, reps: int) -> float:
@@ -70,6 +74,10 @@ def in_process(engine_onnx: Path, family: str, threads: int, images: list[bytes]
            "engine_ms": median_ms(lambda: sess.run(None, {EXPORT_INPUT: x}), 10),
            "postprocess_ms": median_ms(lambda: postprocess_rows(family, outs, sizes, ids, score_thr=0.05, iou=0.7,
                                                                 max_det=100), 20)}
+    # the engine alone at the batch sizes the server forms: the ceiling the ensemble is measured against
+    for b in ENGINE_BATCHES:
+        xb, _ = preprocess_rows(images[:b], spec)
+        res[f"engine_ips_b{b}"] = b / (median_ms(lambda: sess.run(None, {EXPORT_INPUT: xb}), 5) / 1000)
     pipeline(images[0])
     t = time.perf_counter()
     for data in images:
@@ -133,12 +141,15 @@ def main() -> None:
 
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; ORT threads "
           f"{args.ort_threads}; {args.requests} distinct 1280x720 JPEGs; served: gRPC, concurrency {args.concurrency}")
-    header = ("variant", "pre 1280x720 ms", "engine b1 ms", "post ms", "in-proc img/s", "served img/s",
-              "served/in-proc", "server pre|engine|post ms/img", "engine batch")
+    header = ("variant", "pre 1280x720 ms", "engine b1 ms", "post ms", "in-proc pipeline img/s",
+              "engine alone img/s (b1, b4)", "served img/s", "served/in-proc", "served/engine b4",
+              "server pre|engine|post ms/img", "engine batch")
     print(" | ".join(header))
     for v, r in rows.items():
         print(" | ".join([v, f"{r['preprocess_ms']:.2f}", f"{r['engine_ms']:.1f}", f"{r['postprocess_ms']:.2f}",
-                          f"{r['inproc_ips']:.2f}", f"{r['served_ips']:.2f}", f"{r['served_ips'] / r['inproc_ips']:.2f}x",
+                          f"{r['inproc_ips']:.2f}", f"{r['engine_ips_b1']:.2f}, {r['engine_ips_b4']:.2f}",
+                          f"{r['served_ips']:.2f}", f"{r['served_ips'] / r['inproc_ips']:.2f}x",
+                          f"{r['served_ips'] / r['engine_ips_b4']:.2f}x",
                           f"{r['preprocess_server_ms']:.1f}|{r['engine_server_ms']:.1f}|{r['postprocess_server_ms']:.1f}",
                           f"{r['engine_batch']:.2f}"]))
     print(f"(preprocess spec: {', '.join(f'{f}: {s.resize}' for f, s in PREPROCESS.items())})")
