@@ -98,20 +98,3 @@ def boxes_to_original(boxes_xyxy: npt.NDArray[np.float32], orig_hw: tuple[int, i
     sx, sy = orig_hw[1] / in_w, orig_hw[0] / in_h
     return (boxes_xyxy * np.array([sx, sy, sx, sy], dtype=np.float32)).astype(np.float32)
 
-
-def preprocess_batch(blobs: list[bytes] | npt.NDArray[np.object_], spec: PreprocessSpec, *,
-                     max_pixels: int = MAX_PIXELS) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int32]]:
-    """Several encoded images -> (uint8 [B,3,H,W] RGB, int32 [B,2] original (height, width)).
-
-    Raises ValueError naming the failing row when any image is bad (the whole request fails, alone).
-    """
-    h, w = spec.size_hw
-    out = np.empty((len(blobs), 3, h, w), np.uint8)
-    sizes = np.empty((len(blobs), 2), np.int32)
-    for i, blob in enumerate(blobs):
-        try:
-            chw, orig_hw = preprocess(blob, spec, max_pixels=max_pixels)
-        except ValueError as err:
-            raise ValueError(f"IMAGE row {i}: {err}") from None
-        out[i], sizes[i] = chw, orig_hw
-    return out, sizes
