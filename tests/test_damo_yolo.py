@@ -1,8 +1,6 @@
 """DAMO-YOLO: official key set loads strictly, RepConv fusion is exact, ONNX export matches PyTorch,
 params/GFLOPs match the published deploy-form figures, reference postprocess agrees with numpy."""
 
-import json
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -10,13 +8,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
+import official_checkpoints as checkpoints
 from tdet.training.export import export_onnx
 from tdet.training.info import count_gflops
 from tdet.training.models import damo_yolo as D
 from tdet.training.models.damo_yolo.postprocess import nms
 from tdet.training.models.damo_yolo.postprocess import postprocess as torch_postprocess
 
-FIXTURES = Path(__file__).parent / "fixtures"
 ALL = ["damo-yolo-t", "damo-yolo-s", "damo-yolo-m", "damo-yolo-l"]
 PUBLISHED = {"damo-yolo-t": (8.48, 18.1), "damo-yolo-s": (16.25, 37.8), "damo-yolo-m": (28.18, 61.9),
              "damo-yolo-l": (42.06, 97.5)}
@@ -24,23 +22,13 @@ torch.set_grad_enabled(False)
 
 
 def official_keys(name: str) -> dict[str, list[int]]:
-    return json.loads((FIXTURES / f"damo_yolo_{name.split('-')[-1]}.json").read_text())["keys"]
+    return checkpoints.official_keys(f"damo_yolo_{name.split('-')[-1]}")
 
 
 def random_official_state_dict(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random tensors with exactly the official names and shapes (as a release file would hold)."""
-    gen = torch.Generator().manual_seed(seed)
-    sd = {}
-    for k, shape in official_keys(name).items():
-        if k.endswith("num_batches_tracked"):
-            sd[k] = torch.tensor(7)
-        elif k.endswith("running_var"):
-            sd[k] = torch.rand(shape, generator=gen) + 0.5
-        elif k.endswith("integral.project"):
-            sd[k] = torch.linspace(0, 16, 17)
-        else:
-            sd[k] = torch.randn(shape, generator=gen) * 0.05
-    return sd
+    return checkpoints.random_state_dict(f"damo_yolo_{name.split('-')[-1]}", seed,
+                                         {"integral.project": lambda shape: torch.linspace(0, 16, 17)})
 
 
 def images(batch: int, seed: int = 0) -> torch.Tensor:

@@ -1,8 +1,6 @@
 """RT-DETRv2: official key set loads strictly (v2 and v1 checkpoints), RepVGG fusion is exact, ONNX
 export keeps a working dynamic batch, discrete sampling exports without GridSample, params/GFLOPs."""
 
-import json
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -11,12 +9,12 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
+import official_checkpoints as checkpoints
 from tdet.training.export import export_onnx
 from tdet.training.info import count_gflops
 from tdet.training.models import rtdetrv2 as R
 from tdet.training.models.rtdetrv2.checkpoint import upgrade_v1_keys
 
-FIXTURES = Path(__file__).parent / "fixtures"
 BASE = ["rtdetrv2-s", "rtdetrv2-m34", "rtdetrv2-m", "rtdetrv2-l", "rtdetrv2-x"]
 # params (M) as published; GFLOPs as the official code's deploy() form measures with torch's flop counter
 # (the README table's 136 / 259 for L / X are the unfused counts: see test_unfused_gflops_match_the_table)
@@ -26,26 +24,18 @@ TABLE_GFLOPS = {"rtdetrv2-s": 60, "rtdetrv2-m34": 92, "rtdetrv2-m": 100, "rtdetr
 torch.set_grad_enabled(False)
 
 
+def _fixture(name: str) -> str:
+    return "rtdetrv2_" + name.removeprefix("rtdetrv2-").removesuffix("-dsp")
+
+
 def official_keys(name: str) -> dict[str, list[int]]:
-    short = name.removeprefix("rtdetrv2-").removesuffix("-dsp")
-    return json.loads((FIXTURES / f"rtdetrv2_{short}.json").read_text())["keys"]
+    return checkpoints.official_keys(_fixture(name))
 
 
 def random_official_state_dict(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    sd = {}
-    for k, shape in official_keys(name).items():
-        if k.endswith("num_batches_tracked"):
-            sd[k] = torch.tensor(11)
-        elif k.endswith("running_var"):
-            sd[k] = torch.rand(shape, generator=gen) + 0.5
-        elif k.endswith("valid_mask"):
-            sd[k] = torch.ones(shape, dtype=torch.bool)
-        elif k.endswith("num_points_scale"):
-            sd[k] = torch.full(shape, 0.25)
-        else:
-            sd[k] = torch.randn(shape, generator=gen) * 0.05
-    return sd
+    return checkpoints.random_state_dict(_fixture(name), seed, {
+        "valid_mask": lambda shape: torch.ones(shape, dtype=torch.bool),
+        "num_points_scale": lambda shape: torch.full(shape, 0.25)})
 
 
 def images(batch: int, seed: int = 0) -> torch.Tensor:
