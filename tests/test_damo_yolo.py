@@ -1,7 +1,6 @@
 """DAMO-YOLO: official key set loads strictly, RepConv fusion is exact, ONNX export matches PyTorch,
 params/GFLOPs match the published deploy-form figures, reference postprocess agrees with numpy."""
 
-
 import numpy as np
 import onnx
 import onnxruntime as ort

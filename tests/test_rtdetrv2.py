@@ -1,7 +1,6 @@
 """RT-DETRv2: official key set loads strictly (v2 and v1 checkpoints), RepVGG fusion is exact, ONNX
 export keeps a working dynamic batch, discrete sampling exports without GridSample, params/GFLOPs."""
 
-
 import numpy as np
 import onnx
 import onnxruntime as ort
