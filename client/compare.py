@@ -4,6 +4,7 @@ your hardware: mAP (tdet eval), single-stream p50 latency, saturated throughput,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,8 @@ class Row:
     params_m: float | None
     gflops: float | None
     engine: str
+    weights: str = ""  # what the served graph holds: a checkpoint, or "random-init(seed=N)"
+    images: int = 0  # evaluated images
 
 
 def _latency_and_throughput(model: str, url: str, protocol: str, blobs: list[bytes], *, single: int,
@@ -74,7 +77,8 @@ def compare(models: list[str], url: str, coco_json: Path, images_dir: Path, *, o
                                             concurrency=concurrency)
         num = (lambda k: float(params[k]) if params.get(k) else None)
         rows.append(Row(model, params.get("variant", model), res.metrics["AP"], res.metrics["AP50"], p50, tput,
-                        num("params_m"), num("gflops"), params.get("engine", "")))
+                        num("params_m"), num("gflops"), params.get("engine", ""), params.get("weights", ""),
+                        res.num_images))
     (out / "compare.json").write_text(json.dumps([asdict(r) for r in rows], indent=1))
     (out / "compare.md").write_text(markdown_table(rows))
     plot(rows, out / "compare.png")
@@ -88,7 +92,23 @@ def markdown_table(rows: list[Row]) -> str:
     lines += [f"| {r.variant} | {100 * r.map_50_95:.1f} | {100 * r.map_50:.1f} | {r.latency_p50_ms:.1f} | "
               f"{r.throughput_img_s:.2f} | {fmt(r.params_m, '.2f')} | {fmt(r.gflops, '.1f')} | {r.engine} |"
               for r in rows]
+    # what the numbers are, so a table pasted elsewhere still says where it came from
+    lines += ["", f"mAP: pycocotools on {rows[0].images if rows else 0} images through the served ensemble; "
+              f"latency: single stream; throughput: saturated, client-measured; on {_machine()}.",
+              "Params/GFLOPs: the served model's config parameters (`tdet export` metadata: torch flop counter, "
+              "2 x MACs at the input size, deploy form); '-' where the server does not publish them."]
+    lines += [f"Weights of {r.variant}: {r.weights}" for r in rows if r.weights]
     return "\n".join(lines) + "\n"
+
+
+def _machine() -> str:
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):  # Linux names the CPU model here; platform.processor() is often empty
+        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), cpu)
+    return f"{cpu}, {os.cpu_count()} CPUs"
 
 
 def plot(rows: list[Row], path: Path) -> None:
@@ -103,6 +123,9 @@ def plot(rows: list[Row], path: Path) -> None:
         ax.annotate(r.variant, (r.latency_p50_ms, 100 * r.map_50_95), textcoords="offset points", xytext=(5, 5))
     ax.set(xlabel="served latency p50, single stream (ms)", ylabel="COCO mAP 50:95 (served)",
            title="mAP vs latency through Triton")
+    # from zero, room for the labels, and no negative mAP axis when every model scores 0 (random init)
+    ax.set_xlim(0, max([r.latency_p50_ms for r in rows] + [1.0]) * 1.3)
+    ax.set_ylim(0, max([100 * r.map_50_95 for r in rows] + [1.0]) * 1.15)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

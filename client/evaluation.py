@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import io
 import json
 import os
+import re
 import tempfile
-import threading
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,7 @@ def _atomic_json(path: Path, obj: object) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=1)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
     os.replace(tmp, path)
 
 
@@ -98,48 +100,116 @@ def coco_metrics(coco, results: list[dict]) -> dict[str, float]:
     return {m: float(v) for m, v in zip(METRICS, ev.stats)}
 
 
+def _dataset_key(model: str, coco_json: Path) -> str:
+    """What a partial results file belongs to: the model and the exact annotations file."""
+    return f"{model} {hashlib.sha256(coco_json.read_bytes()).hexdigest()[:16]}"
+
+
+def _load_partial(partial: Path, key: str) -> dict[int, list[dict]]:
+    """Rows of an interrupted run of the same model on the same annotations; anything else is dropped."""
+    done: dict[int, list[dict]] = {}
+    if not partial.is_file():
+        return done
+    lines = partial.read_text().splitlines()
+    try:
+        same = bool(lines) and json.loads(lines[0]).get("key") == key
+    except (ValueError, AttributeError):
+        same = False
+    if not same:
+        partial.unlink()  # another model's or dataset's run: never mix its rows in
+        return done
+    for line in lines[1:]:
+        with contextlib.suppress(ValueError, KeyError):  # a line cut by the interruption
+            row = json.loads(line)
+            done[int(row["image_id"])] = row["results"]
+    return done
+
+
 def _served_results(model: str, url: str, protocol: str, paths: dict[int, Path], concurrency: int,
-                    partial: Path) -> list[dict]:
+                    partial: Path, key: str) -> list[dict]:
+    """COCO result rows of every image through the server, `concurrency` requests in flight. Finished
+    images are appended to `partial` as they arrive, so an interrupted run resumes where it stopped."""
     from .triton import connect
 
-    done: dict[int, list[dict]] = {}
-    if partial.is_file():  # resume: images already evaluated by an interrupted run
-        for line in partial.read_text().splitlines():
-            with contextlib.suppress(ValueError):
-                row = json.loads(line)
-                done[int(row["image_id"])] = row["results"]
-    todo = [i for i in paths if i not in done]
-    lock = threading.Lock()
+    done = _load_partial(partial, key)
+    todo = iter([i for i in paths if i not in done])
+    concurrency = max(1, concurrency)
     with connect(url, model, protocol) as client, open(partial, "a") as log, \
-            ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        futures = {pool.submit(client.infer, paths[i].read_bytes()): i for i in todo}
-        for fut in tqdm(as_completed(futures), total=len(futures), desc=f"eval {model}", unit="img",
-                        initial=0, disable=None):
-            image_id = futures[fut]
-            rows = to_coco_results(image_id, fut.result())
-            with lock:
-                done[image_id] = rows
-                log.write(json.dumps({"image_id": image_id, "results": rows}) + "\n")
+            ThreadPoolExecutor(max_workers=concurrency) as pool, \
+            tqdm(total=len(paths), initial=len(done), desc=f"eval {model}", unit="img", disable=None) as bar:
+        if not done:
+            log.write(json.dumps({"key": key}) + "\n")
+        # bytes are read in the workers and only a few requests are queued: COCO val is ~800 MB of JPEGs,
+        # and Ctrl-C must not wait for thousands of queued requests to finish
+        pending: dict = {}
+        try:
+            while True:
+                while len(pending) < 2 * concurrency and (i := next(todo, None)) is not None:
+                    pending[pool.submit(lambda p: client.infer(p.read_bytes()), paths[i])] = i
+                if not pending:
+                    break
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    image_id = pending.pop(fut)
+                    rows = to_coco_results(image_id, fut.result())
+                    done[image_id] = rows
+                    log.write(json.dumps({"image_id": image_id, "results": rows}) + "\n")
+                    bar.update()
                 log.flush()
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
     return [r for i in sorted(done) for r in done[i]]
 
 
 def _server_thresholds(model: str, url: str, protocol: str) -> dict[str, str]:
     """The served postprocess parameters (score/IoU thresholds, max detections), for an equal reference."""
+    from tritonclient.utils import InferenceServerException
+
     from .triton import connect
 
     with connect(url, model, protocol) as client:
         params = client.config.get("parameters", {})
         variant = params.get("variant", {}).get("string_value", "")
-        post = client._client().get_model_config(f"{model}_postprocess", **client._json_kw())
+        try:
+            post = client._client().get_model_config(f"{model}_postprocess", **client._json_kw())
+        except InferenceServerException as err:  # an ensemble not built by `tdet repo build`
+            raise ValueError(f"--reference needs the thresholds of {model}_postprocess: {err}") from None
         post = post.get("config", post)
     out = {k: v.get("string_value", "") for k, v in post.get("parameters", {}).items()}
     out["variant"] = variant
+    out["weights"] = params.get("weights", {}).get("string_value", "")
     return out
 
 
-def _reference_results(variant: str, weights: str | None, paths: dict[int, Path], thresholds: dict[str, str]
-                       ) -> list[dict]:
+def _check_reference(model: str, reference: str, weights: str | None, served: dict[str, str]
+                     ) -> tuple[str | None, int]:
+    """Fail before any image is sent if the in-process reference cannot match the served model.
+    -> (weights, seed) for build_model: --weights, else the served model's own (its export metadata)."""
+    try:
+        from tdet.training.registry import variant_names
+    except ImportError as err:
+        raise ValueError(f"--reference runs the model in-process and needs the train extra (torch): {err}") from None
+    if reference not in variant_names():
+        raise ValueError(f"--reference: unknown variant {reference!r}; known: {', '.join(variant_names())}")
+    if served.get("variant") and served["variant"] != reference:
+        raise ValueError(f"--reference {reference} but {model} serves {served['variant']}")
+    if weights is not None:
+        if weights != "official" and not Path(weights).is_file():
+            raise FileNotFoundError(f"--weights file not found: {weights}")
+        return weights, 0
+    served_weights = served.get("weights", "")
+    seed = re.fullmatch(r"random-init\(seed=(\d+)\)", served_weights)
+    if seed or not served_weights:
+        return None, int(seed.group(1)) if seed else 0
+    if served_weights == "official" or Path(served_weights).is_file():
+        return served_weights, 0
+    raise ValueError(f"{model} serves weights {served_weights!r}, which are not on this machine: pass --weights PATH")
+
+
+def _reference_results(variant: str, weights: str | None, seed: int, paths: dict[int, Path],
+                       thresholds: dict[str, str]) -> list[dict]:
     """The same images through PyTorch in this process: same preprocessing and postprocess code, same
     thresholds as the server, so a difference is what the served path (export, engine) changed."""
     import torch
@@ -153,7 +223,7 @@ def _reference_results(variant: str, weights: str | None, paths: dict[int, Path]
 
     fam = family_of(variant)
     spec = PREPROCESS[fam.FAMILY]
-    model = fam.export_module(build_model(variant, weights=weights, deploy=True)).eval()
+    model = fam.export_module(build_model(variant, weights=weights, deploy=True, seed=seed)).eval()
     ids = np.asarray(COCO_CATEGORY_IDS, np.int32)
     kw = {"max_det": int(thresholds.get("max_detections", 100))}
     if "score_threshold" in thresholds:
@@ -180,14 +250,15 @@ def evaluate(model: str, url: str, coco_json: Path, images_dir: Path, *, protoco
     for stale in ("results.json", "metrics.json", "reference_results.json"):
         (out / stale).unlink(missing_ok=True)
     thresholds = _server_thresholds(model, url, protocol) if reference else {}
-    results = _served_results(model, url, protocol, paths, concurrency, out / "results.partial.jsonl")
+    seed = 0
+    if reference:
+        weights, seed = _check_reference(model, reference, weights, thresholds)
+    results = _served_results(model, url, protocol, paths, concurrency, out / "results.partial.jsonl",
+                              _dataset_key(model, coco_json))
     metrics = coco_metrics(coco, results)
     ref = delta = None
     if reference:
-        served_variant = thresholds.get("variant")
-        if served_variant and served_variant != reference:
-            raise ValueError(f"--reference {reference} but {model} serves {served_variant}")
-        ref_results = _reference_results(reference, weights, paths, thresholds)
+        ref_results = _reference_results(reference, weights, seed, paths, thresholds)
         _atomic_json(out / "reference_results.json", ref_results)
         ref = coco_metrics(coco, ref_results)
         delta = {m: metrics[m] - ref[m] for m in METRICS}

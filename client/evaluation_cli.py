@@ -62,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="For each served model: mAP, single-stream p50 latency, saturated throughput, "
                                    "params, GFLOPs; writes compare.md, compare.json and compare.png.")
     p.add_argument("--models", required=True, help="comma-separated served models, e.g. damo_yolo_t,rtdetrv2_s")
-    p.add_argument("--url", default="127.0.0.1:8001")
+    p.add_argument("--url", help="host:port (default 127.0.0.1:8001 for gRPC, 127.0.0.1:8000 for HTTP)")
     p.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
     p.add_argument("--coco", type=Path, required=True)
     p.add_argument("--images", type=Path, required=True)
@@ -74,8 +74,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="served ensemble, e.g. damo_yolo_t")
-    p.add_argument("--url", default="127.0.0.1:8001", help="host:port (gRPC 8001, HTTP 8000 by default)")
+    p.add_argument("--url", help="host:port (default 127.0.0.1:8001 for gRPC, 127.0.0.1:8000 for HTTP)")
     p.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
+
+
+def _url(args: argparse.Namespace) -> str:
+    """--url, or the local server's default port for --protocol (an HTTP client on the gRPC port fails obscurely)."""
+    from .triton import DEFAULT_PORTS
+
+    return args.url or f"127.0.0.1:{DEFAULT_PORTS[args.protocol]}"
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -91,7 +98,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.weights and not args.reference:
         raise ValueError("--weights goes with --reference VARIANT")
-    res = evaluate(args.model, args.url, args.coco, args.images, protocol=args.protocol,
+    res = evaluate(args.model, _url(args), args.coco, args.images, protocol=args.protocol,
                    concurrency=args.concurrency, out=args.out, reference=args.reference, weights=args.weights)
     print(format_metrics(res))
     print(f"results: {res.results_path}  metrics: {res.results_path.parent / 'metrics.json'}")
@@ -103,12 +110,12 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 
     kw = dict(protocol=args.protocol, duration_s=args.duration, images=args.images, metrics_url=args.metrics_url)
     if args.sweep:
-        runs = sweep(args.model, args.url, args.sweep, out=args.out, **kw)
+        runs = sweep(args.model, _url(args), args.sweep, out=args.out, **kw)
         for r in runs:
             print(format_summary(r))
         print(f"sweep report: {args.out / 'sweep.csv'}, {args.out / 'sweep.png'}, {args.out / 'report.html'}")
         return 1 if any(r.failures for r in runs) else 0
-    s = run_once(args.model, args.url, users=args.users, spawn_rate=args.spawn_rate, out=args.out, **kw)
+    s = run_once(args.model, _url(args), users=args.users, spawn_rate=args.spawn_rate, out=args.out, **kw)
     print(format_summary(s))
     print(f"report: {args.out / 'summary.json'}, {args.out / 'latencies.csv'}, {args.out / 'report.png'}")
     return 1 if s.failures else 0
@@ -117,7 +124,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare, markdown_table
 
-    rows = compare([m for m in args.models.split(",") if m], args.url, args.coco, args.images, out=args.out,
+    rows = compare([m for m in args.models.split(",") if m], _url(args), args.coco, args.images, out=args.out,
                    protocol=args.protocol, seconds=args.seconds, concurrency=args.concurrency)
     print(markdown_table(rows))
     print(f"written: {args.out / 'compare.md'}, {args.out / 'compare.json'}, {args.out / 'compare.png'}")

@@ -20,6 +20,7 @@ from .labels import COCO_CATEGORY_IDS, COCO_CLASSES
 # image sizes (w, h) drawn from when --size is not given: landscape, portrait, square, small
 SIZES = ((640, 480), (800, 600), (1280, 720), (480, 640), (512, 512), (320, 240))
 SHAPES = ("rectangle", "ellipse", "triangle")
+MIN_VISIBLE = 0.3  # fraction of a shape that must stay visible to be annotated
 
 
 def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
@@ -34,26 +35,46 @@ def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _draw_object(img: np.ndarray, rng: np.random.Generator) -> list[float]:
-    """Draw one filled shape; returns its COCO bbox [x, y, w, h] clipped to the image."""
+def _draw_object(img: np.ndarray, ids: np.ndarray, k: int, rng: np.random.Generator) -> None:
+    """Draw filled shape number k (1-based) into the RGB image and, with value k, into the instance map
+    `ids` (uint8 [H, W]); later shapes overwrite earlier ones there as they do in the image."""
     h, w = img.shape[:2]
-    ow = int(rng.integers(max(8, w // 20), max(9, w // 2)))
-    oh = int(rng.integers(max(8, h // 20), max(9, h // 2)))
-    x0, y0 = int(rng.integers(-ow // 4, w - ow // 2)), int(rng.integers(-oh // 4, h - oh // 2))
+    # log-uniform sides, so COCO's small (<32^2), medium and large buckets are all populated
+    lo, hi = np.log(10), np.log(max(12, min(w, h) * 0.6))
+    ow, oh = (int(np.exp(rng.uniform(lo, hi)) * rng.uniform(0.7, 1.4)) for _ in range(2))
+    x0, y0 = int(rng.integers(-ow // 4, max(1, w - ow // 2))), int(rng.integers(-oh // 4, max(1, h - oh // 2)))
     colour = tuple(int(c) for c in rng.integers(0, 255, 3))
     shape = SHAPES[int(rng.integers(len(SHAPES)))]
-    if shape == "rectangle":
-        cv2.rectangle(img, (x0, y0), (x0 + ow, y0 + oh), colour, -1)
-    elif shape == "ellipse":
-        cv2.ellipse(img, (x0 + ow // 2, y0 + oh // 2), (ow // 2, oh // 2), 0, 0, 360, colour, -1)
-    else:
-        pts = np.array([[x0 + ow // 2, y0], [x0, y0 + oh], [x0 + ow, y0 + oh]], np.int32)
-        cv2.fillPoly(img, [pts], colour)
-    if rng.random() < 0.5:  # a darker outline, as real objects have edges
-        cv2.rectangle(img, (x0, y0), (x0 + ow, y0 + oh), tuple(c // 2 for c in colour), 2)
-    x1, y1 = max(0, x0), max(0, y0)
-    x2, y2 = min(w, x0 + ow + 1), min(h, y0 + oh + 1)
-    return [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]
+    outline = rng.random() < 0.5  # a darker edge, as real objects have edges
+    for canvas, fill, edge in ((img, colour, tuple(c // 2 for c in colour)), (ids, k, k)):
+        if shape == "rectangle":
+            cv2.rectangle(canvas, (x0, y0), (x0 + ow, y0 + oh), fill, -1)
+            if outline:
+                cv2.rectangle(canvas, (x0, y0), (x0 + ow, y0 + oh), edge, 2)
+        elif shape == "ellipse":
+            cv2.ellipse(canvas, (x0 + ow // 2, y0 + oh // 2), (ow // 2, oh // 2), 0, 0, 360, fill, -1)
+            if outline:
+                cv2.ellipse(canvas, (x0 + ow // 2, y0 + oh // 2), (ow // 2, oh // 2), 0, 0, 360, edge, 2)
+        else:
+            pts = np.array([[x0 + ow // 2, y0], [x0, y0 + oh], [x0 + ow, y0 + oh]], np.int32)
+            cv2.fillPoly(canvas, [pts], fill)
+            if outline:
+                cv2.polylines(canvas, [pts], True, edge, 2)
+
+
+def _visible_boxes(ids: np.ndarray, drawn: dict[int, int], min_visible: float
+                   ) -> dict[int, tuple[list[float], int]]:
+    """{k: (COCO bbox [x, y, w, h] of shape k's visible pixels, visible pixel count)} for the shapes
+    with at least `min_visible` of their drawn pixels still visible (COCO boxes are of what is seen)."""
+    out = {}
+    for k, total in drawn.items():
+        ys, xs = np.nonzero(ids == k)
+        if xs.size < max(4, min_visible * total):
+            continue  # (nearly) hidden behind later shapes or off the image: not annotated
+        x1, y1, x2, y2 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+        if x2 - x1 >= 2 and y2 - y1 >= 2:
+            out[k] = ([float(x1), float(y1), float(x2 - x1), float(y2 - y1)], int(xs.size))
+    return out
 
 
 def synthesize(out: Path, num: int, seed: int = 0, size: tuple[int, int] | None = None,
@@ -75,19 +96,26 @@ def synthesize(out: Path, num: int, seed: int = 0, size: tuple[int, int] | None 
     for i in range(num):
         w, h = size or SIZES[int(rng.integers(len(SIZES)))]
         img = _background(rng, w, h)
+        ids = np.zeros((h, w), np.uint8)
         name = f"{i:06d}.jpg"
-        for _ in range(int(rng.integers(*objects))):
-            label = int(rng.integers(len(COCO_CLASSES)))
-            box = _draw_object(img, rng)
-            if box[2] < 2 or box[3] < 2:
-                continue
-            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": COCO_CATEGORY_IDS[label],
-                                "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
+        drawn, labels = {}, {}
+        for k in range(1, int(rng.integers(*objects)) + 1):
+            labels[k] = int(rng.integers(len(COCO_CLASSES)))
+            _draw_object(img, ids, k, rng)
+            drawn[k] = int((ids == k).sum())  # drawn last, so all its in-image pixels are k now
+        for k, (box, area) in _visible_boxes(ids, drawn, MIN_VISIBLE).items():
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1,
+                                "category_id": COCO_CATEGORY_IDS[labels[k]], "bbox": box, "area": float(area),
+                                "iscrowd": 0})
         ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
         if not ok:
             raise ValueError(f"could not encode image {name}")
         (img_dir / name).write_bytes(buf.tobytes())
         images.append({"id": i + 1, "file_name": name, "width": w, "height": h})
+    # a previous, larger run into the same folder leaves images with no ground truth: remove them
+    for stale in img_dir.glob("[0-9][0-9][0-9][0-9][0-9][0-9].jpg"):
+        if int(stale.stem) >= num:
+            stale.unlink()
     coco = {"info": {"description": f"tdet synthetic detection set (seed {seed})", "version": "1"},
             "images": images, "annotations": annotations,
             "categories": [{"id": c, "name": n, "supercategory": "object"}
@@ -95,6 +123,7 @@ def synthesize(out: Path, num: int, seed: int = 0, size: tuple[int, int] | None 
     fd, tmp = tempfile.mkstemp(prefix=".annotations.", suffix=".json", dir=out)
     with os.fdopen(fd, "w") as f:
         json.dump(coco, f)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; the dataset is meant to be shared
     os.replace(tmp, out / "annotations.json")
     return out / "annotations.json"
 

@@ -46,6 +46,19 @@ def test_failures_are_counted_not_hidden(served, tmp_path):
     s = run_once("damo_yolo_t", served.grpc_url, users=1, spawn_rate=1, duration_s=2, images=bad, out=tmp_path / "o")
     assert s.requests > 0 and s.failures == s.requests
     assert any("not a decodable image" in e or "corrupt" in e for e in s.errors)
+    assert sum(s.errors.values()) == s.failures  # every failure is attributed to a message
+
+
+def test_bad_images_argument_is_one_clear_error(served, images, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = subprocess.run([sys.executable, "-m", "tdet.client.cli", "loadtest", "--model", "damo_yolo_t", "--url",
+                          served.grpc_url, "--duration", "1", "--images", str(empty), "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "no images" in res.stderr and "Traceback" not in res.stderr
+    one = next(images.glob("*.jpg"))  # a single image file is a valid --images
+    s = run_once("damo_yolo_t", served.grpc_url, users=1, spawn_rate=1, duration_s=2, images=one, out=tmp_path / "f")
+    assert s.requests > 0 and s.failures == 0
 
 
 def test_only_loopback_targets_when_asked(images, tmp_path):

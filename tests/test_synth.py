@@ -24,9 +24,22 @@ def test_synth_writes_a_valid_coco_dataset(tmp_path):
             x, y, w, h = a["bbox"]
             assert 0 <= x and 0 <= y and w >= 2 and h >= 2
             assert x + w <= img["width"] + 1 and y + h <= img["height"] + 1
-            assert a["category_id"] in COCO_CATEGORY_IDS and a["area"] == pytest.approx(w * h)
+            assert a["category_id"] in COCO_CATEGORY_IDS and 4 <= a["area"] <= w * h  # visible pixels
     assert len(sizes) > 1  # a mix of sizes by default
     assert not list((tmp_path / "a").glob(".annotations*"))  # no temp file left
+    assert ann.stat().st_mode & 0o044  # readable by others, not mkstemp's 0600
+
+
+def test_synth_covers_all_coco_size_buckets(tmp_path):
+    coco = COCO(str(synthesize(tmp_path, num=20, seed=1)))
+    areas = [a["area"] for a in coco.anns.values()]  # COCO buckets by area: small / medium / large
+    assert min(areas) < 32 ** 2 and max(areas) > 96 ** 2 and any(32 ** 2 <= a < 96 ** 2 for a in areas)
+
+
+def test_synth_into_a_used_folder_leaves_no_unannotated_images(tmp_path):
+    synthesize(tmp_path, num=5, seed=0)
+    synthesize(tmp_path, num=2, seed=0)
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["000000.jpg", "000001.jpg"]
 
 
 def test_synth_is_deterministic_and_honours_size(tmp_path):

@@ -19,10 +19,11 @@ from locust import User, constant, events, task  # noqa: E402
 
 from tdet.client.triton import connect  # noqa: E402
 
+SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}  # as runner.image_files
 URL = os.environ.get("TDET_URL", "127.0.0.1:8001")
 MODEL = os.environ.get("TDET_MODEL", "damo_yolo_t")
-IMAGES = sorted(p for p in Path(os.environ.get("TDET_IMAGES", ".")).rglob("*")
-                if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+_ROOT = Path(os.environ.get("TDET_IMAGES", "."))
+IMAGES = [_ROOT] if _ROOT.is_file() else sorted(p for p in _ROOT.rglob("*") if p.suffix.lower() in SUFFIXES)
 BLOBS = [p.read_bytes() for p in IMAGES]
 LATENCY_FILE = os.environ.get("TDET_LATENCY_FILE", "")
 _records: list[tuple[float, float, int, str]] = []  # (start unix s, latency ms, ok, error)

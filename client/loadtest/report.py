@@ -42,9 +42,13 @@ def plot_sweep(runs: list[Any], out: Path) -> None:
     a.plot(c, [r.images_per_s for r in runs], "o-", color="#3b7dd8")
     a.set(xlabel="concurrency (users)", ylabel="images / s", title=f"{runs[0].model} ({runs[0].protocol})")
     a.set_xscale("log", base=2)
+    a.set_xticks(c, [str(v) for v in c])  # 1 2 4 8, not 2^0 2^1 ...
+    a.set_ylim(bottom=0)  # from zero: a 5% wobble must not look like a cliff
     b = a.twinx()
     b.plot(c, [r.latency_ms["p95"] for r in runs], "s--", color="#d8553b")
     b.set_ylabel("p95 latency (ms)", color="#d8553b")
+    b.set_ylim(bottom=0)
+    a.set_ylabel("images / s", color="#3b7dd8")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)

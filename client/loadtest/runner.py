@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -25,6 +26,20 @@ from . import metrics as triton_metrics
 from .report import plot_run, plot_sweep, write_html
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+def image_files(images: Path) -> list[Path]:
+    """The images a run rotates through: `images` itself if it is a file, else the image files under it.
+    Checked here so a bad --images is one clear error, not a Locust traceback."""
+    if images.is_file():
+        return [images]
+    if not images.is_dir():
+        raise FileNotFoundError(f"images not found: {images}")
+    files = sorted(p for p in images.rglob("*") if p.suffix.lower() in SUFFIXES)
+    if not files:
+        raise ValueError(f"no images ({', '.join(sorted(SUFFIXES))}) under {images}")
+    return files
 
 
 @dataclass
@@ -38,7 +53,7 @@ class RunSummary:
     requests_per_s: float
     images_per_s: float
     latency_ms: dict[str, float]  # p50 p90 p95 p99 max mean
-    errors: list[str] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)  # error message -> how many requests failed with it
     triton: dict[str, dict[str, float]] = field(default_factory=dict)  # per composing model
 
 
@@ -54,8 +69,7 @@ def run_once(model: str, url: str, *, protocol: str = "grpc", users: int = 4, sp
         raise ValueError(f"--protocol must be grpc or http, got {protocol!r}")
     if users < 1 or spawn_rate <= 0 or duration_s < 1:
         raise ValueError("--users and --spawn-rate must be positive and --duration at least 1 s")
-    if not images.exists():
-        raise FileNotFoundError(f"images not found: {images}")
+    image_files(images)
     if local_only and _host(url) not in LOOPBACK:
         raise ValueError(f"refusing to load-test {url}: only loopback targets are allowed here")
     out.mkdir(parents=True, exist_ok=True)
@@ -99,7 +113,7 @@ def summarize(latency_csv: Path, model: str, protocol: str, users: int, duration
     with open(latency_csv) as f:
         rows = list(csv.DictReader(f))
     ok = np.array([float(r["latency_ms"]) for r in rows if r["ok"] == "1"])
-    errors = sorted({r["error"] for r in rows if r["ok"] != "1"})
+    errors = dict(Counter(r["error"] for r in rows if r["ok"] != "1").most_common())
     starts = [float(r["start_unix_s"]) for r in rows]
     ends = [s + float(r["latency_ms"]) / 1000 for s, r in zip(starts, rows)]
     span = max(ends) - min(starts) if rows else duration_s  # first request sent -> last answer received
@@ -134,7 +148,7 @@ def format_summary(s: RunSummary) -> str:
              f"{s.failures} failures, {s.images_per_s:.2f} images/s",
              f"latency ms: p50 {lat['p50']:.1f}  p90 {lat['p90']:.1f}  p95 {lat['p95']:.1f}  p99 {lat['p99']:.1f}  "
              f"max {lat['max']:.1f}"]
-    lines += [f"  error: {e}" for e in s.errors[:5]]
+    lines += [f"  error x{n}: {e}" for e, n in list(s.errors.items())[:5]]
     for step, t in s.triton.items():
         lines.append(f"  {step:<28} batch {t['avg_batch_size']:5.2f}  queue {t['queue_ms']:7.1f} ms  "
                      f"compute {t['compute_infer_ms']:7.1f} ms  (per request)")
