@@ -87,10 +87,11 @@ def compare(models: list[str], url: str, coco_json: Path, images_dir: Path, *, o
 
 def markdown_table(rows: list[Row]) -> str:
     fmt = (lambda v, f: "-" if v is None else format(v, f))
-    lines = ["| Model | mAP 50:95 | mAP 50 | Latency p50 (ms) | Throughput (img/s) | Params (M) | GFLOPs | Engine |",
+    # the seed page's column order (model, mAP, latency, params, GFLOPs), then what it could not measure
+    lines = ["| Model | mAP 50:95 | mAP 50 | Latency p50 (ms) | Params (M) | GFLOPs | Throughput (img/s) | Engine |",
              "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r.variant} | {100 * r.map_50_95:.1f} | {100 * r.map_50:.1f} | {r.latency_p50_ms:.1f} | "
-              f"{r.throughput_img_s:.2f} | {fmt(r.params_m, '.2f')} | {fmt(r.gflops, '.1f')} | {r.engine} |"
+              f"{fmt(r.params_m, '.2f')} | {fmt(r.gflops, '.1f')} | {r.throughput_img_s:.2f} | {r.engine} |"
               for r in rows]
     # what the numbers are, so a table pasted elsewhere still says where it came from
     lines += ["", f"mAP: pycocotools on {rows[0].images if rows else 0} images through the served ensemble; "
