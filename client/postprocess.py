@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from .boxes import cxcywh_to_xyxy, nms
 from .preprocess import boxes_to_original
-from .specs import DAMO_YOLO, PREPROCESS, RTDETRV2
+from .specs import DAMO_YOLO, RTDETRV2, preprocess_spec
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
@@ -55,14 +55,16 @@ class Detections:
 
 def postprocess_damo_yolo(scores: F32, boxes: F32, orig_hw: tuple[int, int], *,
                           score_thr: float = DEFAULT_SCORE_THR, iou: float = DEFAULT_IOU,
-                          max_det: int = DEFAULT_MAX_DET) -> tuple[F32, F32, I64]:
+                          max_det: int = DEFAULT_MAX_DET, input_hw: tuple[int, int] | None = None
+                          ) -> tuple[F32, F32, I64]:
     """One image: scores [N, C] (sigmoid), boxes [N, 4] xyxy in network-input px ->
-    (boxes [K, 4] xyxy original px, scores [K], labels [K] 0-based), K <= max_det."""
+    (boxes [K, 4] xyxy original px, scores [K], labels [K] 0-based), K <= max_det.
+    input_hw: the network input (height, width) the boxes are in; None: 640x640."""
     idx, labels = np.nonzero(scores > score_thr)
     cand_boxes = boxes[idx].astype(np.float32, copy=False)
     cand_scores = scores[idx, labels]
     keep = nms(cand_boxes, cand_scores, iou, labels=labels, max_keep=max_det)
-    out = boxes_to_original(cand_boxes[keep], orig_hw, PREPROCESS[DAMO_YOLO])
+    out = boxes_to_original(cand_boxes[keep], orig_hw, preprocess_spec(DAMO_YOLO, input_hw))
     return out, cand_scores[keep].astype(np.float32), labels[keep].astype(np.int64)
 
 
@@ -84,11 +86,13 @@ def postprocess_rtdetrv2(logits: F32, boxes: F32, orig_hw: tuple[int, int], *,
 
 def postprocess_one(family: str, outputs: Sequence[F32], orig_hw: tuple[int, int], *,
                     score_thr: float = DEFAULT_SCORE_THR, iou: float = DEFAULT_IOU,
-                    max_det: int = DEFAULT_MAX_DET) -> tuple[F32, F32, I64]:
-    """Dispatch on family; `outputs` are one image's engine outputs in specs.EXPORT_OUTPUTS order."""
+                    max_det: int = DEFAULT_MAX_DET, input_hw: tuple[int, int] | None = None
+                    ) -> tuple[F32, F32, I64]:
+    """Dispatch on family; `outputs` are one image's engine outputs in specs.EXPORT_OUTPUTS order, for a
+    network input of `input_hw` (height, width; None: 640x640)."""
     if family == DAMO_YOLO:
         return postprocess_damo_yolo(outputs[0], outputs[1], orig_hw, score_thr=score_thr, iou=iou,
-                                     max_det=max_det)
+                                     max_det=max_det, input_hw=input_hw)
     if family == RTDETRV2:
         return postprocess_rtdetrv2(outputs[0], outputs[1], orig_hw, max_det=max_det)
     raise ValueError(f"unknown family {family!r}")

@@ -6,7 +6,7 @@ and `client/` all import these constants, so a name changes in exactly one place
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 # Families, as written in ONNX metadata (`tdet.family`) and in `tdet info`.
@@ -33,7 +33,16 @@ class PreprocessSpec:
 
 DAMO_YOLO_PRE = PreprocessSpec(size_hw=(640, 640), scale=1.0, resize="cv2-linear")
 RTDETRV2_PRE = PreprocessSpec(size_hw=(640, 640), scale=1 / 255, resize="pil-bilinear")
-PREPROCESS = {DAMO_YOLO: DAMO_YOLO_PRE, RTDETRV2: RTDETRV2_PRE}
+PREPROCESS = {DAMO_YOLO: DAMO_YOLO_PRE, RTDETRV2: RTDETRV2_PRE}  # the official (640x640) input of each family
+
+
+def preprocess_spec(family: str, input_hw: tuple[int, int] | None = None) -> PreprocessSpec:
+    """The family's preprocessing at `input_hw` (height, width); None: the official 640x640. A model
+    trained at another size (e.g. 320x320) is served at that size with the same resize and scale."""
+    if family not in PREPROCESS:
+        raise ValueError(f"unknown family {family!r}; known: {FAMILIES}")
+    spec = PREPROCESS[family]
+    return spec if input_hw is None else replace(spec, size_hw=(int(input_hw[0]), int(input_hw[1])))
 
 # ONNX graph names written by `tdet export` (float input, as the official models take it).
 EXPORT_INPUT = "images"

@@ -134,7 +134,7 @@ def _write_variant(stage: Path, model, info: OnnxInfo, opts: BuildOptions, max_p
     (pre / "warmup" / "image.bin").write_bytes(_warmup_image())
     (pre / "config.pbtxt").write_text(preprocess_config(pre.name, info.family, info.input_hw, opts, max_pixels,
                                                         "image.bin"))
-    (post / "config.pbtxt").write_text(postprocess_config(post.name, info.family, info.output_dims, opts,
+    (post / "config.pbtxt").write_text(postprocess_config(post.name, info.family, info.input_hw, info.output_dims, opts,
                                                           info.category_ids))
     (eng / "1").mkdir(parents=True)
     graph = uint8_engine_graph(model, spec.scale)

@@ -105,14 +105,14 @@ max_batch_size: {opts.max_batch_size}
 """
 
 
-def postprocess_config(name: str, family: str, output_dims: dict[str, list[int]], opts: BuildOptions,
-                       category_ids: list[int]) -> str:
+def postprocess_config(name: str, family: str, input_hw: tuple[int, int], output_dims: dict[str, list[int]],
+                       opts: BuildOptions, category_ids: list[int]) -> str:
     k = opts.max_detections
     inputs = [_tensor(n, "TYPE_FP32", output_dims[n]) for n in specs.EXPORT_OUTPUTS[family]]
     inputs.append(_tensor("orig_hw", "TYPE_INT32", [2]))
     outputs = [_tensor("NUM_DETECTIONS", "TYPE_INT32", [1]), _tensor("BOXES", "TYPE_FP32", [k, 4]),
                _tensor("SCORES", "TYPE_FP32", [k]), _tensor("CLASSES", "TYPE_INT32", [k])]
-    params = {"family": family, "score_threshold": str(opts.score_threshold),
+    params = {"family": family, "input_hw": f"{input_hw[0]},{input_hw[1]}", "score_threshold": str(opts.score_threshold),
               "iou_threshold": str(opts.iou_threshold), "max_detections": str(k),
               "category_ids": json.dumps(category_ids)}
     return f"""name: {_q(name)}

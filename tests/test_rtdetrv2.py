@@ -77,23 +77,36 @@ def test_official_v2_checkpoint_loads_strictly(name, tmp_path):
     assert torch.isinf(got["decoder.anchors"]).any()
 
 
+@pytest.mark.parametrize("layout", ["model", "bare"])
+def test_training_and_bare_checkpoint_layouts_load(layout, tmp_path):
+    sd = random_official_state_dict("rtdetrv2-s", seed=1)
+    torch.save({"model": sd, "last_epoch": 3} if layout == "model" else sd, tmp_path / "w.pth")
+    got = R.build_model("rtdetrv2-s", weights=tmp_path / "w.pth").state_dict()
+    assert torch.equal(got["decoder.dec_score_head.2.weight"], sd["decoder.dec_score_head.2.weight"])
+    assert torch.equal(got["backbone.conv1.conv1_1.conv.weight"], sd["backbone.conv1.conv1_1.conv.weight"])
+
+
 def test_v1_checkpoint_loads_after_key_upgrade(tmp_path):
-    sd = random_official_state_dict("rtdetrv2-s", seed=2)
-    v1 = {}
-    for k, v in sd.items():
-        if k in ("decoder.anchors", "decoder.valid_mask") or k.endswith("num_points_scale"):
-            continue  # v1 files do not have these
-        k = k.replace("decoder.enc_output.proj.", "decoder.enc_output.0.")
-        k = k.replace("decoder.enc_output.norm.", "decoder.enc_output.1.")
-        if k.startswith("encoder.input_proj."):
-            k = k.replace(".conv.", ".0.", 1).replace(".norm.", ".1.", 1)
-        v1[k] = v
+    # names/shapes of the official RT-DETR v1 r18vd model (rtdetr_pytorch/, configs/rtdetr/rtdetr_r18vd_6x_coco.yml)
+    v1 = checkpoints.random_state_dict("rtdetrv2_v1_r18vd", seed=2)
     assert "encoder.input_proj.0.0.weight" in v1 and "decoder.enc_output.0.weight" in v1
-    torch.save({"model": v1}, tmp_path / "v1.pth")
+    assert "decoder.anchors" not in v1 and not any(k.endswith("num_points_scale") for k in v1)
+    torch.save({"ema": {"module": v1}}, tmp_path / "v1.pth")  # the v1 paddle-converted release layout
     model = R.build_model("rtdetrv2-s", weights=tmp_path / "v1.pth")
     got = model.state_dict()
-    assert torch.equal(got["encoder.input_proj.0.conv.weight"], sd["encoder.input_proj.0.conv.weight"])
-    assert torch.equal(got["decoder.enc_output.norm.bias"], sd["decoder.enc_output.norm.bias"])
+    # every v1 tensor lands under its v2 name; the v2-only constants come from the model
+    assert set(upgrade_v1_keys(v1, model)) | {"decoder.anchors", "decoder.valid_mask"} == set(official_keys("rtdetrv2-s"))
+    renamed = {"encoder.input_proj.2.0.weight": "encoder.input_proj.2.conv.weight",
+               "encoder.input_proj.1.1.running_var": "encoder.input_proj.1.norm.running_var",
+               "decoder.enc_output.0.weight": "decoder.enc_output.proj.weight",
+               "decoder.enc_output.1.bias": "decoder.enc_output.norm.bias"}
+    for old, new in renamed.items():
+        assert torch.equal(got[new], v1[old]), new
+    for k, v in v1.items():
+        if k not in renamed and not k.startswith(("encoder.input_proj.", "decoder.enc_output.")):
+            assert torch.equal(got[k], v), k
+    assert torch.equal(got["decoder.decoder.layers.2.cross_attn.num_points_scale"], torch.full((12,), 0.25))
+    sd = random_official_state_dict("rtdetrv2-s")
     assert upgrade_v1_keys(sd, model) is sd  # v2 names pass through untouched
 
 
@@ -144,12 +157,14 @@ def test_discrete_variant_exports_without_grid_sample(tmp_path):
     ops = {n.op_type for n in onnx.load(res.path).graph.node}
     assert "GridSample" not in ops
     sess = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])
-    x = images(2, seed=7)
-    logits, boxes = sess.run(["logits", "boxes"], {"images": x.numpy()})
-    ref_l, ref_b = R.build_model("rtdetrv2-s-dsp", deploy=True, seed=5).eval()(x)
-    # discrete sampling rounds each location to a cell: a 1e-7 difference at a cell border picks the
-    # neighbour, so a few rows legitimately move; the rest must match tightly
-    assert_rows_match(ref_l, ref_b, logits, boxes, atol=1e-3, fraction=0.9)
+    model = R.build_model("rtdetrv2-s-dsp", deploy=True, seed=5).eval()
+    for batch in (2, 5):  # traced at batch 1: the integer-gather indices must follow the batch
+        x = images(batch, seed=7)
+        logits, boxes = sess.run(["logits", "boxes"], {"images": x.numpy()})
+        ref_l, ref_b = model(x)
+        # discrete sampling rounds each location to a cell: a 1e-7 difference at a cell border picks the
+        # neighbour, so a few rows legitimately move; the rest must match tightly
+        assert_rows_match(ref_l, ref_b, logits, boxes, atol=1e-3, fraction=0.9)
     default = export_onnx("rtdetrv2-s", tmp_path / "default.onnx", seed=5)
     assert "GridSample" in {n.op_type for n in onnx.load(default.path).graph.node}
 

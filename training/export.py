@@ -18,6 +18,7 @@ from tdet.client.labels import COCO_CATEGORY_IDS, COCO_CLASSES
 
 from .info import count_gflops
 from .registry import build_model, family_of
+from .weights import checkpoint_meta, resolve
 
 MIN_OPSET = 17  # opset 17 keeps LayerNorm one op (fp16 TensorRT engines break on the decomposed form)
 
@@ -51,11 +52,17 @@ def export_onnx(variant: str, out: str | Path, *, weights: str | Path | None = N
         raise ValueError(f"--out {out} is a directory")
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    model = build_model(variant, weights=weights, deploy=True, seed=seed).eval()
+    path = resolve(weights, fam.WEIGHTS, variant)
+    # a `tdet train` checkpoint carries its dataset's classes and its training size; official files are COCO at 640
+    meta = checkpoint_meta(path) if path is not None else {}
+    class_names = list(meta.get("class_names", COCO_CLASSES))
+    category_ids = [int(i) for i in meta.get("category_ids", COCO_CATEGORY_IDS)]
+    spec = specs.preprocess_spec(fam.FAMILY, meta.get("input_hw"))
+    h, w = spec.size_hw
+    model = build_model(variant, weights=path, deploy=True, seed=seed).eval()
     wrapper = fam.export_module(model).eval()
-    h, w = specs.PREPROCESS[fam.FAMILY].size_hw
     output_names = list(specs.EXPORT_OUTPUTS[fam.FAMILY])
-    dummy = torch.rand(1, 3, h, w) * (255.0 * specs.PREPROCESS[fam.FAMILY].scale)
+    dummy = torch.rand(1, 3, h, w) * (255.0 * spec.scale)
     weights_desc = str(weights) if weights is not None else f"random-init(seed={seed})"
 
     fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".onnx.part", dir=out.parent)
@@ -75,8 +82,8 @@ def export_onnx(variant: str, out: str | Path, *, weights: str | Path | None = N
             specs.META_FAMILY: fam.FAMILY,
             specs.META_VARIANT: variant,
             specs.META_INPUT_HW: f"{h},{w}",
-            specs.META_CLASS_NAMES: json.dumps(list(COCO_CLASSES)),
-            specs.META_CATEGORY_IDS: json.dumps(list(COCO_CATEGORY_IDS)),
+            specs.META_CLASS_NAMES: json.dumps(class_names),
+            specs.META_CATEGORY_IDS: json.dumps(category_ids),
             specs.META_WEIGHTS: weights_desc,
             specs.META_PARAMS_M: f"{fam.num_params(model) / 1e6:.2f}",
             specs.META_GFLOPS: f"{count_gflops(model, (h, w)):.2f}",

@@ -11,7 +11,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from .weights import resolve
+from .weights import checkpoint_meta, resolve
 
 if TYPE_CHECKING:
     from torch import nn
@@ -48,9 +48,21 @@ def family_of(variant: str) -> ModuleType:
     raise ValueError(f"unknown variant {variant!r}; known: {', '.join(variant_names())}")
 
 
-def build_model(variant: str, *, weights: str | Path | None = None, deploy: bool = False,
-                seed: int = 0) -> nn.Module:
-    """Build `variant`; weights: None (seeded tame random init), a checkpoint path, or "official"."""
+def build_model(variant: str, *, weights: str | Path | None = None, deploy: bool = False, seed: int = 0,
+                num_classes: int | None = None, input_hw: tuple[int, int] | None = None,
+                init: str = "tame") -> nn.Module:
+    """Build `variant`; weights: None (a seeded random init, see `init`), a checkpoint path, or "official".
+
+    num_classes / input_hw (height, width): None takes them from a `tdet train` checkpoint's metadata
+    (its dataset's classes, its training size), else the official 80 classes at 640x640.
+    init (weights=None only): "tame" (tests and demos: spread-out outputs) or "train" (the official
+    initialisation a training run starts from)."""
     fam = family_of(variant)
     path = resolve(weights, fam.WEIGHTS, variant)
-    return fam.build_model(variant, weights=path, deploy=deploy, seed=seed)
+    meta = checkpoint_meta(path) if path is not None else {}
+    if meta.get("variant", variant) != variant:
+        raise ValueError(f"{path} is a {meta['variant']} checkpoint, not {variant}")
+    num_classes = num_classes if num_classes is not None else meta.get("num_classes")
+    input_hw = input_hw if input_hw is not None else meta.get("input_hw")
+    return fam.build_model(variant, weights=path, deploy=deploy, seed=seed, num_classes=num_classes,
+                           input_hw=tuple(input_hw) if input_hw is not None else None, init=init)

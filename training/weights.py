@@ -90,6 +90,16 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+TDET_META = "tdet"  # key of the metadata `tdet train` adds to its checkpoints (official layouts otherwise)
+
+
+def checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """The `tdet train` metadata of a checkpoint: variant, num_classes, class_names, category_ids,
+    input_hw, ... ({} for official release files and bare state dicts)."""
+    meta = read_checkpoint(path).get(TDET_META)
+    return dict(meta) if isinstance(meta, dict) else {}
+
+
 def resolve(weights: str | Path | None, family_weights: dict[str, WeightsInfo], variant: str) -> Path | None:
     """--weights value -> local file. "official" downloads the variant's release file; None stays None."""
     if weights is None:

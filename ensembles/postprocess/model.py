@@ -22,6 +22,7 @@ class TritonPythonModel:
         self.iou = float(params["iou_threshold"])
         self.max_det = int(params["max_detections"])
         self.category_ids = np.asarray(json.loads(params["category_ids"]), np.int32)
+        self.input_hw = tuple(int(v) for v in params["input_hw"].split(","))  # the engine's input size
 
     def execute(self, requests):
         return [self._respond(r) for r in requests]
@@ -31,7 +32,7 @@ class TritonPythonModel:
         sizes = pb_utils.get_input_tensor_by_name(request, "orig_hw").as_numpy()
         try:
             wire = postprocess_rows(self.family, outputs, sizes, self.category_ids, score_thr=self.score_thr,
-                                    iou=self.iou, max_det=self.max_det)
+                                    iou=self.iou, max_det=self.max_det, input_hw=self.input_hw)
         except ValueError as err:
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(err)))
         return pb_utils.InferenceResponse([pb_utils.Tensor(n, t) for n, t in zip(WIRE, wire)])

@@ -1,21 +1,20 @@
 """Triton python model `<m>_preprocess`: IMAGE (encoded bytes, one per batch row) -> images uint8
 [3,H,W] RGB + orig_hw int32 [2]. Thin: the work is tdet.client.pipeline.preprocess_rows (numpy/OpenCV)."""
 
-import dataclasses
 import json
 
 import cv2
 import triton_python_backend_utils as pb_utils
 
 from tdet.client.pipeline import preprocess_rows
-from tdet.client.specs import EXPORT_INPUT, PREPROCESS
+from tdet.client.specs import EXPORT_INPUT, preprocess_spec
 
 
 class TritonPythonModel:
     def initialize(self, args):
         params = {k: v["string_value"] for k, v in json.loads(args["model_config"]).get("parameters", {}).items()}
         h, w = (int(v) for v in params["input_hw"].split(","))
-        self.spec = dataclasses.replace(PREPROCESS[params["family"]], size_hw=(h, w))
+        self.spec = preprocess_spec(params["family"], (h, w))
         self.max_pixels = int(params["max_pixels"])
         # parallelism comes from instances (one process each); OpenCV threads would oversubscribe the cores
         cv2.setNumThreads(1)

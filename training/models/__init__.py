@@ -1,1 +1,24 @@
-"""Model families."""
+"""Model families (one package each). Shared here: how a variant's config takes per-run overrides."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, TypeVar
+
+C = TypeVar("C")
+
+
+def with_overrides(cfg: C, *, num_classes: int | None = None, input_hw: tuple[int, int] | None = None) -> C:
+    """`cfg` (a frozen variant dataclass) with the dataset's class count and the run's input size (height,
+    width); None keeps the official value. ValueError for sizes the strided model cannot take."""
+    changes: dict[str, Any] = {}
+    if num_classes is not None:
+        if int(num_classes) < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        changes["num_classes"] = int(num_classes)
+    if input_hw is not None:
+        h, w = (int(v) for v in input_hw)
+        if h < 32 or w < 32 or h % 32 or w % 32:
+            raise ValueError(f"input size must be a multiple of 32 (>= 32) on each side, got {h}x{w}")
+        changes["input_hw"] = (h, w)
+    return replace(cfg, **changes) if changes else cfg

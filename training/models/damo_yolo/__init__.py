@@ -17,6 +17,11 @@ from .checkpoint import load_checkpoint
 from .detector import DamoYolo, DamoYoloExport
 from .random_init import tame_init
 from .variants import VARIANTS, DamoYoloConfig
+from .. import with_overrides
+
+# TODO(training helper): official training init (damo/base_models/heads/zero_head.py init_weights etc.)
+def init_for_training(model: DamoYolo, seed: int) -> DamoYolo:
+    raise NotImplementedError("init='train' for DAMO-YOLO")
 
 FAMILY = "damo-yolo"
 _BASE = "https://idstcv.oss-cn-zhangjiakou.aliyuncs.com/DAMO-YOLO/release_model/clean_model_0317/"
@@ -32,15 +37,26 @@ __all__ = ["FAMILY", "VARIANTS", "WEIGHTS", "DamoYolo", "DamoYoloConfig", "build
            "num_params"]
 
 
-def build_model(name: str, *, weights: str | Path | None = None, deploy: bool = False, seed: int = 0) -> DamoYolo:
-    """Train-form DAMO-YOLO `name`, with an official checkpoint (strict) or a seeded tame random init;
-    deploy=True returns the fused eval-mode model."""
+def build_model(name: str, *, weights: str | Path | None = None, deploy: bool = False, seed: int = 0,
+                num_classes: int | None = None, input_hw: tuple[int, int] | None = None,
+                init: str = "tame") -> DamoYolo:
+    """Train-form DAMO-YOLO `name` with `num_classes` classes (default 80) for `input_hw` (default 640x640),
+    with a checkpoint loaded strictly or a seeded random init (`init`: "tame" for tests and demos,
+    "train" for the official initialisation training starts from); deploy=True returns the fused
+    eval-mode model."""
     if name not in VARIANTS:
         raise ValueError(f"unknown DAMO-YOLO variant {name!r}; known: {sorted(VARIANTS)}")
-    cfg = VARIANTS[name]
-    model = DamoYolo(cfg)
+    cfg = with_overrides(VARIANTS[name], num_classes=num_classes, input_hw=input_hw)
+    with torch.random.fork_rng():  # the construction-time init draws from the global generator
+        torch.manual_seed(seed)
+        model = DamoYolo(cfg)
     if weights is None:
-        tame_init(model, seed)
+        if init == "tame":
+            tame_init(model, seed)
+        elif init == "train":
+            init_for_training(model, seed)
+        else:
+            raise ValueError(f"unknown init {init!r}; use 'tame' or 'train'")
     else:
         load_checkpoint(model, weights, num_classes=cfg.num_classes)
     if deploy:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from tdet.training.weights import WeightsInfo
@@ -16,6 +17,11 @@ from tdet.training.weights import WeightsInfo
 from .checkpoint import load_checkpoint
 from .detector import RTDETRv2, tame_init
 from .variants import VARIANTS, RTDETRv2Config
+from .. import with_overrides
+
+# TODO(training helper): official training init (rtdetrv2_decoder.py _reset_parameters, MSDeformableAttention)
+def init_for_training(model: RTDETRv2, seed: int) -> RTDETRv2:
+    raise NotImplementedError("init='train' for RT-DETRv2")
 
 FAMILY = "rtdetrv2"
 _URL = "https://github.com/lyuwenyu/storage/releases/download/"
@@ -37,14 +43,27 @@ __all__ = ["FAMILY", "VARIANTS", "WEIGHTS", "RTDETRv2", "RTDETRv2Config", "build
            "num_params"]
 
 
-def build_model(name: str, *, weights: str | Path | None = None, deploy: bool = False, seed: int = 0) -> RTDETRv2:
-    """Train-form RT-DETRv2 `name` with an official (v2 or v1) checkpoint loaded strictly, or a seeded
-    tame random init; deploy=True returns the fused eval-mode model."""
+def build_model(name: str, *, weights: str | Path | None = None, deploy: bool = False, seed: int = 0,
+                num_classes: int | None = None, input_hw: tuple[int, int] | None = None,
+                init: str = "tame") -> RTDETRv2:
+    """Train-form RT-DETRv2 `name` with `num_classes` classes (default 80) for `input_hw` (default 640x640:
+    the eval size its anchors and AIFI position embedding are precomputed for), with an official (v2 or
+    v1) or `tdet train` checkpoint loaded strictly, or a seeded random init (`init`: "tame" for tests and
+    demos, "train" for the official initialisation training starts from); deploy=True returns the fused
+    eval-mode model."""
     if name not in VARIANTS:
         raise ValueError(f"unknown RT-DETRv2 variant {name!r}; known: {sorted(VARIANTS)}")
-    model = RTDETRv2(VARIANTS[name])
+    cfg = with_overrides(VARIANTS[name], num_classes=num_classes, input_hw=input_hw)
+    with torch.random.fork_rng():  # the construction-time init draws from the global generator
+        torch.manual_seed(seed)
+        model = RTDETRv2(cfg)
     if weights is None:
-        tame_init(model, seed)
+        if init == "tame":
+            tame_init(model, seed)
+        elif init == "train":
+            init_for_training(model, seed)
+        else:
+            raise ValueError(f"unknown init {init!r}; use 'tame' or 'train'")
     else:
         load_checkpoint(model, weights)
     if deploy:

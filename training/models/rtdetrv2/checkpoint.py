@@ -8,6 +8,7 @@ regenerated for this model's size instead of read from the file.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -19,6 +20,8 @@ REGENERATED = ("decoder.anchors", "decoder.valid_mask")
 
 
 def extract_state_dict(ckpt: dict) -> dict[str, torch.Tensor]:
+    """The weights of a checkpoint: ckpt['ema']['module'], else ckpt['model'], else ckpt itself (a bare
+    state dict); a DDP 'module.' prefix is dropped. ValueError when none of these is a tensor dict."""
     if isinstance(ckpt.get("ema"), dict) and isinstance(ckpt["ema"].get("module"), dict):
         sd = ckpt["ema"]["module"]
     elif isinstance(ckpt.get("model"), dict):
@@ -30,20 +33,26 @@ def extract_state_dict(ckpt: dict) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
+# RT-DETR v1 (rtdetr_pytorch/) used index-named nn.Sequential children where v2 names them
+_V1_RENAMES = (
+    (re.compile(r"^encoder\.input_proj\.(\d+)\.0\."), r"encoder.input_proj.\1.conv."),
+    (re.compile(r"^encoder\.input_proj\.(\d+)\.1\."), r"encoder.input_proj.\1.norm."),
+    (re.compile(r"^decoder\.enc_output\.0\."), "decoder.enc_output.proj."),
+    (re.compile(r"^decoder\.enc_output\.1\."), "decoder.enc_output.norm."),
+)
+
+
 def upgrade_v1_keys(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """RT-DETR v1 -> v2 names: encoder.input_proj.{i}.0/1 -> .conv/.norm, decoder.enc_output.0/1 ->
     .proj/.norm; v1 lacks cross_attn.num_points_scale (a constant of the config: taken from the model).
-    v1's offset formula equals v2's for 4 points per level, so the weights run unchanged."""
+    v1's offset formula (offsets / n_points * wh * 0.5) equals v2's for 4 points per level, so the weights
+    run unchanged. A v2 state dict is returned as is."""
     if not any(k.startswith("decoder.enc_output.0.") for k in sd):
         return sd
     out = {}
     for k, v in sd.items():
-        for old, new in ((".0.", ".conv."), (".1.", ".norm.")):
-            if k.startswith("encoder.input_proj.") and k.split(".", 3)[3].startswith(old[1:]):
-                k = ".".join(k.split(".")[:3]) + new + k.split(".", 4)[4]
-                break
-        k = k.replace("decoder.enc_output.0.", "decoder.enc_output.proj.")
-        k = k.replace("decoder.enc_output.1.", "decoder.enc_output.norm.")
+        for pattern, new in _V1_RENAMES:
+            k = pattern.sub(new, k)
         out[k] = v
     for k, v in model.state_dict().items():
         if k.endswith("cross_attn.num_points_scale") and k not in out:
@@ -52,6 +61,8 @@ def upgrade_v1_keys(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, 
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Load an official v2 (or v1, upgraded) checkpoint into `model` strictly; ValueError names the
+    missing/unexpected/mis-shaped keys when the file belongs to another variant."""
     sd = upgrade_v1_keys(extract_state_dict(read_checkpoint(path)), model)
     expected = model.state_dict()
     for k in REGENERATED:
