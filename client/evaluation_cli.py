@@ -24,11 +24,15 @@ def _ints(text: str) -> list[int]:
 def register(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="datasets the project generates", description="Dataset commands.")
     dsub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
-    p = dsub.add_parser("synth", help="generate a COCO-format detection dataset",
-                        description="Write DIR/images/*.jpg and DIR/annotations.json (COCO format, COCO ids).")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--num", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
+    p = dsub.add_parser("synth", help="generate a learnable COCO-format detection dataset",
+                        description="Write DIR/images/*.jpg and DIR/annotations.json (COCO format): six shape kinds "
+                                    "(rectangle, ellipse, triangle, star, cross, ring; category ids 1-6), the class "
+                                    "is what is drawn. Train and val splits come from different seeds.",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", type=Path, required=True, help="dataset folder")
+    p.add_argument("--num", type=int, default=16, help="number of images")
+    p.add_argument("--seed", type=int, default=0, help="seed (with --split, picks the images)")
+    p.add_argument("--split", choices=["train", "val"], default="train", help="which split of the seed")
     p.add_argument("--size", type=_size, help="WxH for every image (default: a mix of sizes)")
     p.set_defaults(func=cmd_synth)
 
@@ -88,8 +92,8 @@ def _url(args: argparse.Namespace) -> str:
 def cmd_synth(args: argparse.Namespace) -> int:
     from .synth import synthesize
 
-    path = synthesize(args.out, args.num, args.seed, args.size)
-    print(f"wrote {args.num} images to {args.out / 'images'} and {path}")
+    path = synthesize(args.out, args.num, args.seed, args.size, split=args.split)
+    print(f"wrote {args.num} {args.split} images to {args.out / 'images'} and {path}")
     return 0
 
 
@@ -97,7 +101,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import evaluate, format_metrics
 
     if args.weights and not args.reference:
-        raise ValueError("--weights goes with --reference VARIANT")
+        raise UserError("--weights goes with --reference VARIANT")
     res = evaluate(args.model, _url(args), args.coco, args.images, protocol=args.protocol,
                    concurrency=args.concurrency, out=args.out, reference=args.reference, weights=args.weights)
     print(format_metrics(res))

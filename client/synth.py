@@ -1,8 +1,12 @@
-"""`tdet data synth`: a COCO-format detection dataset the project generates, so evaluation, demos and
-tests have real image files with ground truth (no download needed).
+"""`tdet data synth`: a COCO-format detection dataset the project generates, so training, evaluation, demos
+and tests have real image files with ground truth (no download needed).
 
-Each image has a textured background (gradient + noise + stripes) and several objects: filled shapes
-of varied size, colour and overlap, each labelled with a COCO category. Deterministic for a seed.
+The set is learnable: an object's class is what is drawn. Six shape kinds (rectangle, ellipse, triangle,
+star, cross, ring) are the dataset's own categories (ids 1..6 with their names in the COCO file), drawn
+with random colour, size (log-uniform, so COCO's small / medium / large buckets are all populated), aspect,
+rotation and overlap on textured backgrounds (gradients, noise, stripes, checkers, thin clutter lines), then
+blurred, noised and JPEG-compressed at a random quality. Boxes are of the visible pixels. Train and val
+splits come from different seeds. Deterministic for (seed, split).
 """
 
 from __future__ import annotations
@@ -10,17 +14,26 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zlib
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from .labels import COCO_CATEGORY_IDS, COCO_CLASSES
-
 # image sizes (w, h) drawn from when --size is not given: landscape, portrait, square, small
 SIZES = ((640, 480), (800, 600), (1280, 720), (480, 640), (512, 512), (320, 240))
-SHAPES = ("rectangle", "ellipse", "triangle")
-MIN_VISIBLE = 0.3  # fraction of a shape that must stay visible to be annotated
+SHAPES = ("rectangle", "ellipse", "triangle", "star", "cross", "ring")
+CATEGORY_IDS = tuple(range(1, len(SHAPES) + 1))  # the dataset's own ids, one per shape kind
+SPLITS = ("train", "val")
+MIN_VISIBLE = 0.4  # fraction of a shape's area that must stay visible for it to be annotated
+MIN_SIDE_FRACTION = 0.04  # smallest object side as a fraction of the image's shorter side
+
+
+def split_seed(seed: int, split: str) -> int:
+    """The generator seed of one split: train and val never share images for the same --seed."""
+    if split not in SPLITS:
+        raise ValueError(f"--split must be one of {SPLITS}, got {split!r}")
+    return zlib.crc32(f"{seed}/{split}".encode())
 
 
 def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
@@ -28,67 +41,114 @@ def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     t = np.linspace(0, 1, w, dtype=np.float32)[None, :, None] if rng.random() < 0.5 else \
         np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
     img = np.broadcast_to(c0 * (1 - t) + c1 * t, (h, w, 3)).astype(np.float32)
-    img = img + rng.normal(0, 12, (h, w, 3)).astype(np.float32)
-    if rng.random() < 0.5:  # stripes: texture the detector has to ignore
+    img = img + rng.normal(0, rng.uniform(3, 15), (h, w, 3)).astype(np.float32)
+    texture = rng.random()
+    if texture < 0.3:  # stripes
         period = int(rng.integers(8, 40))
-        img[(np.arange(h) // period) % 2 == 0] *= 0.85
-    return np.clip(img, 0, 255).astype(np.uint8)
+        img[(np.arange(h) // period) % 2 == 0] *= rng.uniform(0.8, 0.95)
+    elif texture < 0.5:  # checkers
+        period = int(rng.integers(10, 60))
+        yy, xx = np.mgrid[:h, :w]
+        img[((yy // period) + (xx // period)) % 2 == 0] *= rng.uniform(0.8, 0.95)
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    for _ in range(int(rng.integers(0, 6))):  # thin clutter lines: edges that are no object
+        p0 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+        p1 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+        cv2.line(img, p0, p1, tuple(int(c) for c in rng.integers(0, 255, 3)), 1, cv2.LINE_AA)
+    return img
 
 
-def _draw_object(img: np.ndarray, ids: np.ndarray, k: int, rng: np.random.Generator) -> None:
-    """Draw filled shape number k (1-based) into the RGB image and, with value k, into the instance map
-    `ids` (uint8 [H, W]); later shapes overwrite earlier ones there as they do in the image."""
+def _polygon(shape: str, cx: float, cy: float, ow: float, oh: float, angle: float) -> list[np.ndarray]:
+    """Outline points (one or more polygons) of a polygonal shape, rotated by `angle` radians."""
+    if shape == "rectangle":
+        pts = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], np.float64)
+    elif shape == "triangle":
+        pts = np.array([[0, -1], [1, 1], [-1, 1]], np.float64)
+    elif shape == "star":
+        a = np.arange(10) * np.pi / 5 - np.pi / 2
+        r = np.where(np.arange(10) % 2 == 0, 1.0, 0.42)
+        pts = np.stack([r * np.cos(a), r * np.sin(a)], 1)
+    elif shape == "cross":
+        t = 0.33
+        pts = np.array([[-t, -1], [t, -1], [t, -t], [1, -t], [1, t], [t, t], [t, 1], [-t, 1], [-t, t], [-1, t],
+                        [-1, -t], [-t, -t]], np.float64)
+    else:
+        raise ValueError(shape)
+    pts = pts * [ow / 2, oh / 2]
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    return [np.round(pts @ rot.T + [cx, cy]).astype(np.int32)]
+
+
+def _draw_object(img: np.ndarray, ids: np.ndarray, pad: int, k: int, shape: str, rng: np.random.Generator) -> None:
+    """Draw shape number k (1-based) into the RGB image and, with value k, into the instance map `ids`
+    (uint8 [H + 2 pad, W + 2 pad]: the image with a margin, so a shape's full area is known even where it
+    leaves the image); later shapes overwrite earlier ones there as they do in the image."""
     h, w = img.shape[:2]
-    # log-uniform sides, so COCO's small (<32^2), medium and large buckets are all populated
-    lo, hi = np.log(10), np.log(max(12, min(w, h) * 0.6))
-    ow, oh = (int(np.exp(rng.uniform(lo, hi)) * rng.uniform(0.7, 1.4)) for _ in range(2))
-    x0, y0 = int(rng.integers(-ow // 4, max(1, w - ow // 2))), int(rng.integers(-oh // 4, max(1, h - oh // 2)))
+    lo, hi = np.log(max(10.0, MIN_SIDE_FRACTION * min(w, h))), np.log(max(16.0, min(w, h) * 0.55))
+    size = float(np.exp(rng.uniform(lo, hi)))
+    aspect = float(np.exp(rng.uniform(np.log(0.6), np.log(1.6))))
+    ow, oh = size * aspect ** 0.5, size / aspect ** 0.5
+    cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+    angle = float(rng.uniform(-np.pi, np.pi)) if shape != "rectangle" or rng.random() < 0.5 else 0.0
     colour = tuple(int(c) for c in rng.integers(0, 255, 3))
-    shape = SHAPES[int(rng.integers(len(SHAPES)))]
-    outline = rng.random() < 0.5  # a darker edge, as real objects have edges
-    for canvas, fill, edge in ((img, colour, tuple(c // 2 for c in colour)), (ids, k, k)):
-        if shape == "rectangle":
-            cv2.rectangle(canvas, (x0, y0), (x0 + ow, y0 + oh), fill, -1)
-            if outline:
-                cv2.rectangle(canvas, (x0, y0), (x0 + ow, y0 + oh), edge, 2)
-        elif shape == "ellipse":
-            cv2.ellipse(canvas, (x0 + ow // 2, y0 + oh // 2), (ow // 2, oh // 2), 0, 0, 360, fill, -1)
-            if outline:
-                cv2.ellipse(canvas, (x0 + ow // 2, y0 + oh // 2), (ow // 2, oh // 2), 0, 0, 360, edge, 2)
+    edge = tuple(int(c * rng.uniform(0.3, 0.7)) for c in colour) if rng.random() < 0.5 else None
+    for canvas, shift, fill, outline in ((img, 0, colour, edge), (ids, pad, k, k if edge is not None else None)):
+        if shape in ("ellipse", "ring"):
+            centre, axes = (int(cx) + shift, int(cy) + shift), (max(1, int(ow / 2)), max(1, int(oh / 2)))
+            deg = float(np.degrees(angle))
+            if shape == "ellipse":
+                cv2.ellipse(canvas, centre, axes, deg, 0, 360, fill, -1, cv2.LINE_8)
+            else:  # a ring: a thick elliptic band, the background visible through its hole
+                thickness = max(2, int(min(ow, oh) * 0.18))
+                cv2.ellipse(canvas, centre, axes, deg, 0, 360, fill, thickness, cv2.LINE_8)
+            if outline is not None and shape == "ellipse":
+                cv2.ellipse(canvas, centre, axes, deg, 0, 360, outline, 2, cv2.LINE_8)
         else:
-            pts = np.array([[x0 + ow // 2, y0], [x0, y0 + oh], [x0 + ow, y0 + oh]], np.int32)
-            cv2.fillPoly(canvas, [pts], fill)
-            if outline:
-                cv2.polylines(canvas, [pts], True, edge, 2)
+            polys = _polygon(shape, cx + shift, cy + shift, ow, oh, angle)
+            cv2.fillPoly(canvas, polys, fill, cv2.LINE_8)
+            if outline is not None:
+                cv2.polylines(canvas, polys, True, outline, 2, cv2.LINE_8)
 
 
 def _visible_boxes(ids: np.ndarray, drawn: dict[int, int], min_visible: float
                    ) -> dict[int, tuple[list[float], int]]:
-    """{k: (COCO bbox [x, y, w, h] of shape k's visible pixels, visible pixel count)} for the shapes
-    with at least `min_visible` of their drawn pixels still visible (COCO boxes are of what is seen)."""
+    """{k: (COCO bbox [x, y, w, h] of shape k's visible pixels, visible pixel count)} for the shapes with
+    at least `min_visible` of their full area visible in the image (not cut off by its border, not hidden
+    behind later shapes): a shape mostly out of sight no longer shows its kind. COCO boxes are of what is seen."""
     out = {}
     for k, total in drawn.items():
         ys, xs = np.nonzero(ids == k)
-        if xs.size < max(4, min_visible * total):
+        if xs.size < max(16, min_visible * total):
             continue  # (nearly) hidden behind later shapes or off the image: not annotated
         x1, y1, x2, y2 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
-        if x2 - x1 >= 2 and y2 - y1 >= 2:
+        if x2 - x1 >= 4 and y2 - y1 >= 4:
             out[k] = ([float(x1), float(y1), float(x2 - x1), float(y2 - y1)], int(xs.size))
     return out
 
 
+def _degrade(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Camera-like nuisances: optional blur and sensor noise (JPEG quality is drawn at encoding)."""
+    if rng.random() < 0.3:
+        k = int(rng.choice([3, 5]))
+        img = cv2.GaussianBlur(img, (k, k), 0)
+    if rng.random() < 0.3:
+        img = np.clip(img + rng.normal(0, rng.uniform(2, 10), img.shape), 0, 255).astype(np.uint8)
+    return img
+
+
 def synthesize(out: Path, num: int, seed: int = 0, size: tuple[int, int] | None = None,
-               objects: tuple[int, int] = (2, 7)) -> Path:
+               objects: tuple[int, int] = (2, 9), split: str = "train") -> Path:
     """Write `num` JPEGs to out/images and out/annotations.json (COCO format); returns the annotations path.
 
-    size: (width, height) for every image, or None for a mix of sizes. The annotations file is written
-    last, through a temp file and a rename, so a partial run never looks complete.
+    size: (width, height) for every image, or None for a mix of sizes. split: "train" or "val" (another
+    seed stream). The annotations file is written last, through a temp file and a rename, so a partial
+    run never looks complete.
     """
     if num < 1:
         raise ValueError(f"--num must be >= 1, got {num}")
     if size is not None and (size[0] < 32 or size[1] < 32):
         raise ValueError(f"--size must be at least 32x32, got {size[0]}x{size[1]}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(split_seed(seed, split))
     img_dir = out / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
     (out / "annotations.json").unlink(missing_ok=True)
@@ -96,18 +156,20 @@ def synthesize(out: Path, num: int, seed: int = 0, size: tuple[int, int] | None 
     for i in range(num):
         w, h = size or SIZES[int(rng.integers(len(SIZES)))]
         img = _background(rng, w, h)
-        ids = np.zeros((h, w), np.uint8)
+        pad = max(w, h) // 2
+        ids = np.zeros((h + 2 * pad, w + 2 * pad), np.uint8)
         name = f"{i:06d}.jpg"
         drawn, labels = {}, {}
         for k in range(1, int(rng.integers(*objects)) + 1):
-            labels[k] = int(rng.integers(len(COCO_CLASSES)))
-            _draw_object(img, ids, k, rng)
-            drawn[k] = int((ids == k).sum())  # drawn last, so all its in-image pixels are k now
-        for k, (box, area) in _visible_boxes(ids, drawn, MIN_VISIBLE).items():
-            annotations.append({"id": len(annotations) + 1, "image_id": i + 1,
-                                "category_id": COCO_CATEGORY_IDS[labels[k]], "bbox": box, "area": float(area),
-                                "iscrowd": 0})
-        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+            labels[k] = int(rng.integers(len(SHAPES)))
+            _draw_object(img, ids, pad, k, SHAPES[labels[k]], rng)
+            drawn[k] = int((ids == k).sum())  # drawn last, so all its pixels are k now
+        for k, (box, area) in _visible_boxes(ids[pad:pad + h, pad:pad + w], drawn, MIN_VISIBLE).items():
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": CATEGORY_IDS[labels[k]],
+                                "bbox": box, "area": float(area), "iscrowd": 0})
+        img = _degrade(img, rng)
+        quality = int(rng.integers(60, 96))
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
         if not ok:
             raise ValueError(f"could not encode image {name}")
         (img_dir / name).write_bytes(buf.tobytes())
@@ -116,15 +178,12 @@ def synthesize(out: Path, num: int, seed: int = 0, size: tuple[int, int] | None 
     for stale in img_dir.glob("[0-9][0-9][0-9][0-9][0-9][0-9].jpg"):
         if int(stale.stem) >= num:
             stale.unlink()
-    coco = {"info": {"description": f"tdet synthetic detection set (seed {seed})", "version": "1"},
+    coco = {"info": {"description": f"tdet synthetic shapes ({split} split, seed {seed})", "version": "2"},
             "images": images, "annotations": annotations,
-            "categories": [{"id": c, "name": n, "supercategory": "object"}
-                           for c, n in zip(COCO_CATEGORY_IDS, COCO_CLASSES)]}
+            "categories": [{"id": c, "name": n, "supercategory": "shape"} for c, n in zip(CATEGORY_IDS, SHAPES)]}
     fd, tmp = tempfile.mkstemp(prefix=".annotations.", suffix=".json", dir=out)
     with os.fdopen(fd, "w") as f:
         json.dump(coco, f)
     os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; the dataset is meant to be shared
     os.replace(tmp, out / "annotations.json")
     return out / "annotations.json"
-
-

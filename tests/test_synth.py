@@ -1,4 +1,4 @@
-"""`tdet data synth`: a valid, deterministic COCO detection set written atomically."""
+"""`tdet data synth`: a valid, deterministic, learnable COCO detection set written atomically."""
 
 import json
 
@@ -6,15 +6,17 @@ import cv2
 import pytest
 from pycocotools.coco import COCO
 
-from tdet.client.labels import COCO_CATEGORY_IDS
-from tdet.client.synth import synthesize
+import numpy as np
+
+from tdet.client.synth import CATEGORY_IDS, SHAPES, synthesize
 
 
 def test_synth_writes_a_valid_coco_dataset(tmp_path):
     ann = synthesize(tmp_path / "a", num=5, seed=3)
     coco = COCO(str(ann))
     assert len(coco.imgs) == 5 and len(coco.anns) >= 5
-    assert sorted(coco.getCatIds()) == sorted(COCO_CATEGORY_IDS)
+    assert sorted(coco.getCatIds()) == list(CATEGORY_IDS)  # the dataset's own classes, not COCO's 80
+    assert [coco.cats[i]["name"] for i in CATEGORY_IDS] == list(SHAPES)
     sizes = set()
     for img in coco.imgs.values():
         pixels = cv2.imread(str(tmp_path / "a" / "images" / img["file_name"]))
@@ -24,7 +26,7 @@ def test_synth_writes_a_valid_coco_dataset(tmp_path):
             x, y, w, h = a["bbox"]
             assert 0 <= x and 0 <= y and w >= 2 and h >= 2
             assert x + w <= img["width"] + 1 and y + h <= img["height"] + 1
-            assert a["category_id"] in COCO_CATEGORY_IDS and 4 <= a["area"] <= w * h  # visible pixels
+            assert a["category_id"] in CATEGORY_IDS and 16 <= a["area"] <= w * h  # visible pixels
     assert len(sizes) > 1  # a mix of sizes by default
     assert not list((tmp_path / "a").glob(".annotations*"))  # no temp file left
     assert ann.stat().st_mode & 0o044  # readable by others, not mkstemp's 0600
@@ -55,3 +57,25 @@ def test_synth_rejects_bad_arguments(tmp_path):
         synthesize(tmp_path, num=0)
     with pytest.raises(ValueError, match="--size must be at least 32x32"):
         synthesize(tmp_path, num=1, size=(8, 8))
+
+
+def test_synth_class_is_what_is_drawn(tmp_path):
+    """The label follows the drawn shape: how much of its box a shape fills is a property of its kind
+    (a full rectangle fills it, a ring's hole leaves most of it empty), so per-class fill ratios separate."""
+    coco = COCO(str(synthesize(tmp_path, num=40, seed=2, size=(320, 240))))
+    fill = {c: [] for c in CATEGORY_IDS}
+    for a in coco.anns.values():
+        fill[a["category_id"]].append(a["area"] / (a["bbox"][2] * a["bbox"][3]))
+    median = {SHAPES[c - 1]: float(np.median(v)) for c, v in fill.items()}
+    assert all(len(v) >= 5 for v in fill.values())
+    assert median["ring"] < median["star"] < median["ellipse"] < median["rectangle"]
+    assert median["cross"] < median["ellipse"] and median["triangle"] < median["ellipse"]
+
+
+def test_synth_splits_differ(tmp_path):
+    train = synthesize(tmp_path / "train", num=2, seed=5, size=(128, 96), split="train")
+    val = synthesize(tmp_path / "val", num=2, seed=5, size=(128, 96), split="val")
+    assert json.loads(train.read_text())["annotations"] != json.loads(val.read_text())["annotations"]
+    assert (tmp_path / "train/images/000000.jpg").read_bytes() != (tmp_path / "val/images/000000.jpg").read_bytes()
+    with pytest.raises(ValueError, match="--split must be one of"):
+        synthesize(tmp_path / "x", num=1, split="test")
