@@ -1,9 +1,11 @@
-"""`tdet info` and `tdet export` (torch is imported only when a command runs)."""
+"""`tdet info`, `tdet export` and `tdet train` (torch is imported only when a command runs)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+
+from .train_cli import register_train
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--check", action="store_true", help="run ONNX Runtime on the result and print the max "
                                                         "difference from PyTorch at batch 2")
     p.set_defaults(func=cmd_export)
+
+    register_train(sub)
 
 
 def cmd_info(args: argparse.Namespace) -> int:

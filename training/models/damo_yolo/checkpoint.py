@@ -31,7 +31,14 @@ def slice_legacy_head(sd: dict[str, torch.Tensor], num_classes: int) -> dict[str
     return out
 
 
+def checkpoint_state_dict(ckpt: dict, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights `load_checkpoint` would load from a read checkpoint: ckpt['model'] (the EMA weights) or a
+    bare state dict, legacy 81-channel classifiers sliced to the model's classes."""
+    return slice_legacy_head(extract_state_dict(ckpt), model.head.num_classes)
+
+
 def load_checkpoint(model: nn.Module, path: str | Path, *, num_classes: int) -> None:
-    """Load `path` into a train-form model with strict=True; mismatches raise ValueError naming keys."""
+    """Load `path` into a train-form model of `num_classes` classes with strict=True; mismatches raise
+    ValueError naming keys."""
     sd = slice_legacy_head(extract_state_dict(read_checkpoint(path)), num_classes)
     load_state_dict_strict(model, sd, path, "DAMO-YOLO variant")

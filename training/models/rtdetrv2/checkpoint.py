@@ -60,11 +60,15 @@ def upgrade_v1_keys(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, 
     return out
 
 
+def checkpoint_state_dict(ckpt: dict, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights `load_checkpoint` would load from a read checkpoint: EMA (else model) weights, v1 names
+    upgraded, anchors / valid mask taken from `model` (they depend on its input size, not on training)."""
+    sd = upgrade_v1_keys(extract_state_dict(ckpt), model)
+    expected = model.state_dict()
+    return {**sd, **{k: expected[k] for k in REGENERATED}}
+
+
 def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     """Load an official v2 (or v1, upgraded) checkpoint into `model` strictly; ValueError names the
     missing/unexpected/mis-shaped keys when the file belongs to another variant."""
-    sd = upgrade_v1_keys(extract_state_dict(read_checkpoint(path)), model)
-    expected = model.state_dict()
-    for k in REGENERATED:
-        sd[k] = expected[k]
-    load_state_dict_strict(model, sd, path, "RT-DETRv2 variant")
+    load_state_dict_strict(model, checkpoint_state_dict(read_checkpoint(path), model), path, "RT-DETRv2 variant")
