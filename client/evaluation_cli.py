@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .errors import UserError
+from .triton import DEFAULT_RETRIES, add_connection_args
+
 
 def _size(text: str) -> tuple[int, int]:
     try:
@@ -34,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed (with --split, picks the images)")
     p.add_argument("--split", choices=["train", "val"], default="train", help="which split of the seed")
     p.add_argument("--size", type=_size, help="WxH for every image (default: a mix of sizes)")
+    p.add_argument("--workers", type=int, default=1, help="processes drawing images (same images for any count)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("eval", help="COCO evaluation through the served model",
@@ -45,14 +49,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=Path, required=True, help="folder with the annotated images")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--out", type=Path, help="output folder (default build/eval/MODEL)")
-    p.add_argument("--reference", metavar="VARIANT", help="also run VARIANT in-process and report the delta")
+    p.add_argument("--reference", metavar="VARIANT", help="also run VARIANT in-process (PyTorch, needs the train "
+                                                          "extra) and report the delta")
     p.add_argument("--weights", help="checkpoint for --reference (default: the same seeded init as export)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("loadtest", help="Locust load test with throughput/latency report",
                        description="Headless Locust against the served model, bounded by --duration, exact "
-                                   "latencies, Triton batch/queue/compute per step, CSV + JSON + PNG/HTML report.")
-    _server_args(p)
+                                   "latencies, Triton batch/queue/compute per step, CSV + JSON + PNG/HTML report. "
+                                   "Stops early, with what it measured, if the server goes away.")
+    _server_args(p, retries=0)  # a load test counts failures; retries would hide them
     p.add_argument("--users", type=int, default=4)
     p.add_argument("--spawn-rate", type=float, default=4)
     p.add_argument("--duration", type=float, default=30, help="seconds")
@@ -73,13 +79,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("build/compare"))
     p.add_argument("--seconds", type=float, default=10, help="saturation run length per model")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight at saturation")
+    add_connection_args(p)
     p.set_defaults(func=cmd_compare)
 
 
-def _server_args(p: argparse.ArgumentParser) -> None:
+def _server_args(p: argparse.ArgumentParser, *, retries: int = DEFAULT_RETRIES) -> None:
     p.add_argument("--model", required=True, help="served ensemble, e.g. damo_yolo_t")
     p.add_argument("--url", help="host:port (default 127.0.0.1:8001 for gRPC, 127.0.0.1:8000 for HTTP)")
     p.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
+    add_connection_args(p, retries=retries)
 
 
 def _url(args: argparse.Namespace) -> str:
@@ -92,7 +100,7 @@ def _url(args: argparse.Namespace) -> str:
 def cmd_synth(args: argparse.Namespace) -> int:
     from .synth import synthesize
 
-    path = synthesize(args.out, args.num, args.seed, args.size, split=args.split)
+    path = synthesize(args.out, args.num, args.seed, args.size, split=args.split, workers=args.workers)
     print(f"wrote {args.num} {args.split} images to {args.out / 'images'} and {path}")
     return 0
 
@@ -102,34 +110,47 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.weights and not args.reference:
         raise UserError("--weights goes with --reference VARIANT")
+    # the in-process run lives in training/; the CLI front (tdet.client.cli) hands over its constructor
+    reference = args.make_reference(args.reference, args.weights) if args.reference else None
     res = evaluate(args.model, _url(args), args.coco, args.images, protocol=args.protocol,
-                   concurrency=args.concurrency, out=args.out, reference=args.reference, weights=args.weights)
+                   concurrency=args.concurrency, out=args.out, reference=reference, timeout_s=args.timeout,
+                   retries=args.retries)
     print(format_metrics(res))
     print(f"results: {res.results_path}  metrics: {res.results_path.parent / 'metrics.json'}")
     return 0
 
 
 def cmd_loadtest(args: argparse.Namespace) -> int:
+    """Exit 0: every request answered; 1: some failed (counted in the report); 2: the run stopped early
+    because the server went away (the report holds what was measured until then)."""
+    import sys
+
     from .loadtest.runner import format_summary, run_once, sweep
 
-    kw = dict(protocol=args.protocol, duration_s=args.duration, images=args.images, metrics_url=args.metrics_url)
+    kw = dict(protocol=args.protocol, duration_s=args.duration, images=args.images, metrics_url=args.metrics_url,
+              timeout_s=args.timeout, retries=args.retries)
     if args.sweep:
         runs = sweep(args.model, _url(args), args.sweep, out=args.out, **kw)
-        for r in runs:
-            print(format_summary(r))
-        print(f"sweep report: {args.out / 'sweep.csv'}, {args.out / 'sweep.png'}, {args.out / 'report.html'}")
-        return 1 if any(r.failures for r in runs) else 0
-    s = run_once(args.model, _url(args), users=args.users, spawn_rate=args.spawn_rate, out=args.out, **kw)
-    print(format_summary(s))
-    print(f"report: {args.out / 'summary.json'}, {args.out / 'latencies.csv'}, {args.out / 'report.png'}")
-    return 1 if s.failures else 0
+        report = f"sweep report: {args.out / 'sweep.csv'}, {args.out / 'sweep.png'}, {args.out / 'report.html'}"
+    else:
+        runs = [run_once(args.model, _url(args), users=args.users, spawn_rate=args.spawn_rate, out=args.out, **kw)]
+        report = f"report: {args.out / 'summary.json'}, {args.out / 'latencies.csv'}, {args.out / 'report.png'}"
+    for r in runs:
+        print(format_summary(r))
+    print(report)
+    if runs[-1].aborted:
+        print(f"tdet loadtest: error: stopped early: {runs[-1].aborted}; the report holds what was measured",
+              file=sys.stderr)
+        return 2
+    return 1 if any(r.failures for r in runs) else 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare, markdown_table
 
     rows = compare([m for m in args.models.split(",") if m], _url(args), args.coco, args.images, out=args.out,
-                   protocol=args.protocol, seconds=args.seconds, concurrency=args.concurrency)
+                   protocol=args.protocol, seconds=args.seconds, concurrency=args.concurrency,
+                   timeout_s=args.timeout, retries=args.retries)
     print(markdown_table(rows))
     print(f"written: {args.out / 'compare.md'}, {args.out / 'compare.json'}, {args.out / 'compare.png'}")
     return 0

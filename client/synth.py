@@ -136,44 +136,64 @@ def _degrade(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return img
 
 
+def _make_image(job: tuple[Path, int, int, tuple[int, int] | None, tuple[int, int]]
+                ) -> tuple[dict, list[tuple[int, list[float], float]]]:
+    """Image `i` of a split (its own generator, so images are independent of each other and of the number
+    of processes making them): writes the JPEG, returns (image record, [(category id, bbox, area)])."""
+    img_dir, stream, i, size, objects = job
+    rng = np.random.default_rng([stream, i])
+    w, h = size or SIZES[int(rng.integers(len(SIZES)))]
+    img = _background(rng, w, h)
+    pad = max(w, h) // 2
+    ids = np.zeros((h + 2 * pad, w + 2 * pad), np.uint8)
+    drawn, labels = {}, {}
+    for k in range(1, int(rng.integers(*objects)) + 1):
+        labels[k] = int(rng.integers(len(SHAPES)))
+        _draw_object(img, ids, pad, k, SHAPES[labels[k]], rng)
+        drawn[k] = int((ids == k).sum())  # drawn last, so all its pixels are k now
+    anns = [(CATEGORY_IDS[labels[k]], box, float(area))
+            for k, (box, area) in _visible_boxes(ids[pad:pad + h, pad:pad + w], drawn, MIN_VISIBLE).items()]
+    img = _degrade(img, rng)
+    name = f"{i:06d}.jpg"
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(60, 96))])
+    if not ok:
+        raise ValueError(f"could not encode image {name}")
+    (img_dir / name).write_bytes(buf.tobytes())
+    return {"id": i + 1, "file_name": name, "width": w, "height": h}, anns
+
+
 def synthesize(out: Path, num: int, seed: int = 0, size: tuple[int, int] | None = None,
-               objects: tuple[int, int] = (2, 9), split: str = "train") -> Path:
+               objects: tuple[int, int] = (2, 9), split: str = "train", workers: int = 1) -> Path:
     """Write `num` JPEGs to out/images and out/annotations.json (COCO format); returns the annotations path.
 
     size: (width, height) for every image, or None for a mix of sizes. split: "train" or "val" (another
-    seed stream). The annotations file is written last, through a temp file and a rename, so a partial
-    run never looks complete.
+    seed stream). Image i depends only on (seed, split, i): a run of N images is the first N of a larger
+    run, whatever `workers` (processes) made them. The annotations file is written last, through a temp
+    file and a rename, so a partial run never looks complete.
     """
     if num < 1:
         raise ValueError(f"--num must be >= 1, got {num}")
     if size is not None and (size[0] < 32 or size[1] < 32):
         raise ValueError(f"--size must be at least 32x32, got {size[0]}x{size[1]}")
-    rng = np.random.default_rng(split_seed(seed, split))
+    stream = split_seed(seed, split)
     img_dir = out / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
     (out / "annotations.json").unlink(missing_ok=True)
+    jobs = [(img_dir, stream, i, size, objects) for i in range(num)]
+    if workers > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            made = pool.map(_make_image, jobs, chunksize=8)
+    else:
+        made = [_make_image(j) for j in jobs]
     images, annotations = [], []
-    for i in range(num):
-        w, h = size or SIZES[int(rng.integers(len(SIZES)))]
-        img = _background(rng, w, h)
-        pad = max(w, h) // 2
-        ids = np.zeros((h + 2 * pad, w + 2 * pad), np.uint8)
-        name = f"{i:06d}.jpg"
-        drawn, labels = {}, {}
-        for k in range(1, int(rng.integers(*objects)) + 1):
-            labels[k] = int(rng.integers(len(SHAPES)))
-            _draw_object(img, ids, pad, k, SHAPES[labels[k]], rng)
-            drawn[k] = int((ids == k).sum())  # drawn last, so all its pixels are k now
-        for k, (box, area) in _visible_boxes(ids[pad:pad + h, pad:pad + w], drawn, MIN_VISIBLE).items():
-            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": CATEGORY_IDS[labels[k]],
-                                "bbox": box, "area": float(area), "iscrowd": 0})
-        img = _degrade(img, rng)
-        quality = int(rng.integers(60, 96))
-        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
-        if not ok:
-            raise ValueError(f"could not encode image {name}")
-        (img_dir / name).write_bytes(buf.tobytes())
-        images.append({"id": i + 1, "file_name": name, "width": w, "height": h})
+    for record, anns in made:
+        images.append(record)
+        for cat, box, area in anns:
+            annotations.append({"id": len(annotations) + 1, "image_id": record["id"], "category_id": cat,
+                                "bbox": box, "area": area, "iscrowd": 0})
     # a previous, larger run into the same folder leaves images with no ground truth: remove them
     for stale in img_dir.glob("[0-9][0-9][0-9][0-9][0-9][0-9].jpg"):
         if int(stale.stem) >= num:
