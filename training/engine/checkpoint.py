@@ -31,6 +31,7 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; checkpoints are meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -98,3 +99,21 @@ def load_pretrained(model: nn.Module, fam: ModuleType, path: str | Path, *, num_
     if skipped:
         fam.reinit_class_branch(model, seed=0)
     return skipped
+
+
+def slim_checkpoint(src: str | Path, dst: str | Path, *, extra_meta: dict | None = None) -> Path:
+    """A release file from a `tdet train` checkpoint: the EMA weights alone in fp16 (float buffers too),
+    in the family's official layout, with the "tdet" metadata (classes, input size, recipe, run arguments)
+    and `extra_meta` merged in. `tdet export --weights` and the official loaders read it like the full one."""
+    ckpt = read_checkpoint(src)
+    _, ema, _ = split_checkpoint(ckpt)
+    half = {k: v.half() if v.is_floating_point() else v for k, v in ema["module"].items()}
+    meta = {**(ckpt.get(TDET_META) or {}), **(extra_meta or {})}
+    out: dict[str, Any] = {TDET_META: meta}
+    if "ema" in ckpt:  # RT-DETRv2 layout
+        out["ema"] = {"module": half, "updates": ema["updates"]}
+    else:
+        out["model"] = half
+        out["epoch"] = ckpt.get("epoch")
+    atomic_torch_save(out, Path(dst))
+    return Path(dst)

@@ -16,9 +16,9 @@ from torch import nn
 
 from tdet.client.evaluation import coco_metrics, to_coco_results
 from tdet.client.postprocess import Detections, postprocess_one
+from tdet.client.preprocess import to_float_input
 from tdet.client.specs import preprocess_spec
 
-U8Batch = tuple[np.ndarray, list[int], list[tuple[int, int]]]  # images uint8 [B,3,H,W] RGB, image ids, orig (h, w)
 
 
 def postprocess_kwargs(eval_cfg: dict) -> dict:
@@ -31,34 +31,35 @@ def postprocess_kwargs(eval_cfg: dict) -> dict:
 
 
 @torch.no_grad()
-def predict(export_model: nn.Module, family: str, images: np.ndarray, orig_hw: list[tuple[int, int]],
+def predict(export_model: nn.Module, family: str, images: np.ndarray | torch.Tensor, orig_hw: list[tuple[int, int]],
             input_hw: tuple[int, int], *, device: torch.device | str = "cpu", **post: float
             ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Run the export form of a model (fam.export_module(model), eval mode) on a batch of network inputs
-    (uint8 [B,3,H,W] RGB, stretch-resized to input_hw) -> per image (boxes xyxy original px, scores,
-    labels 0-based), through the served path's numpy postprocess."""
-    spec = preprocess_spec(family, input_hw)
-    x = torch.from_numpy(images).to(device).float()
-    if spec.scale != 1.0:
-        x = x * spec.scale
-    outs = [o.float().cpu().numpy() for o in export_model(x)]
+    """Run the export form of a model (fam.export_module(model), eval mode) on a batch of network inputs,
+    stretch-resized to input_hw: uint8 [B,3,H,W] RGB (numpy, as the served engine gets them) or float32 already
+    in the model's range -> per image (boxes xyxy original px, scores, labels 0-based), through the served
+    path's numpy postprocess."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(to_float_input(images, preprocess_spec(family, input_hw)))
+    outs = [o.float().cpu().numpy() for o in export_model(images.to(device))]
     return [postprocess_one(family, [o[i] for o in outs], orig_hw[i], input_hw=input_hw, **post)
             for i in range(len(orig_hw))]
 
 
-def evaluate(export_model: nn.Module, family: str, batches: Iterable[U8Batch], coco, category_ids: list[int],
+def evaluate(export_model: nn.Module, family: str, batches: Iterable, coco, category_ids: list[int],
              input_hw: tuple[int, int], post: dict, *, device: torch.device | str = "cpu") -> dict[str, float]:
-    """COCO metrics (AP, AP50, ... AR_large) of `export_model` over the val batches; `coco` is the pycocotools
-    COCO of the val annotations, `category_ids[label]` the dataset id of a contiguous label."""
+    """COCO metrics (AP, AP50, ... AR_large) of `export_model` over the val batches (training.data.loader
+    ValBatch: images, image_ids, orig_hw); `coco` is the pycocotools COCO of the val annotations,
+    `category_ids[label]` the dataset id of a contiguous label."""
     ids = np.asarray(category_ids, np.int32)
     was_training = export_model.training
     export_model.eval()
     results: list[dict] = []
     try:
         for images, image_ids, orig_hw in batches:
+            sizes = [(int(h), int(w)) for h, w in orig_hw]
             for image_id, (boxes, scores, labels) in zip(
-                    image_ids, predict(export_model, family, images, orig_hw, input_hw, device=device, **post)):
-                results += to_coco_results(image_id, Detections(boxes, scores, ids[labels]))
+                    image_ids, predict(export_model, family, images, sizes, input_hw, device=device, **post)):
+                results += to_coco_results(int(image_id), Detections(boxes, scores, ids[labels]))
     finally:
         export_model.train(was_training)
     return coco_metrics(coco, results)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import shutil
@@ -232,8 +233,7 @@ class Trainer:
 
         a, r = self.args, self.recipe
         return build_train_loader(train_ds, self.fam.FAMILY, r.augment, r.input_size, a.batch, a.seed, a.workers,
-                                  self.dist.rank, self.dist.world, r.multi_scale,
-                                  pin_memory=self.device.type == "cuda")
+                                  self.dist.rank, self.dist.world, r.multi_scale)
 
     def _epoch(self, state: dict, ctx: dict) -> None:
         a, r, dist = self.args, self.recipe, self.dist
@@ -249,9 +249,9 @@ class Trainer:
         pending = 0  # batches accumulated since the last optimizer step
         lr = ctx["schedule"].apply(optimizer, state["step"])
         step_sums: dict[str, float] = {}  # loss sums of the batches since the last optimizer step
-        for images, targets in loader:
-            images = images.to(self.device, non_blocking=True)
-            targets = [{k: v.to(self.device) for k, v in t.items()} for t in targets]
+        for batch in loader:
+            images, targets = batch.images.to(self.device, non_blocking=True), batch.targets
+            targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets]
             sync = pending + 1 == accumulate or not isinstance(model, nn.parallel.DistributedDataParallel)
             with (contextlib.nullcontext() if sync else model.no_sync()):
                 with torch.autocast(self.device.type, dtype=ctx["amp_dtype"], enabled=ctx["amp"]):
@@ -371,13 +371,15 @@ class Trainer:
         return {k: ts[k] for k in ("epoch", "batch", "step", "best_ap", "sums", "images", "seconds")}
 
     def _summary(self, state: dict, ctx: dict) -> dict[str, Any]:
-        # each rank's weights as a checksum vector: DDP must keep them identical
-        sums = [float(p.detach().double().sum()) for p in ctx["bare"].parameters()]
-        per_rank = D.all_gather_objects(self.dist, sums)
+        # a digest of each rank's weights: DDP must keep them bit-identical
+        digest = hashlib.sha256()
+        for p in ctx["bare"].parameters():
+            digest.update(p.detach().cpu().contiguous().numpy().tobytes())
+        per_rank = D.all_gather_objects(self.dist, digest.hexdigest())
         summary = {"epochs": state["epoch"], "steps": state["step"], "best_ap": state["best_ap"],
                    "last": str(self.out / "last.pth"),
                    "best": str(self.out / "best.pth") if (self.out / "best.pth").exists() else None,
-                   "world": self.dist.world, "rank_weight_checksums": per_rank}
+                   "world": self.dist.world, "rank_weight_sha256": per_rank}
         if self.dist.is_main:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
         return summary
