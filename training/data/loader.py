@@ -1,0 +1,233 @@
+"""Train and val DataLoaders: deterministic sample keys, per-family collate, the val stretch resize.
+
+Interface (what the trainer calls):
+
+    build_train_transform(family, augment, input_hw, dataset) -> (index, rng, strong) -> Sample
+    build_train_loader(dataset, family, augment, input_hw, batch_size, seed, workers=2, rank=0, world=1,
+                       multi_scale=None) -> DataLoader yielding TrainBatch
+        loader.batch_sampler is the TrainSampler: call `.set_epoch(epoch, strong=..., start_batch=...)`
+        before iterating each epoch (strong=False in the no-aug epochs; start_batch to resume mid-epoch).
+    build_val_loader(dataset, family, input_hw, batch_size, workers=2) -> DataLoader yielding ValBatch
+
+TrainBatch: images float32 [B, 3, H, W] in the family's input range (DAMO-YOLO 0..255, RT-DETRv2 0..1),
+targets: list of {"boxes": float32 [N, 4], "labels": int64 [N]} in the family's TARGET_FORMAT (DAMO-YOLO xyxy
+pixels of `images`, RT-DETRv2 cxcywh normalized to 0..1), keys: the SampleKey of each image.
+ValBatch: images as above at input_hw (the served stretch resize: client resize_rgb + preprocess_spec),
+image_ids int64 [B], orig_hw int64 [B, 2] (height, width of the file) for mapping boxes back for COCO eval.
+
+Determinism: a batch is a list of SampleKey(index, seed, epoch, strong); the sample is the transform applied
+with np.random.default_rng(seed), so it depends only on the key, never on the worker that made it, on the
+number of workers, or on what ran before (exact resume). The order is a permutation drawn from (seed, epoch),
+padded by wrapping to a multiple of `world` and dealt round-robin to the ranks (torch DistributedSampler's
+scheme); each rank then cuts its share into batches (drop_last drops its short tail).
+RT-DETRv2 multi-scale (official BatchImageCollateFunction): the batch is resized with F.interpolate (nearest)
+to a square size from `multi_scale`, picked by a generator seeded with the batch's keys; boxes stay
+normalized. It is off in the no-aug epochs (strong=False), as the official collate's stop_epoch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from tdet.client.boxes import xyxy_to_cxcywh
+from tdet.client.preprocess import resize_rgb, to_chw, to_float_input
+from tdet.client.specs import DAMO_YOLO, FAMILIES, RTDETRV2, preprocess_spec
+
+from .coco import CocoDetection, Sample
+from .damo_transforms import DamoTrainTransform
+from .rtdetr_transforms import RTDETRTrainTransform
+
+Transform = Callable[[int, np.random.Generator, bool], Sample]
+
+
+class SampleKey(NamedTuple):
+    """What a training sample is a function of."""
+
+    index: int  # dataset index of the (first) image
+    seed: int  # seeds the sample's numpy Generator
+    epoch: int
+    strong: bool  # mosaic/mixup (DAMO-YOLO) or photometric/zoom-out/IoU-crop + multi-scale (RT-DETRv2) on
+
+
+class TrainBatch(NamedTuple):
+    images: torch.Tensor
+    targets: list[dict[str, torch.Tensor]]
+    keys: list[SampleKey]
+
+
+class ValBatch(NamedTuple):
+    images: torch.Tensor
+    image_ids: torch.Tensor
+    orig_hw: torch.Tensor
+
+
+def build_train_transform(family: str, augment: dict[str, Any], input_hw: tuple[int, int],
+                          dataset: CocoDetection) -> Transform:
+    """The family's training pipeline; unknown `augment` keys raise ValueError."""
+    if family == DAMO_YOLO:
+        return DamoTrainTransform(dataset, input_hw, augment)
+    if family == RTDETRV2:
+        return RTDETRTrainTransform(dataset, input_hw, augment)
+    raise ValueError(f"unknown family {family!r}; known: {FAMILIES}")
+
+
+class TrainSampler(Sampler[list[SampleKey]]):
+    """Batches of SampleKeys for one epoch of one rank; see the module docstring for the order."""
+
+    def __init__(self, dataset_len: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                 drop_last: bool = True) -> None:
+        if dataset_len < 1 or batch_size < 1 or not 0 <= rank < world:
+            raise ValueError(f"bad sampler arguments: len={dataset_len} batch={batch_size} rank={rank} world={world}")
+        self.dataset_len, self.batch_size, self.seed = dataset_len, batch_size, int(seed)
+        self.rank, self.world, self.drop_last = rank, world, drop_last
+        self.epoch, self.strong, self.start_batch = 0, True, 0
+        if self.batches_per_epoch() == 0:
+            raise ValueError(f"{dataset_len} images give no full batch of {batch_size} per rank on {world} rank(s)")
+
+    def set_epoch(self, epoch: int, *, strong: bool = True, start_batch: int = 0) -> None:
+        """Select the epoch (its order), whether the strong augmentations are on, and the first batch to yield."""
+        self.epoch, self.strong, self.start_batch = int(epoch), bool(strong), int(start_batch)
+
+    def _shard(self) -> tuple[np.ndarray, np.ndarray]:
+        """(dataset indices, sample seeds) of this rank for the epoch."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.dataset_len)
+        seeds = rng.integers(0, 2**63 - 1, size=self.dataset_len, dtype=np.int64)
+        total = -(-self.dataset_len // self.world) * self.world
+        pos = np.arange(total) % self.dataset_len  # wrap-around padding, as DistributedSampler
+        mine = pos[self.rank::self.world]
+        return order[mine], seeds[mine]
+
+    def batches_per_epoch(self) -> int:
+        n = -(-self.dataset_len // self.world)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __len__(self) -> int:
+        return max(0, self.batches_per_epoch() - self.start_batch)
+
+    def __iter__(self) -> Iterator[list[SampleKey]]:
+        index, seeds = self._shard()
+        for b in range(self.start_batch, self.batches_per_epoch()):
+            sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            yield [SampleKey(int(i), int(s), self.epoch, self.strong) for i, s in zip(index[sl], seeds[sl])]
+
+
+class TrainDataset(Dataset):
+    """dataset[key] -> (Sample at input_hw, key): the transform under np.random.default_rng(key.seed)."""
+
+    def __init__(self, transform: Transform, length: int) -> None:
+        self.transform, self.length = transform, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, key: SampleKey) -> tuple[Sample, SampleKey]:  # type: ignore[override]
+        return self.transform(key.index, np.random.default_rng(key.seed), key.strong), key
+
+
+def _images_tensor(samples: Sequence[Sample], scale: float) -> torch.Tensor:
+    """uint8 RGB [H, W, 3] images (one size) -> float32 [B, 3, H, W] times scale."""
+    x = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).float()
+    return x if scale == 1.0 else x * scale
+
+
+class DamoCollate:
+    """TrainBatch with images 0..255 and targets xyxy in pixels."""
+
+    def __call__(self, items: list[tuple[Sample, SampleKey]]) -> TrainBatch:
+        samples = [s for s, _ in items]
+        targets = [{"boxes": torch.from_numpy(s.boxes.reshape(-1, 4)), "labels": torch.from_numpy(s.labels)}
+                   for s in samples]
+        return TrainBatch(_images_tensor(samples, 1.0), targets, [k for _, k in items])
+
+
+class RTDETRCollate:
+    """TrainBatch with images 0..1, targets cxcywh normalized, optional multi-scale (nearest) resize."""
+
+    def __init__(self, multi_scale: Sequence[int] | None = None) -> None:
+        self.multi_scale = tuple(int(s) for s in multi_scale) if multi_scale else None
+
+    def __call__(self, items: list[tuple[Sample, SampleKey]]) -> TrainBatch:
+        samples, keys = [s for s, _ in items], [k for _, k in items]
+        targets = []
+        for s in samples:
+            h, w = s.image.shape[:2]
+            norm = xyxy_to_cxcywh(s.boxes.reshape(-1, 4)) / np.array([w, h, w, h], np.float32)
+            targets.append({"boxes": torch.from_numpy(norm.astype(np.float32)), "labels": torch.from_numpy(s.labels)})
+        images = _images_tensor(samples, 1 / 255)
+        size = self.scale_for(keys)
+        if size is not None:
+            images = F.interpolate(images, size=(size, size))  # mode "nearest", as the official collate
+        return TrainBatch(images, targets, keys)
+
+    def scale_for(self, keys: Sequence[SampleKey]) -> int | None:
+        """The batch's square size: a function of its keys (None: no multi-scale for this batch)."""
+        if self.multi_scale is None or not all(k.strong for k in keys):
+            return None
+        rng = np.random.default_rng([k.seed for k in keys])
+        return self.multi_scale[int(rng.integers(len(self.multi_scale)))]
+
+
+def _worker_init(_: int) -> None:
+    # one thread per worker: the workers already run in parallel
+    cv2.setNumThreads(0)
+    torch.set_num_threads(1)
+
+
+def _loader_kwargs(workers: int) -> dict[str, Any]:
+    kw: dict[str, Any] = {"num_workers": workers, "pin_memory": torch.cuda.is_available()}
+    if workers > 0:
+        kw.update(persistent_workers=True, worker_init_fn=_worker_init, prefetch_factor=2)
+    return kw
+
+
+def build_train_loader(dataset: CocoDetection, family: str, augment: dict[str, Any], input_hw: tuple[int, int],
+                       batch_size: int, seed: int, workers: int = 2, rank: int = 0, world: int = 1,
+                       multi_scale: Sequence[int] | None = None) -> DataLoader:
+    """The training DataLoader of one rank (batch_size per rank). See the module docstring."""
+    if multi_scale and family != RTDETRV2:
+        raise ValueError(f"multi_scale is RT-DETRv2's collate; {family} trains at one size")
+    transform = build_train_transform(family, augment, input_hw, dataset)
+    sampler = TrainSampler(len(dataset), batch_size, seed, rank, world)
+    collate = DamoCollate() if family == DAMO_YOLO else RTDETRCollate(multi_scale)
+    return DataLoader(TrainDataset(transform, len(dataset)), batch_sampler=sampler, collate_fn=collate,
+                      **_loader_kwargs(workers))
+
+
+class ValDataset(Dataset):
+    """dataset[i] -> (uint8 [3, H, W] at input_hw, image id, original (h, w)): the served preprocessing."""
+
+    def __init__(self, dataset: CocoDetection, family: str, input_hw: tuple[int, int]) -> None:
+        self.dataset, self.spec = dataset, preprocess_spec(family, input_hw)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int, tuple[int, int]]:
+        s = self.dataset.load(i)
+        return to_chw(resize_rgb(s.image, self.spec)), s.image_id, s.orig_hw
+
+
+class ValCollate:
+    def __init__(self, family: str, input_hw: tuple[int, int]) -> None:
+        self.spec = preprocess_spec(family, input_hw)
+
+    def __call__(self, items: list[tuple[np.ndarray, int, tuple[int, int]]]) -> ValBatch:
+        images = torch.from_numpy(to_float_input(np.stack([x for x, _, _ in items]), self.spec))
+        return ValBatch(images, torch.tensor([i for _, i, _ in items], dtype=torch.int64),
+                        torch.tensor([hw for _, _, hw in items], dtype=torch.int64).reshape(-1, 2))
+
+
+def build_val_loader(dataset: CocoDetection, family: str, input_hw: tuple[int, int], batch_size: int,
+                     workers: int = 2) -> DataLoader:
+    """The validation DataLoader: dataset order, every image once, the last batch may be short."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; known: {FAMILIES}")
+    return DataLoader(ValDataset(dataset, family, input_hw), batch_size=batch_size, shuffle=False,
+                      collate_fn=ValCollate(family, input_hw), **_loader_kwargs(workers))
