@@ -7,7 +7,7 @@ and `client/` all import these constants, so a name changes in exactly one place
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal, Mapping
 
 # Families, as written in ONNX metadata (`tdet.family`) and in `tdet info`.
 DAMO_YOLO = "damo-yolo"
@@ -31,6 +31,7 @@ class PreprocessSpec:
     resize: Literal["cv2-linear", "pil-bilinear"]
 
 
+RESIZES = ("cv2-linear", "pil-bilinear")
 DAMO_YOLO_PRE = PreprocessSpec(size_hw=(640, 640), scale=1.0, resize="cv2-linear")
 RTDETRV2_PRE = PreprocessSpec(size_hw=(640, 640), scale=1 / 255, resize="pil-bilinear")
 PREPROCESS = {DAMO_YOLO: DAMO_YOLO_PRE, RTDETRV2: RTDETRV2_PRE}  # the official (640x640) input of each family
@@ -43,6 +44,30 @@ def preprocess_spec(family: str, input_hw: tuple[int, int] | None = None) -> Pre
         raise ValueError(f"unknown family {family!r}; known: {FAMILIES}")
     spec = PREPROCESS[family]
     return spec if input_hw is None else replace(spec, size_hw=(int(input_hw[0]), int(input_hw[1])))
+
+
+def parse_hw(text: str) -> tuple[int, int]:
+    """"640,640" (height,width, as config parameters and ONNX metadata write it) -> (640, 640)."""
+    h, w = (int(v) for v in text.split(","))
+    return h, w
+
+
+def spec_from_parameters(params: Mapping[str, str]) -> PreprocessSpec:
+    """The preprocess spec a `<m>_preprocess` config asks for: `family`, `input_hw` and (optional)
+    `resize`, which overrides the family's resize (e.g. a model trained with the other one)."""
+    spec = preprocess_spec(params["family"], parse_hw(params["input_hw"]))
+    resize = params.get("resize", spec.resize)
+    if resize not in RESIZES:
+        raise ValueError(f"unknown resize {resize!r} in the preprocess config; known: {RESIZES}")
+    return replace(spec, resize=resize)  # type: ignore[arg-type]
+
+
+def config_parameters(config: Mapping[str, Any]) -> dict[str, str]:
+    """A Triton model config's `parameters` as {key: string value}, from the config's JSON form: the
+    python backend's json.loads(args["model_config"]), tritonclient HTTP's get_model_config() and gRPC's
+    get_model_config(as_json=True) (which wraps it in {"config": ...}). The one reader of parameters."""
+    cfg = config.get("config", config)
+    return {k: str(v.get("string_value", "")) for k, v in cfg.get("parameters", {}).items()}
 
 # ONNX graph names written by `tdet export` (float input, as the official models take it).
 EXPORT_INPUT = "images"

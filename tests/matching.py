@@ -1,0 +1,43 @@
+"""Test helper: compare two detection lists by pairing them, not by index.
+
+Two runs of the same detector (ONNX Runtime vs PyTorch, batch 1 vs batch 3, gRPC vs HTTP) agree to float
+precision, but detections with equal (or 1-ulp apart) scores may come out in either order, so index-by-
+index comparisons pass or fail by luck. Here the detections are paired one-to-one (same label; Hungarian
+assignment on box + score distance, scipy's linear_sum_assignment) and each pair is compared with
+tolerances relative to the magnitude: boxes in units of the image size, scores (probabilities) absolutely.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+Dets = tuple  # (boxes [N, 4] xyxy px, scores [N], labels or category ids [N])
+
+
+def pair_detections(got: Dets, want: Dets, *, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """-> (index in got, index in want, box error / scale, score error) per pair; pairs never join
+    different labels."""
+    gb, gs, gl = (np.asarray(v, np.float64) for v in got)
+    wb, ws, wl = (np.asarray(v, np.float64) for v in want)
+    box = np.abs(gb[:, None, :] - wb[None, :, :]).max(-1) / scale if len(gb) and len(wb) else np.zeros((len(gb), len(wb)))
+    score = np.abs(gs[:, None] - ws[None, :])
+    cost = box + score + np.where(gl[:, None] == wl[None, :], 0.0, 1e6)
+    rows, cols = linear_sum_assignment(cost)
+    same = gl[rows] == wl[cols]
+    return rows[same], cols[same], box[rows[same], cols[same]], score[rows[same], cols[same]]
+
+
+def assert_same_detections(got: Dets, want: Dets, *, scale: float, box_tol: float = 1e-5, score_tol: float = 1e-5,
+                           what: str = "") -> None:
+    """Every detection of `got` has a twin in `want` and vice versa (same label), with boxes within
+    box_tol * scale px and scores within score_tol. scale: the image size the boxes are in (px); use
+    box_tol=score_tol=0 where the two must be bit-identical."""
+    n_got, n_want = len(got[1]), len(want[1])
+    assert n_got == n_want, f"{what}: {n_got} detections vs {n_want}"
+    rows, _, box_err, score_err = pair_detections(got, want, scale=scale)
+    assert len(rows) == n_got, f"{what}: {n_got - len(rows)} detections have no twin of the same label"
+    if n_got:
+        assert box_err.max() <= box_tol, (f"{what}: a box differs by {box_err.max() * scale:.3g} px "
+                                          f"({box_err.max():.3g} of the image size; tolerance {box_tol:.3g})")
+        assert score_err.max() <= score_tol, f"{what}: a score differs by {score_err.max():.3g} (tolerance {score_tol:.3g})"
