@@ -24,9 +24,11 @@ import cv2
 import numpy as np
 
 from tdet.client import specs
+from tdet.client.errors import UserError
 from tdet.client.preprocess import MAX_PIXELS
 
-from .configs import BuildOptions, engine_config, ensemble_config, postprocess_config, preprocess_config
+from .configs import (BuildOptions, engine_config, ensemble_config, postprocess_config, preprocess_config,
+                      write_config)
 
 SCALED_INPUT = "images_float"  # internal name of the float tensor the original graph consumed
 
@@ -53,24 +55,24 @@ def read_onnx_info(model) -> OnnxInfo:
     missing = [k for k in (specs.META_FAMILY, specs.META_VARIANT, specs.META_CLASS_NAMES, specs.META_CATEGORY_IDS)
                if k not in meta]
     if missing:
-        raise ValueError(f"ONNX metadata lacks {missing}: export it with `tdet export`")
+        raise UserError(f"ONNX metadata lacks {missing}: export it with `tdet export`")
     family = meta[specs.META_FAMILY]
     if family not in specs.FAMILIES:
-        raise ValueError(f"unknown family {family!r} in ONNX metadata")
+        raise UserError(f"unknown family {family!r} in ONNX metadata")
     inputs = [i.name for i in model.graph.input]
     outputs = {o.name: o for o in model.graph.output}
     if inputs != [specs.EXPORT_INPUT] or set(outputs) != set(specs.EXPORT_OUTPUTS[family]):
-        raise ValueError(f"expected input {specs.EXPORT_INPUT!r} and outputs {specs.EXPORT_OUTPUTS[family]}, "
+        raise UserError(f"expected input {specs.EXPORT_INPUT!r} and outputs {specs.EXPORT_OUTPUTS[family]}, "
                          f"got {inputs} and {sorted(outputs)}")
     elem = model.graph.input[0].type.tensor_type.elem_type
     if elem != 1:  # onnx.TensorProto.FLOAT
-        raise ValueError("the ONNX input is not float32: pass the file `tdet export` wrote, not an engine graph")
+        raise UserError("the ONNX input is not float32: pass the file `tdet export` wrote, not an engine graph")
     dims = {n: [d.dim_value if d.HasField("dim_value") else -1 for d in o.type.tensor_type.shape.dim][1:]
             for n, o in outputs.items()}
     h, w = (int(v) for v in meta.get(specs.META_INPUT_HW, "640,640").split(","))
     names, ids = json.loads(meta[specs.META_CLASS_NAMES]), json.loads(meta[specs.META_CATEGORY_IDS])
     if len(names) != len(ids):
-        raise ValueError(f"{len(names)} class names but {len(ids)} category ids in ONNX metadata")
+        raise UserError(f"{len(names)} class names but {len(ids)} category ids in ONNX metadata")
     size = {k: meta[m] for k, m in (("params_m", specs.META_PARAMS_M), ("gflops", specs.META_GFLOPS)) if m in meta}
     return OnnxInfo(family, meta[specs.META_VARIANT], (h, w), names, [int(i) for i in ids],
                     meta.get(specs.META_WEIGHTS, "unknown"), dims, size)
@@ -132,10 +134,10 @@ def _write_variant(stage: Path, model, info: OnnxInfo, opts: BuildOptions, max_p
         (d / "1" / "model.py").write_text(sources.joinpath(src, "model.py").read_text())
     (pre / "warmup").mkdir()
     (pre / "warmup" / "image.bin").write_bytes(_warmup_image())
-    (pre / "config.pbtxt").write_text(preprocess_config(pre.name, info.family, info.input_hw, opts, max_pixels,
-                                                        "image.bin"))
-    (post / "config.pbtxt").write_text(postprocess_config(post.name, info.family, info.input_hw, info.output_dims, opts,
-                                                          info.category_ids))
+    write_config(pre / "config.pbtxt", preprocess_config(pre.name, info.family, info.input_hw, opts, max_pixels,
+                                                         "image.bin"))
+    write_config(post / "config.pbtxt", postprocess_config(post.name, info.family, info.input_hw, info.output_dims,
+                                                           opts, info.category_ids))
     (eng / "1").mkdir(parents=True)
     graph = uint8_engine_graph(model, spec.scale)
     if opts.engine == "tensorrt":
@@ -147,13 +149,13 @@ def _write_variant(stage: Path, model, info: OnnxInfo, opts: BuildOptions, max_p
         script.chmod(0o755)
     else:
         onnx.save(graph, str(eng / "1" / "model.onnx"))
-    (eng / "config.pbtxt").write_text(engine_config(eng.name, info.family, info.input_hw, info.output_dims, opts))
+    write_config(eng / "config.pbtxt", engine_config(eng.name, info.family, info.input_hw, info.output_dims, opts))
     meta = {"family": info.family, "variant": info.variant, "weights": info.weights,
             "class_names": json.dumps(info.class_names), "category_ids": json.dumps(info.category_ids),
             "input_hw": f"{info.input_hw[0]},{info.input_hw[1]}", "engine": opts.engine, **info.size}
     ens = stage / m
     (ens / "1").mkdir(parents=True)  # an ensemble needs an (empty) version directory
-    (ens / "config.pbtxt").write_text(ensemble_config(m, info.family, opts, meta))
+    write_config(ens / "config.pbtxt", ensemble_config(m, info.family, opts, meta))
     (ens / "labels.json").write_text(json.dumps(dict(zip(map(str, info.category_ids), info.class_names)), indent=1))
     return [pre.name, eng.name, post.name, m]
 
@@ -168,9 +170,9 @@ def build_repository(onnx_files: list[str | Path], out: str | Path = "model_repo
     import onnx
 
     if opts.max_batch_size < 1 or opts.max_detections < 1 or min(opts.preprocess_instances, opts.engine_instances, opts.postprocess_instances) < 1 or opts.ort_threads < 0:
-        raise ValueError("max batch size, max detections and instance counts must be >= 1, ORT threads >= 0")
+        raise UserError("max batch size, max detections and instance counts must be >= 1, ORT threads >= 0")
     if opts.engine not in ("onnxruntime", "tensorrt"):
-        raise ValueError(f"unknown engine kind {opts.engine!r}; use onnxruntime or tensorrt")
+        raise UserError(f"unknown engine kind {opts.engine!r}; use onnxruntime or tensorrt")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     models = []
@@ -180,7 +182,7 @@ def build_repository(onnx_files: list[str | Path], out: str | Path = "model_repo
         try:
             model = onnx.load(str(f))
         except Exception as err:
-            raise ValueError(f"{f} is not a readable ONNX file: {err}") from None
+            raise UserError(f"{f} is not a readable ONNX file: {err}") from None
         info = read_onnx_info(model)
         stage = Path(tempfile.mkdtemp(prefix=".stage-", dir=out.parent))
         try:

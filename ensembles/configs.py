@@ -1,14 +1,19 @@
-"""config.pbtxt text for the four models of one served variant (preprocess, engine, postprocess, ensemble).
+"""The Triton model configs of one served variant (preprocess, engine, postprocess, ensemble), built as
+`model_config_pb2.ModelConfig` messages (Triton's own schema, from tritonclient) and written/read as
+protobuf text (config.pbtxt), so a misspelt field fails here and not when the server loads it.
 
-Plain string building, kept apart from the builder so each config reads top to bottom like the file it
-writes. Tensor names between steps are ours (lowercase, specs.EXPORT_*), never graph-node ids.
+Tensor names between steps are ours (lowercase, specs.EXPORT_*), never graph-node ids.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
 
 from tdet.client import specs
 
@@ -32,125 +37,109 @@ class BuildOptions:
     iou_threshold: float = 0.7
 
 
-def _q(text: str) -> str:
-    """A protobuf text-format string literal."""
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+def write_config(path: Path, config: mc.ModelConfig) -> None:
+    """config.pbtxt text of `config` (protobuf text format, as Triton reads it)."""
+    path.write_text(text_format.MessageToString(config))
 
 
-def _dims(dims: Sequence[int]) -> str:
-    return "[ " + ", ".join(str(d) for d in dims) + " ]"
+def read_config(path: Path) -> mc.ModelConfig:
+    """Parse a config.pbtxt with Triton's schema (ParseError on anything Triton would refuse to parse)."""
+    return text_format.Parse(Path(path).read_text(), mc.ModelConfig())
 
 
-def _tensor(name: str, dtype: str, dims: Sequence[int]) -> str:
-    return f"  {{ name: {_q(name)} data_type: {dtype} dims: {_dims(dims)} }}"
+def _tensors(field, tensors: Sequence[tuple[str, int, Sequence[int]]]) -> None:
+    for name, dtype, dims in tensors:
+        field.add(name=name, data_type=dtype, dims=list(dims))
 
 
-def _params(params: dict[str, str]) -> str:
-    return "\n".join(f"parameters {{ key: {_q(k)} value: {{ string_value: {_q(v)} }} }}" for k, v in params.items())
+def _model(name: str, opts: BuildOptions, inputs, outputs, *, backend: str = "", platform: str = "",
+           params: dict[str, str] | None = None) -> mc.ModelConfig:
+    cfg = mc.ModelConfig(name=name, backend=backend, platform=platform, max_batch_size=opts.max_batch_size)
+    _tensors(cfg.input, inputs)
+    _tensors(cfg.output, outputs)
+    for k, v in (params or {}).items():
+        cfg.parameters[k].string_value = v
+    return cfg
 
 
-def _io(inputs: list[str], outputs: list[str]) -> str:
-    return "input [\n" + ",\n".join(inputs) + "\n]\noutput [\n" + ",\n".join(outputs) + "\n]"
+def _step_defaults(cfg: mc.ModelConfig, opts: BuildOptions, instances: int, kind: int) -> None:
+    cfg.instance_group.add(count=instances, kind=kind)
+    cfg.dynamic_batching.max_queue_delay_microseconds = opts.queue_delay_us
 
 
-def _batching(opts: BuildOptions) -> str:
-    return f"dynamic_batching {{ max_queue_delay_microseconds: {opts.queue_delay_us} }}"
+def _wire(k: int) -> list[tuple[str, int, list[int]]]:
+    return [("NUM_DETECTIONS", mc.TYPE_INT32, [1]), ("BOXES", mc.TYPE_FP32, [k, 4]),
+            ("SCORES", mc.TYPE_FP32, [k]), ("CLASSES", mc.TYPE_INT32, [k])]
 
 
-def _instances(count: int, kind: str) -> str:
-    return f"instance_group [ {{ count: {count} kind: {kind} }} ]"
+def _hw(input_hw: tuple[int, int]) -> str:
+    return f"{input_hw[0]},{input_hw[1]}"
 
 
 def preprocess_config(name: str, family: str, input_hw: tuple[int, int], opts: BuildOptions,
-                      max_pixels: int, warmup_file: str | None) -> str:
-    spec = specs.PREPROCESS[family]
-    warm = ""
+                      max_pixels: int, warmup_file: str | None) -> mc.ModelConfig:
+    spec = specs.preprocess_spec(family, input_hw)
+    cfg = _model(name, opts, [("IMAGE", mc.TYPE_STRING, [1])],
+                 [(specs.EXPORT_INPUT, mc.TYPE_UINT8, [3, *input_hw]), ("orig_hw", mc.TYPE_INT32, [2])],
+                 backend="python", params={"family": family, "input_hw": _hw(input_hw),
+                                           "max_pixels": str(max_pixels), "resize": spec.resize})
+    _step_defaults(cfg, opts, opts.preprocess_instances, mc.ModelInstanceGroup.KIND_CPU)
     if warmup_file:  # a real encoded image: the decode path is warm before the model reports READY
-        warm = (f'\nmodel_warmup [ {{ name: "jpeg" batch_size: 1 inputs {{ key: "IMAGE" value: '
-                f'{{ data_type: TYPE_STRING dims: [ 1 ] input_data_file: {_q(warmup_file)} }} }} }} ]')
-    return f"""name: {_q(name)}
-backend: "python"
-max_batch_size: {opts.max_batch_size}
-{_io([_tensor("IMAGE", "TYPE_STRING", [1])],
-     [_tensor(specs.EXPORT_INPUT, "TYPE_UINT8", [3, *input_hw]), _tensor("orig_hw", "TYPE_INT32", [2])])}
-{_instances(opts.preprocess_instances, "KIND_CPU")}
-{_batching(opts)}
-{_params({"family": family, "input_hw": f"{input_hw[0]},{input_hw[1]}", "max_pixels": str(max_pixels), "resize": spec.resize})}{warm}
-"""
+        warm = cfg.model_warmup.add(name="jpeg", batch_size=1)
+        warm.inputs["IMAGE"].data_type = mc.TYPE_STRING
+        warm.inputs["IMAGE"].dims.append(1)
+        warm.inputs["IMAGE"].input_data_file = warmup_file
+    return cfg
 
 
 def engine_config(name: str, family: str, input_hw: tuple[int, int], output_dims: dict[str, list[int]],
-                  opts: BuildOptions) -> str:
-    outputs = [_tensor(n, "TYPE_FP32", output_dims[n]) for n in specs.EXPORT_OUTPUTS[family]]
-    io = _io([_tensor(specs.EXPORT_INPUT, "TYPE_UINT8", [3, *input_hw])], outputs)
-    warm = (f'model_warmup [ {{ name: "zeros" batch_size: 1 inputs {{ key: {_q(specs.EXPORT_INPUT)} value: '
-            f'{{ data_type: TYPE_UINT8 dims: {_dims([3, *input_hw])} zero_data: true }} }} }} ]')
+                  opts: BuildOptions) -> mc.ModelConfig:
+    image = (specs.EXPORT_INPUT, mc.TYPE_UINT8, [3, *input_hw])
+    outputs = [(n, mc.TYPE_FP32, output_dims[n]) for n in specs.EXPORT_OUTPUTS[family]]
     if opts.engine == "tensorrt":
-        head = 'platform: "tensorrt_plan"\ndefault_model_filename: "model.plan"'
-        kind, params = "KIND_GPU", ""
+        cfg = _model(name, opts, [image], outputs, platform="tensorrt_plan")
+        cfg.default_model_filename, kind = "model.plan", mc.ModelInstanceGroup.KIND_GPU
     elif opts.engine == "onnxruntime":
-        head = 'backend: "onnxruntime"\ndefault_model_filename: "model.onnx"'
-        kind = "KIND_GPU" if opts.device == "gpu" else "KIND_CPU"
         # the real onnxruntime backend and our python stand-in read the same keys
-        params = "\n" + _params({"intra_op_thread_count": str(opts.ort_threads), "inter_op_thread_count": "1"})
+        cfg = _model(name, opts, [image], outputs, backend="onnxruntime",
+                     params={"intra_op_thread_count": str(opts.ort_threads), "inter_op_thread_count": "1"})
+        cfg.default_model_filename = "model.onnx"
+        kind = mc.ModelInstanceGroup.KIND_GPU if opts.device == "gpu" else mc.ModelInstanceGroup.KIND_CPU
     else:
         raise ValueError(f"unknown engine kind {opts.engine!r}; use onnxruntime or tensorrt")
-    return f"""name: {_q(name)}
-{head}
-max_batch_size: {opts.max_batch_size}
-{io}
-{_instances(opts.engine_instances, kind)}
-{_batching(opts)}{params}
-{warm}
-"""
+    _step_defaults(cfg, opts, opts.engine_instances, kind)
+    warm = cfg.model_warmup.add(name="zeros", batch_size=1)
+    warm.inputs[specs.EXPORT_INPUT].data_type = mc.TYPE_UINT8
+    warm.inputs[specs.EXPORT_INPUT].dims.extend([3, *input_hw])
+    warm.inputs[specs.EXPORT_INPUT].zero_data = True
+    return cfg
 
 
 def postprocess_config(name: str, family: str, input_hw: tuple[int, int], output_dims: dict[str, list[int]],
-                       opts: BuildOptions, category_ids: list[int]) -> str:
-    k = opts.max_detections
-    inputs = [_tensor(n, "TYPE_FP32", output_dims[n]) for n in specs.EXPORT_OUTPUTS[family]]
-    inputs.append(_tensor("orig_hw", "TYPE_INT32", [2]))
-    outputs = [_tensor("NUM_DETECTIONS", "TYPE_INT32", [1]), _tensor("BOXES", "TYPE_FP32", [k, 4]),
-               _tensor("SCORES", "TYPE_FP32", [k]), _tensor("CLASSES", "TYPE_INT32", [k])]
-    params = {"family": family, "input_hw": f"{input_hw[0]},{input_hw[1]}", "score_threshold": str(opts.score_threshold),
-              "iou_threshold": str(opts.iou_threshold), "max_detections": str(k),
+                       opts: BuildOptions, category_ids: list[int]) -> mc.ModelConfig:
+    inputs = [(n, mc.TYPE_FP32, output_dims[n]) for n in specs.EXPORT_OUTPUTS[family]]
+    inputs.append(("orig_hw", mc.TYPE_INT32, [2]))
+    params = {"family": family, "input_hw": _hw(input_hw), "score_threshold": str(opts.score_threshold),
+              "iou_threshold": str(opts.iou_threshold), "max_detections": str(opts.max_detections),
               "category_ids": json.dumps(category_ids)}
-    return f"""name: {_q(name)}
-backend: "python"
-max_batch_size: {opts.max_batch_size}
-{_io(inputs, outputs)}
-{_instances(opts.postprocess_instances, "KIND_CPU")}
-{_batching(opts)}
-{_params(params)}
-"""
+    cfg = _model(name, opts, inputs, _wire(opts.max_detections), backend="python", params=params)
+    _step_defaults(cfg, opts, opts.postprocess_instances, mc.ModelInstanceGroup.KIND_CPU)
+    return cfg
 
 
-def ensemble_config(model: str, family: str, opts: BuildOptions, meta: dict[str, str]) -> str:
+def ensemble_config(model: str, family: str, opts: BuildOptions, meta: dict[str, str]) -> mc.ModelConfig:
     """The public model: IMAGE -> NUM_DETECTIONS/BOXES/SCORES/CLASSES. Class names and category ids are
     config parameters, so a client discovers them with one model-config call."""
-    k = opts.max_detections
     outs = specs.EXPORT_OUTPUTS[family]
-
-    def step(m: str, inputs: dict[str, str], outputs: dict[str, str]) -> str:
-        maps = [f"input_map {{ key: {_q(a)} value: {_q(b)} }}" for a, b in inputs.items()]
-        maps += [f"output_map {{ key: {_q(a)} value: {_q(b)} }}" for a, b in outputs.items()]
-        return f"  {{ model_name: {_q(m)} model_version: -1\n    " + "\n    ".join(maps) + " }"
-
+    cfg = _model(model, opts, [("IMAGE", mc.TYPE_STRING, [1])], _wire(opts.max_detections), platform="ensemble",
+                 params=meta)
     steps = [
-        step(f"{model}_preprocess", {"IMAGE": "IMAGE"}, {specs.EXPORT_INPUT: "images", "orig_hw": "orig_hw"}),
-        step(f"{model}_engine", {specs.EXPORT_INPUT: "images"}, {o: o for o in outs}),
-        step(f"{model}_postprocess", {**{o: o for o in outs}, "orig_hw": "orig_hw"}, {o: o for o in WIRE_OUTPUTS}),
+        (f"{model}_preprocess", {"IMAGE": "IMAGE"}, {specs.EXPORT_INPUT: "images", "orig_hw": "orig_hw"}),
+        (f"{model}_engine", {specs.EXPORT_INPUT: "images"}, {o: o for o in outs}),
+        (f"{model}_postprocess", {**{o: o for o in outs}, "orig_hw": "orig_hw"}, {o: o for o in WIRE_OUTPUTS}),
     ]
-    io = _io([_tensor("IMAGE", "TYPE_STRING", [1])],
-             [_tensor("NUM_DETECTIONS", "TYPE_INT32", [1]), _tensor("BOXES", "TYPE_FP32", [k, 4]),
-              _tensor("SCORES", "TYPE_FP32", [k]), _tensor("CLASSES", "TYPE_INT32", [k])])
-    joined = ",\n".join(steps)
-    return f"""name: {_q(model)}
-platform: "ensemble"
-max_batch_size: {opts.max_batch_size}
-{io}
-ensemble_scheduling {{ step [
-{joined}
-] }}
-{_params(meta)}
-"""
+    for name, inputs, outputs in steps:
+        step = cfg.ensemble_scheduling.step.add(model_name=name, model_version=-1)
+        step.input_map.update(inputs)
+        step.output_map.update(outputs)
+    return cfg
