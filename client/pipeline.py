@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from .errors import InvalidImageError
 from .postprocess import postprocess_one, to_wire
 from .preprocess import MAX_PIXELS, decode_bgr
 from .specs import PreprocessSpec
@@ -26,8 +27,9 @@ def preprocess_image(data: bytes | U8, spec: PreprocessSpec, *, max_pixels: int 
                      ) -> tuple[U8, tuple[int, int]]:
     """Encoded image -> (uint8 [3, H, W] RGB network input, original (height, width)).
 
-    Raises ValueError naming the problem, as tdet.client.preprocess.decode_bgr does (empty, not an
-    image, too small, over `max_pixels`, corrupt/truncated). Grayscale and RGBA inputs become RGB.
+    Raises InvalidImageError naming the problem, as tdet.client.preprocess.decode_bgr does (empty, not
+    an image, unsupported format, too small, over `max_pixels`, corrupt/truncated). Grayscale and RGBA
+    inputs become RGB; an EXIF orientation is applied.
     """
     bgr = decode_bgr(data, max_pixels=max_pixels)
     height, width = bgr.shape[:2]
@@ -48,18 +50,18 @@ def preprocess_rows(rows: Sequence[bytes | U8], spec: PreprocessSpec, *, max_pix
                     ) -> tuple[U8, npt.NDArray[np.int32]]:
     """The rows of one request -> (uint8 [B, 3, H, W], original sizes int32 [B, 2] as (height, width)).
 
-    A bad row fails the whole request (its rows are one unit) with the row index in the message.
+    A bad row fails the whole request (its rows are one unit): InvalidImageError with the row index.
     """
     if len(rows) == 0:
-        raise ValueError("request has no images")
+        raise InvalidImageError("request has no images")
     h, w = spec.size_hw
     images = np.empty((len(rows), 3, h, w), np.uint8)
     sizes = np.empty((len(rows), 2), np.int32)
     for i, row in enumerate(rows):
         try:
             images[i], sizes[i] = preprocess_image(row, spec, max_pixels=max_pixels)
-        except ValueError as err:
-            raise ValueError(f"IMAGE row {i}: {err}" if len(rows) > 1 else f"IMAGE: {err}") from None
+        except InvalidImageError as err:
+            raise InvalidImageError(f"IMAGE row {i}: {err}" if len(rows) > 1 else f"IMAGE: {err}") from None
     return images, sizes
 
 

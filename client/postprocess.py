@@ -7,7 +7,6 @@ RT-DETRv2 (RTDETRPostProcessor, focal loss): sigmoid, top K over queries x class
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -48,9 +47,6 @@ class Detections:
         return [{"box": [round(float(v), 2) for v in b], "score": round(float(s), 5),
                  "category_id": int(c), "class_name": n}
                 for b, s, c, n in zip(self.boxes, self.scores, self.category_ids, names)]
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_list())
 
 
 def postprocess_damo_yolo(scores: F32, boxes: F32, orig_hw: tuple[int, int], *,

@@ -14,47 +14,80 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from .errors import InvalidImageError
 from .specs import PreprocessSpec
 
 # Decompression-bomb guard, checked from the header before any pixel is decoded.
 MAX_PIXELS = 64_000_000
 # Smaller images carry no detectable object once stretched to the network size.
 MIN_SIDE = 8
+# Encodings OpenCV decodes (PIL's format names). Others (GIF, ICO, ...) get a clear "unsupported" error
+# instead of a misleading "corrupt".
+SUPPORTED_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "TIFF")
+# EXIF orientation (tag 0x0112) -> the OpenCV ops that turn the stored pixels into the displayed image
+# (the TIFF/EXIF spec's eight cases; 1 and missing: as stored). 5..8 swap width and height.
+_ORIENT = {
+    2: lambda a: cv2.flip(a, 1),
+    3: lambda a: cv2.rotate(a, cv2.ROTATE_180),
+    4: lambda a: cv2.flip(a, 0),
+    5: cv2.transpose,
+    6: lambda a: cv2.rotate(a, cv2.ROTATE_90_CLOCKWISE),
+    7: lambda a: cv2.flip(cv2.transpose(a), -1),
+    8: lambda a: cv2.rotate(a, cv2.ROTATE_90_COUNTERCLOCKWISE),
+}
 
 # PIL's own bomb check warns/raises at other limits; ours is the one that counts.
 Image.MAX_IMAGE_PIXELS = None
 
 
-def image_size(data: bytes) -> tuple[int, int]:
-    """(width, height) read from the image header only. Raises ValueError for non-images."""
+def _header(data: bytes) -> tuple[int, int, str, int]:
+    """(stored width, stored height, PIL format name, EXIF orientation 1..8) from the header only."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(data)) as im:
-                return int(im.size[0]), int(im.size[1])
+                width, height, fmt = int(im.size[0]), int(im.size[1]), str(im.format)
+                try:
+                    orientation = int(im.getexif().get(0x0112, 1))
+                except Exception:  # noqa: BLE001 - a malformed EXIF block: the pixels as stored
+                    orientation = 1
     except Exception as err:  # PIL raises several types for garbage (UnidentifiedImageError, SyntaxError...)
-        raise ValueError(f"not a decodable image ({len(data)} bytes): {type(err).__name__}") from None
+        raise InvalidImageError(f"not a decodable image ({len(data)} bytes): {type(err).__name__}") from None
+    return width, height, fmt, orientation if orientation in _ORIENT else 1
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of the image as displayed (EXIF orientation applied), from the header only.
+    Raises InvalidImageError for non-images."""
+    width, height, _, orientation = _header(data)
+    return (height, width) if orientation >= 5 else (width, height)
 
 
 def decode_bgr(data: bytes | npt.NDArray[np.uint8], *, max_pixels: int = MAX_PIXELS) -> npt.NDArray[np.uint8]:
-    """Decode JPEG/PNG/BMP/WebP bytes to a BGR uint8 array [H, W, 3] (OpenCV's order), with every check.
+    """Decode JPEG/PNG/BMP/WebP/TIFF bytes to a BGR uint8 array [H, W, 3] (OpenCV's order), with every check.
 
-    Grayscale and RGBA inputs come back as 3 channels (alpha dropped). Raises ValueError naming the
-    problem for empty, truncated or non-image bytes, images smaller than MIN_SIDE, and images over
-    `max_pixels` (read from the header before any pixel is decoded: decompression bombs).
+    The result is the image as displayed: an EXIF orientation (phone photos) is applied, so boxes refer
+    to what a viewer shows. Grayscale, 16-bit, paletted, CMYK and RGBA inputs come back as 8-bit
+    3-channel (alpha dropped). Raises InvalidImageError naming the problem for empty, truncated,
+    non-image or unsupported bytes, images smaller than MIN_SIDE, and images over `max_pixels` (read
+    from the header before any pixel is decoded: decompression bombs).
     """
     buf = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
     if not buf:
-        raise ValueError("empty image: 0 bytes")
-    width, height = image_size(buf)
+        raise InvalidImageError("empty image: 0 bytes")
+    width, height, fmt, orientation = _header(buf)
+    if fmt not in SUPPORTED_FORMATS:
+        raise InvalidImageError(f"unsupported image format {fmt} ({width}x{height}): send "
+                                f"{', '.join(SUPPORTED_FORMATS[:-1])} or {SUPPORTED_FORMATS[-1]}")
     if width * height > max_pixels:
-        raise ValueError(f"image too large: {width}x{height} = {width * height} pixels > limit {max_pixels}")
+        raise InvalidImageError(f"image too large: {width}x{height} = {width * height} pixels > limit {max_pixels}")
     if min(width, height) < MIN_SIDE:
-        raise ValueError(f"image too small: {width}x{height}, need at least {MIN_SIDE} pixels per side")
-    bgr = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR)
+        raise InvalidImageError(f"image too small: {width}x{height}, need at least {MIN_SIDE} pixels per side")
+    # orientation is applied here, not by OpenCV, so it is the same for every format and explicit
+    bgr = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if bgr is None or bgr.shape[0] != height or bgr.shape[1] != width:
-        raise ValueError(f"corrupt or truncated image ({len(buf)} bytes, header says {width}x{height})")
-    return bgr
+        raise InvalidImageError(f"corrupt or truncated {fmt} image ({len(buf)} bytes, header says {width}x{height})")
+    return _ORIENT[orientation](bgr) if orientation in _ORIENT else bgr
 
 
 def decode_image(data: bytes | npt.NDArray[np.uint8], *, max_pixels: int = MAX_PIXELS) -> npt.NDArray[np.uint8]:

@@ -7,29 +7,77 @@ implementations chosen once by `connect(url, model, protocol)`.
 
 Detections hold boxes float32 [K,4] xyxy in original-image pixels, scores, dataset category ids and
 class names; the names come from the ensemble's config parameters (discovered from the server).
+
+Every call has a request timeout (`timeout_s`) and is retried with exponential backoff when, and only
+when, the server is unavailable (refused, reset, gRPC UNAVAILABLE, HTTP 503), at most `retries` times.
+Failures raise the types of tdet.client.errors: InvalidInputError (the image or request is wrong, never
+retried), ModelNotFoundError, ServerError, ServerUnavailableError, RequestTimeoutError.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import random
 import threading
+import time
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
+from .errors import (InferenceError, InvalidInputError, ModelNotFoundError, RequestTimeoutError, ServerError,
+                     ServerUnavailableError, UserError)
 from .postprocess import Detections, from_wire
+from .specs import config_parameters
 
 WIRE = ("NUM_DETECTIONS", "BOXES", "SCORES", "CLASSES")
 PROTOCOLS = ("grpc", "http")
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_RETRIES = 2
+DEFAULT_BACKOFF_S = 0.5  # first wait; doubles per retry (0.5 s, 1 s, 2 s, ...), with 25% jitter
 
-__all__ = ["Detections", "DetectorClient", "InferenceError", "connect"]
+__all__ = ["Detections", "DetectorClient", "InferenceError", "InvalidInputError", "ModelNotFoundError",
+           "RequestTimeoutError", "ServerError", "ServerUnavailableError", "add_connection_args", "connect"]
+
+T = TypeVar("T")
+
+# gRPC status names -> error types (the rest, INTERNAL and UNKNOWN included, are server faults)
+_GRPC_STATUS = {"INVALID_ARGUMENT": InvalidInputError, "OUT_OF_RANGE": InvalidInputError,
+                "RESOURCE_EXHAUSTED": InvalidInputError,  # a request over the message size limit
+                "NOT_FOUND": ModelNotFoundError, "UNAVAILABLE": ServerUnavailableError,
+                "DEADLINE_EXCEEDED": RequestTimeoutError}
+_HTTP_STATUS = {404: ModelNotFoundError, 408: RequestTimeoutError, 503: ServerUnavailableError,
+                504: RequestTimeoutError}
 
 
-class InferenceError(ValueError):
-    """The server rejected a request; the message is the server's (it names the problem)."""
+def classify(status: str | None, message: str) -> InferenceError:
+    """The error type for a server answer: `status` as tritonclient gives it ("StatusCode.X" for gRPC,
+    "400" for HTTP, None when the failure was on the client side)."""
+    status = status or ""
+    name = status.removeprefix("StatusCode.")
+    if name.isdigit():
+        code = int(name)
+        cls = _HTTP_STATUS.get(code) or (InvalidInputError if 400 <= code < 500 else ServerError)
+    elif name:
+        cls = _GRPC_STATUS.get(name, ServerError)
+    else:
+        cls = InferenceError
+    return cls(message, status=status)
+
+
+def _transport_error(err: BaseException, message: str) -> InferenceError | None:
+    """A socket-level failure (HTTP client: refused, reset, closed mid-answer, read timeout) as an error
+    type; None for anything that is not a transport failure (a bug: let it propagate)."""
+    if isinstance(err, TimeoutError):  # socket.timeout is TimeoutError
+        return RequestTimeoutError(message)
+    if isinstance(err, OSError):
+        return ServerUnavailableError(message)
+    if type(err).__module__.startswith("geventhttpclient"):  # HTTPConnectionClosed / HTTPParseError
+        return ServerUnavailableError(message)
+    return None
 
 
 def _strip_scheme(url: str) -> str:
@@ -40,32 +88,41 @@ def _strip_scheme(url: str) -> str:
 
 
 class DetectorClient(ABC):
-    """A detector served as a Triton ensemble (IMAGE bytes in; NUM_DETECTIONS, BOXES, SCORES, CLASSES out)."""
+    """A detector served as a Triton ensemble (IMAGE bytes in; NUM_DETECTIONS, BOXES, SCORES, CLASSES out).
+
+    timeout_s: per request (connect and answer). retries: how often a call is retried when the server
+    is unavailable (0: never); backoff_s: the first wait, doubled per retry."""
 
     protocol: str
 
-    def __init__(self, url: str, model: str, *, timeout_s: float = 60.0) -> None:
-        self.url, self.model, self.timeout_s = _strip_scheme(url), model, timeout_s
+    def __init__(self, url: str, model: str, *, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 retries: int = DEFAULT_RETRIES, backoff_s: float = DEFAULT_BACKOFF_S) -> None:
+        if not timeout_s > 0 or retries < 0 or backoff_s < 0:
+            raise UserError(f"the request timeout must be > 0 s and retries >= 0, got {timeout_s} s and {retries}")
+        self.url, self.model = _strip_scheme(url), model
+        self.timeout_s, self.retries, self.backoff_s = float(timeout_s), int(retries), float(backoff_s)
         self._local = threading.local()  # HTTP clients are not thread-safe: one per thread
         self._clients: list[Any] = []
         self._lock = threading.Lock()
         try:
-            ready = self._client().is_model_ready(model)
-        except Exception as err:  # noqa: BLE001 - tritonclient raises several types for a dead socket
-            raise ConnectionError(f"cannot reach Triton at {self.url} over {self.protocol}: {err}") from None
+            ready = self._call(lambda c: c.is_model_ready(model, **self._timeout_kw()))
+        except (ServerUnavailableError, RequestTimeoutError) as err:
+            raise ServerUnavailableError(f"cannot reach Triton at {self.url} over {self.protocol}: {err}",
+                                         status=err.status) from None
         if not ready:
-            raise ConnectionError(f"model {model!r} is not ready on {self.url} ({self.protocol})")
-        self.config = self._model_config()
-        params = {k: v.get("string_value", "") for k, v in self.config.get("parameters", {}).items()}
-        names, ids = json.loads(params.get("class_names", "[]")), json.loads(params.get("category_ids", "[]"))
+            raise ModelNotFoundError(f"model {model!r} is not ready on {self.url} ({self.protocol})")
+        self.config = self.model_config()
+        self.parameters = config_parameters(self.config)
+        names = json.loads(self.parameters.get("class_names", "[]"))
+        ids = json.loads(self.parameters.get("category_ids", "[]"))
         self.class_names: dict[int, str] = dict(zip((int(i) for i in ids), names))
-        self.family: str = params.get("family", "")
+        self.family: str = self.parameters.get("family", "")
 
     @abstractmethod
     def _new_client(self) -> Any: ...
 
     @abstractmethod
-    def _model_config(self) -> dict[str, Any]: ...
+    def _get_config(self, client: Any, model: str) -> dict[str, Any]: ...
 
     @property
     @abstractmethod
@@ -79,6 +136,48 @@ class DetectorClient(ABC):
                 self._clients.append(client)
         return client
 
+    def _drop_client(self) -> None:
+        """Forget this thread's client (its connection may be broken); the next call makes a new one."""
+        client = getattr(self._local, "client", None)
+        self._local.client = None
+        if client is not None:
+            with self._lock:
+                if client in self._clients:
+                    self._clients.remove(client)
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - closing a dead connection may fail; it is dropped anyway
+                pass
+
+    def _call(self, fn: Callable[[Any], T]) -> T:
+        """fn(this thread's tritonclient), retried with backoff while the server is unavailable; other
+        failures raise at once, as tdet.client.errors types."""
+        from tritonclient.utils import InferenceServerException
+
+        delay = self.backoff_s
+        attempt = 0
+        while True:
+            try:
+                return fn(self._client())
+            except InferenceServerException as err:
+                error = classify(err.status(), f"{self.model}: {err.message()}")
+            except Exception as err:  # noqa: BLE001 - sorted below: transport failures, or re-raised
+                error = _transport_error(err, f"{self.model}: {self.protocol} {type(err).__name__}: {err}")
+                if error is None:
+                    raise
+            if not isinstance(error, ServerUnavailableError) or attempt >= self.retries:
+                if isinstance(error, ServerUnavailableError) and self.retries:
+                    error.args = (f"{error} (after {self.retries} retries)",)
+                raise error from None
+            self._drop_client()
+            time.sleep(delay * (1 + 0.25 * random.random()))
+            delay *= 2
+            attempt += 1
+
+    def model_config(self, model: str | None = None) -> dict[str, Any]:
+        """The config of `model` (default: this ensemble) as Triton's JSON form (fields as in config.pbtxt)."""
+        return self._call(lambda c: self._get_config(c, model or self.model))
+
     def infer_batch(self, images: Sequence[bytes]) -> list[Detections]:
         """One request with len(images) batch rows -> one Detections per image (a bad image fails all)."""
         if len(images) == 0:
@@ -88,28 +187,25 @@ class DetectorClient(ABC):
         inp = mod.InferInput("IMAGE", list(arr.shape), "BYTES")
         inp.set_data_from_numpy(arr)
         outputs = [mod.InferRequestedOutput(n) for n in WIRE]
-        try:
-            res = self._client().infer(self.model, [inp], outputs=outputs, **self._timeout_kw())
-        except self._exception as err:
-            raise InferenceError(f"{self.model}: {err.message() if hasattr(err, 'message') else err}") from None
+        res = self._call(lambda c: c.infer(self.model, [inp], outputs=outputs, **self._timeout_kw()))
         num, boxes, scores, classes = (res.as_numpy(n) for n in WIRE)
         return [from_wire(num[i], boxes[i], scores[i], classes[i], self.class_names) for i in range(len(images))]
 
     def infer(self, image: bytes) -> Detections:
-        """One encoded image (JPEG/PNG/BMP/WebP bytes) -> its Detections."""
+        """One encoded image (JPEG/PNG/BMP/WebP/TIFF bytes) -> its Detections."""
         return self.infer_batch([image])[0]
 
     def infer_many(self, images: Sequence[bytes], concurrency: int = 4) -> list[Detections]:
         """Each image as its own request, `concurrency` in flight (so the server can batch them);
-        results in input order. The first failing request raises InferenceError."""
+        results in input order. The first failing request raises."""
         if concurrency < 1:
-            raise ValueError("concurrency must be >= 1")
+            raise UserError("concurrency must be >= 1")
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
             return list(pool.map(self.infer, images))
 
     def statistics(self, model: str | None = None) -> dict[str, Any]:
         """Triton's inference statistics of `model` (default: this ensemble) as a dict."""
-        stats = self._client().get_inference_statistics(model or self.model, **self._json_kw())
+        stats = self._call(lambda c: c.get_inference_statistics(model or self.model, **self._json_kw()))
         return stats["model_stats"][0]
 
     def close(self) -> None:
@@ -140,22 +236,17 @@ class GrpcDetectorClient(DetectorClient):
         import tritonclient.grpc as grpcclient
         return grpcclient
 
-    @property
-    def _exception(self) -> type[Exception]:
-        from tritonclient.utils import InferenceServerException
-        return InferenceServerException
-
     def _new_client(self) -> Any:
         return self._module.InferenceServerClient(self.url)
 
-    def _model_config(self) -> dict[str, Any]:
-        return self._client().get_model_config(self.model, as_json=True)["config"]
+    def _get_config(self, client: Any, model: str) -> dict[str, Any]:
+        return client.get_model_config(model, as_json=True, client_timeout=self.timeout_s)["config"]
 
     def _timeout_kw(self) -> dict[str, Any]:
         return {"client_timeout": self.timeout_s}
 
     def _json_kw(self) -> dict[str, Any]:
-        return {"as_json": True}
+        return {"as_json": True, "client_timeout": self.timeout_s}
 
 
 class HttpDetectorClient(DetectorClient):
@@ -166,23 +257,29 @@ class HttpDetectorClient(DetectorClient):
         import tritonclient.http as httpclient
         return httpclient
 
-    @property
-    def _exception(self) -> type[Exception]:
-        from tritonclient.utils import InferenceServerException
-        return InferenceServerException
-
     def _new_client(self) -> Any:
         return self._module.InferenceServerClient(self.url, connection_timeout=self.timeout_s,
                                                   network_timeout=self.timeout_s)
 
-    def _model_config(self) -> dict[str, Any]:
-        return self._client().get_model_config(self.model)
+    def _get_config(self, client: Any, model: str) -> dict[str, Any]:
+        return client.get_model_config(model)
 
 
-def connect(url: str, model: str, protocol: str = "grpc", *, timeout_s: float = 60.0) -> DetectorClient:
+def connect(url: str, model: str, protocol: str = "grpc", *, timeout_s: float = DEFAULT_TIMEOUT_S,
+            retries: int = DEFAULT_RETRIES, backoff_s: float = DEFAULT_BACKOFF_S) -> DetectorClient:
     """A client for ensemble `model` at `url` ("host:port", default ports gRPC 8001 / HTTP 8000).
-    Raises ConnectionError when the server or model is not reachable/ready."""
+    Raises ServerUnavailableError (a ConnectionError) when the server cannot be reached, and
+    ModelNotFoundError when it does not serve `model` (or the model is not ready)."""
     if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; use grpc or http")
+        raise UserError(f"unknown protocol {protocol!r}; use grpc or http")
     cls = GrpcDetectorClient if protocol == "grpc" else HttpDetectorClient
-    return cls(url, model, timeout_s=timeout_s)
+    return cls(url, model, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s)
+
+
+def add_connection_args(p: argparse.ArgumentParser, *, retries: int = DEFAULT_RETRIES) -> None:
+    """--timeout and --retries, the same on every command that talks to the server."""
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                   help=f"request timeout (default {DEFAULT_TIMEOUT_S:g})")
+    p.add_argument("--retries", type=int, default=retries, metavar="N",
+                   help=f"retries with backoff when the server is unavailable, never for a bad request "
+                        f"(default {retries})")

@@ -1,5 +1,6 @@
-"""Each bad input gets a clear error for that request only, the server stays READY, and the inputs that
-must work (grayscale/RGBA PNG, rows of different images) do; a 1x1 image is refused clearly."""
+"""Through tdet's client: each bad input raises InvalidInputError (INVALID_ARGUMENT / HTTP 400, never a
+server fault) for that request only, the server stays READY, and the inputs that must work (grayscale/RGBA
+PNG, rows of different images) do; a 1x1 image is refused clearly. The wire-level cases: test_fuzz.py."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ import pytest
 import tritonclient.grpc as grpcclient
 from PIL import Image
 
+from matching import assert_same_detections
 from tdet.client.preprocess import MAX_PIXELS
-from tdet.client.triton import InferenceError, connect
+from tdet.client.triton import InferenceError, InvalidInputError, connect
+
+INVALID = {"grpc": "StatusCode.INVALID_ARGUMENT", "http": "400"}
 
 pytestmark = pytest.mark.server
 
@@ -48,8 +52,9 @@ def test_bad_image_is_a_clear_error_for_that_request(client, images, case, messa
     data = {"empty": b"", "truncated": images["wide.jpg"][: len(images["wide.jpg"]) // 3],
             "text": b"GET / HTTP/1.1\r\nnot an image", "bomb": _bomb_png()}[case]
     assert case != "bomb" or 8200 * 8200 > MAX_PIXELS
-    with pytest.raises(InferenceError, match=message):
+    with pytest.raises(InvalidInputError, match=message) as err:
         client.infer(data)
+    assert err.value.status == INVALID[client.protocol]
     assert len(client.infer(images["small.bmp"])) > 0  # the next request is served normally
 
 
@@ -65,21 +70,22 @@ def test_grayscale_and_rgba_png_work(client, images):
     rgba_dets, rgb_dets = client.infer(_png(rgba, "RGBA")), client.infer(_png(rgb))
     assert len(gray3_dets) > 0 and len(rgb_dets) > 0
     for got, want in ((gray_dets, gray3_dets), (rgba_dets, rgb_dets)):
-        assert len(got) == len(want)
-        np.testing.assert_allclose(got.boxes, want.boxes, atol=1e-3)
+        assert_same_detections((got.boxes, got.scores, got.category_ids), (want.boxes, want.scores, want.category_ids),
+                               scale=500, box_tol=1e-5, score_tol=1e-5, what="same pixels, other encoding")
     client.close()
 
 
 def test_one_by_one_image_gets_a_clear_error_and_small_images_work(client):
-    with pytest.raises(InferenceError, match="image too small: 1x1"):
+    with pytest.raises(InvalidInputError, match="image too small: 1x1"):
         client.infer(_png(np.full((1, 1, 3), 200, np.uint8)))
     dets = client.infer(_png(np.full((8, 8, 3), 200, np.uint8)))  # the smallest accepted size
     assert dets.boxes.shape == (len(dets), 4) and np.isfinite(dets.boxes).all()
 
 
 def test_a_bad_row_fails_only_its_request(client, images):
-    with pytest.raises(InferenceError, match="row 1"):
+    with pytest.raises(InvalidInputError, match="row 1") as err:
         client.infer_batch([images["wide.jpg"], b"", images["tall.png"]])
+    assert err.value.status == INVALID[client.protocol]
     ok = client.infer_batch([images["wide.jpg"], images["tall.png"]])
     assert [len(d) > 0 for d in ok] == [True, True]
 
@@ -93,6 +99,7 @@ def test_bad_requests_mixed_with_good_ones_in_flight(served, images):
             try:
                 return len(c.infer(data))
             except InferenceError as err:
+                assert isinstance(err, InvalidInputError), err  # a bad image is never a server fault
                 return str(err)
         blobs = [images["square.jpg"], b"", images["small.bmp"], b"junk", images["wide.jpg"], b""]
         with ThreadPoolExecutor(6) as pool:

@@ -92,3 +92,41 @@ def test_boxes_to_original_inverts_the_stretch():
     boxes = np.array([[0, 0, 640, 640], [320, 160, 480, 320]], np.float32)
     out = pp.boxes_to_original(boxes, (90, 160), DAMO_YOLO_PRE)
     np.testing.assert_allclose(out, [[0, 0, 160, 90], [80, 22.5, 120, 45]])
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_gives_the_displayed_image(rgb, orientation):
+    """Boxes refer to the image as displayed: every EXIF orientation is applied, as PIL's exif_transpose
+    (an independent implementation) applies it; the header size check uses the displayed size too."""
+    from PIL import ImageOps
+
+    im = Image.fromarray(rgb)
+    exif = im.getexif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    im.save(buf, "PNG", exif=exif.tobytes())
+    want = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(buf.getvalue()))).convert("RGB"))
+    np.testing.assert_array_equal(pp.decode_image(buf.getvalue()), want)
+    assert pp.image_size(buf.getvalue()) == (want.shape[1], want.shape[0])
+
+
+def test_unusual_encodings_decode_to_the_right_pixels(rgb):
+    """16-bit, paletted and CMYK inputs come back as 8-bit RGB of the same picture."""
+    im = Image.fromarray(rgb)
+    png16 = _encode(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR).astype(np.uint16) * 257, ".png")
+    np.testing.assert_array_equal(pp.decode_image(png16), rgb)
+    paletted = io.BytesIO()
+    im.convert("P").save(paletted, "PNG")
+    np.testing.assert_array_equal(pp.decode_image(paletted.getvalue()), np.asarray(im.convert("P").convert("RGB")))
+    cmyk = io.BytesIO()
+    im.convert("CMYK").save(cmyk, "JPEG", quality=100)
+    # CMYK -> RGB is lossy (JPEG, colour conversion), but the picture must be the same one
+    assert np.abs(pp.decode_image(cmyk.getvalue()).astype(int) - rgb).mean() < 8
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "ICO", "PPM"])
+def test_formats_opencv_does_not_decode_are_refused_by_name(rgb, fmt):
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, fmt)
+    with pytest.raises(ValueError, match=f"unsupported image format {fmt}"):
+        pp.decode_image(buf.getvalue())

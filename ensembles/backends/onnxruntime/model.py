@@ -4,29 +4,27 @@ written for Triton's real onnxruntime backend (NGC images) loads unchanged here.
 nothing about detectors. Unlike the real backend it doesn't auto-complete configs (write I/O out).
 
 Config parameters read (same keys as the real backend): intra_op_thread_count, inter_op_thread_count.
+A failing run is a server fault (the inputs passed Triton's type/shape checks): INTERNAL.
 """
 
 import json
 import os
 
 import numpy as np
-import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
+
+from tdet.client.specs import config_parameters
+from tdet.ensembles.ort_session import ort_session
 
 
 class TritonPythonModel:
     def initialize(self, args):
         cfg = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in cfg.get("parameters", {}).items()}
+        params = config_parameters(cfg)
         path = os.path.join(args["model_repository"], args["model_version"],
                             cfg.get("default_model_filename") or "model.onnx")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(params.get("intra_op_thread_count", "0"))
-        opts.inter_op_num_threads = int(params.get("inter_op_thread_count", "0"))
-        # no spinning: idle ORT threads would burn the cores the pre/post steps need
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        self.session = ort_session(path, threads=int(params.get("intra_op_thread_count", "0")),
+                                   inter_threads=int(params.get("inter_op_thread_count", "0")))
         self.inputs = [t["name"] for t in cfg["input"]]
         self.outputs = [t["name"] for t in cfg["output"]]
         self.batched = cfg.get("max_batch_size", 0) > 0
@@ -52,5 +50,5 @@ class TritonPythonModel:
 
     def _respond(self, result):
         if isinstance(result, str):
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(result))
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(result, pb_utils.TritonError.INTERNAL))
         return pb_utils.InferenceResponse([pb_utils.Tensor(n, t) for n, t in zip(self.outputs, result)])
