@@ -50,17 +50,13 @@ def median_ms(fn, reps: int) -> float:
 
 
 def in_process(engine_onnx: Path, family: str, threads: int, images: list[bytes]) -> dict[str, float]:
-    import onnxruntime as ort
-
     from tdet.client.labels import COCO_CATEGORY_IDS
     from tdet.client.pipeline import postprocess_rows, preprocess_rows
     from tdet.client.specs import EXPORT_INPUT, PREPROCESS
+    from tdet.ensembles.ort_session import ort_session
 
     spec = PREPROCESS[family]
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(str(engine_onnx), opts, providers=["CPUExecutionProvider"])
+    sess = ort_session(engine_onnx, threads=threads, inter_threads=1)
     ids = np.asarray(COCO_CATEGORY_IDS, np.int32)
     x, sizes = preprocess_rows([images[0]], spec)
 

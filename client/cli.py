@@ -2,7 +2,12 @@
 
 Each area owns its subcommands in a torch-free `cli` module with `register(subparsers)`; heavy
 imports (torch, onnx, tritonclient) happen inside the command functions, so `tdet --help` is fast
-and the client works without the training extras.
+and the client works without the training extras. This front is the one place client code reaches
+training/ (the areas, and `eval --reference`'s in-process run); the other client modules never import it.
+
+Errors: a user error (tdet.client.errors.UserError, a missing file, an unreachable server, a failed
+request) is one line on stderr and exit status 2; anything else is a bug in tdet and shows its traceback
+(exit 1).
 """
 
 from __future__ import annotations
@@ -10,6 +15,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
+from typing import Any
+
+from .errors import InferenceError, UserError
 
 # area modules, in pipeline order: training -> export -> repository/serving -> client
 AREAS = (
@@ -19,8 +28,17 @@ AREAS = (
 )
 
 
-class CLIError(Exception):
-    """A user-facing error: printed as one line, exit status 2, no traceback."""
+USER_ERRORS = (UserError, InferenceError, FileNotFoundError, FileExistsError, NotADirectoryError,
+               IsADirectoryError, PermissionError, ConnectionError, TimeoutError)
+
+
+def make_reference(variant: str, weights: str | None) -> Any:
+    """`tdet eval --reference VARIANT`: the in-process PyTorch run (tdet.training.reference.TorchReference)."""
+    try:
+        module = importlib.import_module("tdet.training.reference")
+    except ImportError as err:
+        raise UserError(f"--reference runs the model in-process and needs the train extra (torch): {err}") from None
+    return module.TorchReference(variant, weights)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    parser.set_defaults(make_reference=make_reference)
     return parser
 
 
@@ -46,12 +65,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = args.func(args)
-    except (CLIError, ValueError, FileNotFoundError, FileExistsError, ConnectionError) as err:
+    except USER_ERRORS as err:
         print(f"tdet {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"tdet {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - a bug: the traceback is what a report needs
+        traceback.print_exc()
+        print(f"tdet {args.command}: internal error ({type(err).__name__}); the traceback above is a bug in tdet, "
+              "please report it", file=sys.stderr)
+        return 1
     return int(result or 0)
 
 

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import UserError
+from .files import atomic_write
+
 from .evaluation import evaluate, load_dataset
 
 
@@ -32,10 +35,10 @@ class Row:
 
 
 def _latency_and_throughput(model: str, url: str, protocol: str, blobs: list[bytes], *, single: int,
-                            seconds: float, concurrency: int) -> tuple[float, float]:
+                            seconds: float, concurrency: int, client_kw: dict) -> tuple[float, float]:
     from .triton import connect
 
-    with connect(url, model, protocol) as client:
+    with connect(url, model, protocol, **client_kw) as client:
         client.infer(blobs[0])  # warm
         lat = []
         for i in range(single):  # single stream: one request in flight
@@ -59,28 +62,30 @@ def _latency_and_throughput(model: str, url: str, protocol: str, blobs: list[byt
 
 
 def compare(models: list[str], url: str, coco_json: Path, images_dir: Path, *, out: Path, protocol: str = "grpc",
-            single: int = 20, seconds: float = 10.0, concurrency: int = 8) -> list[Row]:
+            single: int = 20, seconds: float = 10.0, concurrency: int = 8, timeout_s: float | None = None,
+            retries: int | None = None) -> list[Row]:
     from .triton import connect
 
+    client_kw = {k: v for k, v in (("timeout_s", timeout_s), ("retries", retries)) if v is not None}
     if not models:
-        raise ValueError("--models needs at least one served model")
+        raise UserError("--models needs at least one served model")
     _, paths = load_dataset(coco_json, images_dir)
     blobs = [p.read_bytes() for p in paths.values()]
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for model in models:
-        with connect(url, model, protocol) as client:
-            params = {k: v.get("string_value", "") for k, v in client.config.get("parameters", {}).items()}
+        with connect(url, model, protocol, **client_kw) as client:
+            params = client.parameters
         res = evaluate(model, url, coco_json, images_dir, protocol=protocol, concurrency=concurrency,
-                       out=out / "eval" / model)
+                       out=out / "eval" / model, **client_kw)
         p50, tput = _latency_and_throughput(model, url, protocol, blobs, single=single, seconds=seconds,
-                                            concurrency=concurrency)
+                                            concurrency=concurrency, client_kw=client_kw)
         num = (lambda k: float(params[k]) if params.get(k) else None)
         rows.append(Row(model, params.get("variant", model), res.metrics["AP"], res.metrics["AP50"], p50, tput,
                         num("params_m"), num("gflops"), params.get("engine", ""), params.get("weights", ""),
                         res.num_images))
-    (out / "compare.json").write_text(json.dumps([asdict(r) for r in rows], indent=1))
-    (out / "compare.md").write_text(markdown_table(rows))
+    atomic_write(out / "compare.json", json.dumps([asdict(r) for r in rows], indent=1))
+    atomic_write(out / "compare.md", markdown_table(rows))
     plot(rows, out / "compare.png")
     return rows
 

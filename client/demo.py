@@ -22,13 +22,12 @@ def tdet(*args: str) -> None:
     subprocess.run(cmd, check=True)
 
 
-def official_file(variant: str) -> Path | None:
-    from tdet.training.registry import family_of
-    from tdet.training.weights import cache_dir
-
-    info = family_of(variant).WEIGHTS.get(variant)
-    path = cache_dir() / info.filename if info else None
-    return path if path is not None and path.is_file() else None
+def official_files(variants: tuple[str, ...]) -> dict[str, Path | None]:
+    """Each variant's official checkpoint if it is already in the cache (`tdet info --json` says where)."""
+    out = subprocess.run([sys.executable, "-m", "tdet.client.cli", "info", "--json", *variants], check=True,
+                         capture_output=True, text=True).stdout
+    files = {row["name"]: row.get("weights_file") for row in json.loads(out)}
+    return {v: Path(files[v]) if files.get(v) and Path(files[v]).is_file() else None for v in variants}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,9 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     work = args.workdir
     onnx = []
+    official = official_files(MODELS)
     for variant in MODELS:
         out = work / "onnx" / f"{variant}.onnx"
-        weights = official_file(variant)
+        weights = official[variant]
         tdet("export", variant, "--out", str(out), *(["--weights", str(weights)] if weights else []))
         onnx.append(str(out))
     tdet("repo", "build", "--onnx", *onnx, "--out", str(args.repository))

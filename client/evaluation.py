@@ -1,8 +1,10 @@
 """`tdet eval`: COCO evaluation through the served ensemble, and optionally the same images in-process
-(PyTorch) to measure what deployment cost: "did serving lose accuracy?".
+(a `Reference`, e.g. PyTorch: tdet.training.reference) to measure what deployment cost: "did serving lose
+accuracy?".
 
-Results are appended to <out>/results.partial.jsonl as images finish, so an interrupted run resumes
-where it stopped; results.json and metrics.json appear only when the run is complete.
+Results are appended to <out>/results.partial.jsonl as images finish, so an interrupted run (Ctrl-C,
+a server that went away) resumes where it stopped; results.json and metrics.json appear only when the
+run is complete.
 """
 
 from __future__ import annotations
@@ -12,23 +14,22 @@ import copy
 import hashlib
 import io
 import json
-import os
-import re
-import tempfile
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-import numpy as np
 from tqdm import tqdm
 
 from .boxes import xyxy_to_xywh
+from .errors import InferenceError, UserError
+from .files import IMAGE_SUFFIXES, atomic_write
 from .postprocess import Detections
+from .specs import config_parameters
 
 # pycocotools' COCOeval.stats order
 METRICS = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
            "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,22 @@ class EvalResult:
     delta: dict[str, float] | None = None  # served - reference
 
 
-def _atomic_json(path: Path, obj: object) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
-    os.replace(tmp, path)
+class Reference(Protocol):
+    """The same model run in-process, for `evaluate(..., reference=)`. tdet.training.reference.TorchReference
+    is the PyTorch one (the CLI front builds it: client code never imports training/)."""
+
+    variant: str
+
+    def check(self, model: str, served: dict[str, str]) -> None:
+        """Raise UserError before any image is sent if this reference cannot match the served `model`;
+        `served`: its postprocess parameters plus the ensemble's `variant` and `weights`."""
+
+    def results(self, paths: dict[int, Path], served: dict[str, str]) -> list[dict]:
+        """COCO result rows of every image, with the served thresholds (`served`, as in check)."""
+
+
+def _write_json(path: Path, obj: object) -> None:
+    atomic_write(path, json.dumps(obj, indent=1))
 
 
 def load_dataset(coco_json: Path, images_dir: Path):
@@ -61,10 +72,10 @@ def load_dataset(coco_json: Path, images_dir: Path):
         with contextlib.redirect_stdout(io.StringIO()):
             coco = COCO(str(coco_json))
     except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{coco_json} is not a COCO annotations file: {err}") from None
+        raise UserError(f"{coco_json} is not a COCO annotations file: {err}") from None
     paths = {img["id"]: images_dir / img["file_name"] for img in coco.dataset.get("images", [])}
     if not paths:
-        raise ValueError(f"{coco_json} lists no images")
+        raise UserError(f"{coco_json} lists no images")
     missing = [str(p.name) for p in paths.values() if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} image(s) listed in {coco_json.name} are missing from {images_dir}: "
@@ -72,7 +83,7 @@ def load_dataset(coco_json: Path, images_dir: Path):
     listed = {p.name for p in paths.values()}
     extra = sorted(p.name for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name not in listed)
     if extra:
-        raise ValueError(f"{len(extra)} image(s) in {images_dir} are absent from {coco_json.name} (no ground truth): "
+        raise UserError(f"{len(extra)} image(s) in {images_dir} are absent from {coco_json.name} (no ground truth): "
                          f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
     return coco, paths
 
@@ -126,21 +137,23 @@ def _load_partial(partial: Path, key: str) -> dict[int, list[dict]]:
 
 
 def _served_results(model: str, url: str, protocol: str, paths: dict[int, Path], concurrency: int,
-                    partial: Path, key: str) -> list[dict]:
+                    partial: Path, key: str, client_kw: dict) -> list[dict]:
     """COCO result rows of every image through the server, `concurrency` requests in flight. Finished
-    images are appended to `partial` as they arrive, so an interrupted run resumes where it stopped."""
+    images are appended to `partial` as they arrive, so an interrupted run resumes where it stopped.
+    A failed request stops the run at once (the finished images stay in `partial`) and raises its
+    error, with the image and how to resume in the message."""
     from .triton import connect
 
     done = _load_partial(partial, key)
     todo = iter([i for i in paths if i not in done])
     concurrency = max(1, concurrency)
-    with connect(url, model, protocol) as client, open(partial, "a") as log, \
+    with connect(url, model, protocol, **client_kw) as client, open(partial, "a") as log, \
             ThreadPoolExecutor(max_workers=concurrency) as pool, \
             tqdm(total=len(paths), initial=len(done), desc=f"eval {model}", unit="img", disable=None) as bar:
         if not done:
             log.write(json.dumps({"key": key}) + "\n")
         # bytes are read in the workers and only a few requests are queued: COCO val is ~800 MB of JPEGs,
-        # and Ctrl-C must not wait for thousands of queued requests to finish
+        # and Ctrl-C or a dead server must not wait for thousands of queued requests
         pending: dict = {}
         try:
             while True:
@@ -151,7 +164,14 @@ def _served_results(model: str, url: str, protocol: str, paths: dict[int, Path],
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in finished:
                     image_id = pending.pop(fut)
-                    rows = to_coco_results(image_id, fut.result())
+                    try:
+                        dets = fut.result()
+                    except InferenceError as err:
+                        log.flush()
+                        raise type(err)(f"{err} [image {paths[image_id].name}]; stopped after {len(done)} of "
+                                        f"{len(paths)} images, kept in {partial}: run the same command again to "
+                                        f"resume", status=err.status) from None
+                    rows = to_coco_results(image_id, dets)
                     done[image_id] = rows
                     log.write(json.dumps({"image_id": image_id, "results": rows}) + "\n")
                     bar.update()
@@ -163,108 +183,48 @@ def _served_results(model: str, url: str, protocol: str, paths: dict[int, Path],
     return [r for i in sorted(done) for r in done[i]]
 
 
-def _server_thresholds(model: str, url: str, protocol: str) -> dict[str, str]:
-    """The served postprocess parameters (score/IoU thresholds, max detections), for an equal reference."""
-    from tritonclient.utils import InferenceServerException
-
+def served_parameters(model: str, url: str, protocol: str, client_kw: dict | None = None) -> dict[str, str]:
+    """The served postprocess parameters (score/IoU thresholds, max detections, input_hw) plus the
+    ensemble's `variant` and `weights`: what an in-process reference needs to run the same model."""
     from .triton import connect
 
-    with connect(url, model, protocol) as client:
-        params = client.config.get("parameters", {})
-        variant = params.get("variant", {}).get("string_value", "")
+    with connect(url, model, protocol, **(client_kw or {})) as client:
         try:
-            post = client._client().get_model_config(f"{model}_postprocess", **client._json_kw())
-        except InferenceServerException as err:  # an ensemble not built by `tdet repo build`
-            raise ValueError(f"--reference needs the thresholds of {model}_postprocess: {err}") from None
-        post = post.get("config", post)
-    out = {k: v.get("string_value", "") for k, v in post.get("parameters", {}).items()}
-    out["variant"] = variant
-    out["weights"] = params.get("weights", {}).get("string_value", "")
+            post = client.model_config(f"{model}_postprocess")
+        except InferenceError as err:  # an ensemble not built by `tdet repo build`
+            raise UserError(f"--reference needs the parameters of {model}_postprocess: {err}") from None
+        out = config_parameters(post)
+        out.update(variant=client.parameters.get("variant", ""), weights=client.parameters.get("weights", ""))
     return out
 
 
-def _check_reference(model: str, reference: str, weights: str | None, served: dict[str, str]
-                     ) -> tuple[str | None, int]:
-    """Fail before any image is sent if the in-process reference cannot match the served model.
-    -> (weights, seed) for build_model: --weights, else the served model's own (its export metadata)."""
-    try:
-        from tdet.training.registry import variant_names
-    except ImportError as err:
-        raise ValueError(f"--reference runs the model in-process and needs the train extra (torch): {err}") from None
-    if reference not in variant_names():
-        raise ValueError(f"--reference: unknown variant {reference!r}; known: {', '.join(variant_names())}")
-    if served.get("variant") and served["variant"] != reference:
-        raise ValueError(f"--reference {reference} but {model} serves {served['variant']}")
-    if weights is not None:
-        if weights != "official" and not Path(weights).is_file():
-            raise FileNotFoundError(f"--weights file not found: {weights}")
-        return weights, 0
-    served_weights = served.get("weights", "")
-    seed = re.fullmatch(r"random-init\(seed=(\d+)\)", served_weights)
-    if seed or not served_weights:
-        return None, int(seed.group(1)) if seed else 0
-    if served_weights == "official" or Path(served_weights).is_file():
-        return served_weights, 0
-    raise ValueError(f"{model} serves weights {served_weights!r}, which are not on this machine: pass --weights PATH")
-
-
-def _reference_results(variant: str, weights: str | None, seed: int, paths: dict[int, Path],
-                       thresholds: dict[str, str]) -> list[dict]:
-    """The same images through PyTorch in this process: same preprocessing and postprocess code, same
-    thresholds as the server, so a difference is what the served path (export, engine) changed."""
-    import torch
-
-    from tdet.training.registry import build_model, family_of
-
-    from .labels import COCO_CATEGORY_IDS, COCO_CLASSES
-    from .postprocess import postprocess_one
-    from .preprocess import preprocess, to_float_input
-    from .specs import PREPROCESS
-
-    fam = family_of(variant)
-    spec = PREPROCESS[fam.FAMILY]
-    model = fam.export_module(build_model(variant, weights=weights, deploy=True, seed=seed)).eval()
-    ids = np.asarray(COCO_CATEGORY_IDS, np.int32)
-    kw = {"max_det": int(thresholds.get("max_detections", 100))}
-    if "score_threshold" in thresholds:
-        kw.update(score_thr=float(thresholds["score_threshold"]), iou=float(thresholds["iou_threshold"]))
-    results = []
-    with torch.no_grad():
-        for image_id, path in tqdm(sorted(paths.items()), desc=f"reference {variant}", unit="img", disable=None):
-            chw, orig_hw = preprocess(path.read_bytes(), spec)
-            outs = [t[0].numpy() for t in model(torch.from_numpy(to_float_input(chw[None], spec)))]
-            b, s, l = postprocess_one(fam.FAMILY, outs, orig_hw, **kw)
-            dets = Detections(b, s, ids[l], tuple(COCO_CLASSES[i] for i in l))
-            results += to_coco_results(image_id, dets)
-    return results
-
-
 def evaluate(model: str, url: str, coco_json: Path, images_dir: Path, *, protocol: str = "grpc",
-             concurrency: int = 8, out: Path | None = None, reference: str | None = None,
-             weights: str | None = None) -> EvalResult:
+             concurrency: int = 8, out: Path | None = None, reference: Reference | None = None,
+             timeout_s: float | None = None, retries: int | None = None) -> EvalResult:
     """Send every annotated image through the served `model`, score with COCOeval; with `reference`
-    (a variant name), also run it in-process and report served - reference per metric."""
+    (an in-process run of the same model), also score that and report served - reference per metric.
+    timeout_s / retries: the client's request timeout and retries when unavailable (None: defaults)."""
     coco, paths = load_dataset(coco_json, images_dir)
+    client_kw = {k: v for k, v in (("timeout_s", timeout_s), ("retries", retries)) if v is not None}
     out = out or Path("build/eval") / model
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("results.json", "metrics.json", "reference_results.json"):
         (out / stale).unlink(missing_ok=True)
-    thresholds = _server_thresholds(model, url, protocol) if reference else {}
-    seed = 0
+    served = served_parameters(model, url, protocol, client_kw) if reference else {}
     if reference:
-        weights, seed = _check_reference(model, reference, weights, thresholds)
+        reference.check(model, served)
     results = _served_results(model, url, protocol, paths, concurrency, out / "results.partial.jsonl",
-                              _dataset_key(model, coco_json))
+                              _dataset_key(model, coco_json), client_kw)
     metrics = coco_metrics(coco, results)
     ref = delta = None
     if reference:
-        ref_results = _reference_results(reference, weights, seed, paths, thresholds)
-        _atomic_json(out / "reference_results.json", ref_results)
+        ref_results = reference.results(paths, served)
+        _write_json(out / "reference_results.json", ref_results)
         ref = coco_metrics(coco, ref_results)
         delta = {m: metrics[m] - ref[m] for m in METRICS}
-    _atomic_json(out / "results.json", results)
-    _atomic_json(out / "metrics.json", {"model": model, "images": len(paths), "metrics": metrics,
-                                        "reference": ref, "delta": delta})
+    _write_json(out / "results.json", results)
+    _write_json(out / "metrics.json", {"model": model, "images": len(paths), "metrics": metrics,
+                                       "reference": ref, "delta": delta})
     (out / "results.partial.jsonl").unlink(missing_ok=True)
     return EvalResult(model, len(paths), metrics, out / "results.json", ref, delta)
 

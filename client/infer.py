@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
+from .files import atomic_write, collect_images
 from .postprocess import Detections
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+from .preprocess import decode_bgr
+from .triton import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, add_connection_args
 
 
 def draw_detections(bgr: npt.NDArray[np.uint8], dets: Detections, *, min_score: float = 0.0
@@ -37,56 +36,31 @@ def draw_detections(bgr: npt.NDArray[np.uint8], dets: Detections, *, min_score: 
     return out
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temp file + rename: an interrupted run never leaves a file that looks complete."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def collect_images(paths: list[Path]) -> list[Path]:
-    """Files as given, directories expanded to their image files (sorted). FileNotFoundError if missing."""
-    found: list[Path] = []
-    for p in paths:
-        if p.is_dir():
-            found += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.is_file():
-            found.append(p)
-        else:
-            raise FileNotFoundError(f"no such image or folder: {p}")
-    if not found:
-        raise FileNotFoundError(f"no images found in {', '.join(map(str, paths))}")
-    return found
-
-
 def run_infer(paths: list[Path], model: str, url: str, protocol: str, out: Path, *, concurrency: int = 4,
-              min_score: float = 0.3) -> list[dict]:
+              min_score: float = 0.3, timeout_s: float = DEFAULT_TIMEOUT_S, retries: int = DEFAULT_RETRIES
+              ) -> list[dict]:
     """Infer every image, write <out>/<stem>.jpg (annotated, boxes with score >= min_score) and
-    <out>/<stem>.json (all detections), and <out>/detections.json (index). Returns the index rows."""
+    <out>/<stem>.json (all detections), and <out>/detections.json (index). Returns the index rows.
+    Boxes refer to the image as displayed (EXIF orientation applied), as the annotated copy shows it."""
     from .triton import connect
 
     images = collect_images(paths)
     out.mkdir(parents=True, exist_ok=True)
     blobs = [p.read_bytes() for p in images]
-    with connect(url, model, protocol) as client:
+    with connect(url, model, protocol, timeout_s=timeout_s, retries=retries) as client:
         results = client.infer_many(blobs, concurrency=concurrency)
     index = []
     for path, blob, dets in zip(images, blobs, results):
-        bgr = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)
+        bgr = decode_bgr(blob)  # as the server decoded it: same orientation, same size
         ok, jpg = cv2.imencode(".jpg", draw_detections(bgr, dets, min_score=min_score))
         if not ok:
             raise ValueError(f"could not encode the annotated image for {path}")
-        _atomic_write(out / f"{path.stem}.jpg", jpg.tobytes())
+        atomic_write(out / f"{path.stem}.jpg", jpg.tobytes())
         row = {"image": str(path), "model": model, "height": bgr.shape[0], "width": bgr.shape[1],
                "detections": dets.to_list()}
-        _atomic_write(out / f"{path.stem}.json", json.dumps(row, indent=1).encode())
+        atomic_write(out / f"{path.stem}.json", json.dumps(row, indent=1).encode())
         index.append({"image": str(path), "annotated": str(out / f"{path.stem}.jpg"), "count": len(dets)})
-    _atomic_write(out / "detections.json", json.dumps(index, indent=1).encode())
+    atomic_write(out / "detections.json", json.dumps(index, indent=1).encode())
     return index
 
 
@@ -102,6 +76,7 @@ def register_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight")
     p.add_argument("--min-score", type=float, default=0.3, help="draw boxes with at least this score")
+    add_connection_args(p)
     p.set_defaults(func=cmd_infer)
 
 
@@ -110,7 +85,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
     url = args.url or f"localhost:{DEFAULT_PORTS[args.protocol]}"
     index = run_infer(args.paths, args.model, url, args.protocol, args.out, concurrency=args.concurrency,
-                      min_score=args.min_score)
+                      min_score=args.min_score, timeout_s=args.timeout, retries=args.retries)
     for row in index:
         print(f"{row['image']}: {row['count']} detections -> {row['annotated']}")
     return 0

@@ -7,6 +7,8 @@ import signal
 import time
 from pathlib import Path
 
+from tdet.client.errors import UserError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     repo = sub.add_parser("repo", help="build the Triton model repository",
@@ -73,7 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         try:
             import os
             os.kill(running.pid, 0)
-            raise ValueError(f"a detached server is already running (pid {running.pid}, http {running.http_url}): "
+            raise UserError(f"a detached server is already running (pid {running.pid}, http {running.http_url}): "
                              "tdet stop first")
         except ProcessLookupError:
             pass
@@ -106,10 +108,10 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
     info = read_pidfile()
     if info is None:
-        raise ValueError("no detached server recorded (start one with `tdet serve --detach`)")
+        raise UserError("no detached server recorded (start one with `tdet serve --detach`)")
     if not is_tritonserver(info.pid):
         pidfile().unlink(missing_ok=True)
-        raise ValueError(f"the recorded server (pid {info.pid}) is not running any more; record removed")
+        raise UserError(f"the recorded server (pid {info.pid}) is not running any more; record removed")
     stop_process(info.pid)
     pidfile().unlink(missing_ok=True)
     print(f"stopped tritonserver pid {info.pid}")

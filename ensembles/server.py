@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -21,6 +22,8 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
+
+from tdet.client.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,7 @@ def check_repository(repository: Path) -> list[str]:
         raise FileNotFoundError(f"model repository not found: {repository}")
     models = sorted(p.name for p in repository.iterdir() if (p / "config.pbtxt").is_file())
     if not models:
-        raise ValueError(f"{repository} holds no models (no */config.pbtxt): build it with `tdet repo build`")
+        raise UserError(f"{repository} holds no models (no */config.pbtxt): build it with `tdet repo build`")
     return models
 
 
@@ -132,7 +135,7 @@ def start(repository: Path, *, http_port: int = 8000, grpc_port: int = 8001, met
     http_port, grpc_port, metrics_port = (p or free_port() for p in (http_port, grpc_port, metrics_port))
     for port, what in ((http_port, "--http-port"), (grpc_port, "--grpc-port"), (metrics_port, "--metrics-port")):
         if not _port_free(port):
-            raise ValueError(f"port {port} ({what}) is already in use: stop what holds it or pick another port")
+            raise UserError(f"port {port} ({what}) is already in use: stop what holds it or pick another port")
     log = log or state_dir() / f"server-{http_port}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = [str(_pytriton_root() / "bin/tritonserver"), f"--model-repository={repository}",
@@ -153,11 +156,14 @@ def start(repository: Path, *, http_port: int = 8000, grpc_port: int = 8001, met
 
 
 def wait_ready(info: ServerInfo, proc: subprocess.Popen | None, timeout_s: float) -> None:
+    """Poll /v2/health/ready. UserError naming each model that failed to load (with the model's own error
+    line) if the server exits while loading; TimeoutError with the log's error lines if it never gets READY."""
     deadline = time.monotonic() + timeout_s
     url = f"http://{info.http_url}/v2/health/ready"
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise ValueError(f"tritonserver exited with status {proc.returncode} while loading:\n{_tail(info.log)}")
+            raise UserError(f"tritonserver exited with status {proc.returncode} while loading "
+                            f"{info.repository}:\n{load_errors(info.log)}\nfull log: {info.log}")
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
@@ -165,15 +171,30 @@ def wait_ready(info: ServerInfo, proc: subprocess.Popen | None, timeout_s: float
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         time.sleep(0.5)
-    raise TimeoutError(f"tritonserver not ready after {timeout_s:.0f}s; log:\n{_tail(info.log)}")
+    raise TimeoutError(f"tritonserver not ready after {timeout_s:.0f}s; log:\n{load_errors(info.log)}")
 
 
-def _tail(log: str, lines: int = 25) -> str:
+_FAILED_LOAD = re.compile(r"failed to load '([^']+)' version \d+: (.*)")
+
+
+def load_errors(log: str, lines: int = 25) -> str:
+    """What went wrong while loading, from the server log: one line per model that failed to load with
+    the model's own error (e.g. "m_engine: InvalidProtobuf: ... Protobuf parsing failed."), without the
+    stub's traceback; else the log's error lines (a repository Triton could not parse, a port...)."""
     try:
         text = Path(log).read_text(errors="replace").splitlines()
     except OSError:
         return "(no log)"
-    errors = [l for l in text if " E" in l[:3] or "error" in l.lower()]
+    failed: dict[str, str] = {}
+    for line in text:
+        m = _FAILED_LOAD.search(line)
+        if m:
+            # the log escapes newlines: the first line is the error, "\n\nAt:\n..." the stub's traceback
+            first = m.group(2).rstrip('"').split("\\n")[0].strip()
+            failed.setdefault(m.group(1), first.removeprefix("Internal: ").removeprefix("Invalid argument: "))
+    if failed:
+        return "\n".join(f"  model {name!r} failed to load: {why}" for name, why in failed.items())
+    errors = [l for l in text if l[:1] == "E" or "error" in l.lower()]
     return "\n".join((errors or text)[-lines:])
 
 

@@ -53,3 +53,20 @@ def test_info_lists_every_registered_variant():
     for want in ("damo-yolo-t", "damo-yolo-s", "damo-yolo-m", "damo-yolo-l", "rtdetrv2-s", "rtdetrv2-m34",
                  "rtdetrv2-m", "rtdetrv2-l", "rtdetrv2-x", "rtdetrv2-s-dsp", "rtdetrv2-l-dsp"):
         assert want in names
+
+
+def test_internal_errors_show_the_traceback_user_errors_one_line(monkeypatch, capsys, tmp_path):
+    """A bug (here: a command that raises KeyError) is shown with its traceback and exit 1; a user error is
+    one line, exit 2, no traceback."""
+    import tdet.client.evaluation_cli as evaluation_cli
+    from tdet.client.cli import main
+
+    monkeypatch.setattr(evaluation_cli, "cmd_synth", lambda args: {}["a bug"])
+    assert main(["data", "synth", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "KeyError: 'a bug'" in err and "internal error" in err
+    assert main(["eval", "--model", "m", "--coco", "c.json", "--images", str(tmp_path), "--weights", "w.pth"]) == 2
+    err = capsys.readouterr().err
+    assert err == "tdet eval: error: --weights goes with --reference VARIANT\n"
+    assert main(["infer", str(tmp_path / "missing.jpg"), "--model", "m", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip().endswith("no such image or folder: " + str(tmp_path / "missing.jpg"))

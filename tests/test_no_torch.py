@@ -8,6 +8,7 @@ import sys
 sys.modules["torch"] = None  # any `import torch` now raises ImportError, as on a client-only install
 import importlib
 for name in ("tdet.client.triton", "tdet.client.infer", "tdet.client.evaluation", "tdet.client.compare",
+             "tdet.client.errors", "tdet.client.files", "tdet.ensembles.ort_session",
              "tdet.client.synth", "tdet.client.loadtest.runner", "tdet.client.pipeline", "tdet.client.postprocess",
              "tdet.ensembles.builder", "tdet.ensembles.server", "tdet.ensembles.cli", "tdet.training.cli"):
     importlib.import_module(name)
@@ -31,3 +32,25 @@ def test_triton_python_models_import_no_torch():
     for f in list(root.glob("*/model.py")) + list(root.glob("backends/*/model.py")):
         text = f.read_text()
         assert "import torch" not in text and "tdet.training" not in text, f
+
+
+def test_client_code_never_imports_training():
+    """client/ works without training/ (no torch): only the CLI front (client/cli.py) reaches into it."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).parents[1] / "client"
+    for f in root.rglob("*.py"):
+        if f == root / "cli.py":
+            continue
+        package = ["tdet", "client", *f.relative_to(root).parent.parts]
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):  # resolve relative imports against the file's package
+                base = package[: len(package) - node.level + 1] if node.level else []
+                names = [".".join(base + ([node.module] if node.module else []))]
+            else:
+                continue
+            assert not any(n.startswith("tdet.training") for n in names), (f, names)
+        assert "tdet.training" not in "".join(l for l in f.read_text().splitlines() if "import_module" in l), f

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tdet.client import specs
+from tdet.client.errors import UserError
 from tdet.client.labels import COCO_CATEGORY_IDS, COCO_CLASSES
 
 from .info import count_gflops
@@ -43,13 +44,13 @@ def export_onnx(variant: str, out: str | Path, *, weights: str | Path | None = N
     out = Path(out)
     fam = family_of(variant)  # ValueError for unknown names
     if out.suffix != ".onnx":
-        raise ValueError(f"--out must end in .onnx, got {out}")
+        raise UserError(f"--out must end in .onnx, got {out}")
     if opset < MIN_OPSET:
-        raise ValueError(f"--opset must be >= {MIN_OPSET} (got {opset}): lower opsets split LayerNorm")
+        raise UserError(f"--opset must be >= {MIN_OPSET} (got {opset}): lower opsets split LayerNorm")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists")
     if out.is_dir():
-        raise ValueError(f"--out {out} is a directory")
+        raise UserError(f"--out {out} is a directory")
     out.parent.mkdir(parents=True, exist_ok=True)
 
     path = resolve(weights, fam.WEIGHTS, variant)
@@ -105,14 +106,12 @@ def export_onnx(variant: str, out: str | Path, *, weights: str | Path | None = N
 def _check_against_torch(path: str, wrapper, dummy, output_names: list[str]) -> dict[str, float]:
     """Max |ORT - PyTorch| per output at batch 2 (different images per row)."""
     import numpy as np
-    import onnxruntime as ort
     import torch
+
+    from tdet.ensembles.ort_session import ort_session
 
     x = torch.cat([dummy, dummy.flip(-1)], 0)
     with torch.no_grad():
         ref = [t.numpy() for t in wrapper(x)]
-    opts = ort.SessionOptions()
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-    got = sess.run(output_names, {specs.EXPORT_INPUT: x.numpy()})
+    got = ort_session(path).run(output_names, {specs.EXPORT_INPUT: x.numpy()})
     return {n: float(np.abs(a - b).max()) for n, a, b in zip(output_names, got, ref)}

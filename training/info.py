@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from tdet.client import specs
 
 from .registry import build_model, families
+from .weights import cache_dir
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class VariantInfo:
     gflops_unfused: float  # train form; some published tables (RT-DETRv2 L/X) use this count
     published_map: float | None  # COCO val2017 AP of the official checkpoint
     weights_url: str | None
+    weights_file: str | None  # where `--weights official` caches (or finds) the release file
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -55,6 +57,7 @@ def variant_info(name: str) -> VariantInfo:
         gflops_unfused=round(unfused, 2),
         published_map=w.map_coco if w else None,
         weights_url=w.url if w else None,
+        weights_file=str(cache_dir() / w.filename) if w else None,
     )
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from tdet.client.errors import UserError
+
 from .weights import checkpoint_meta, resolve
 
 if TYPE_CHECKING:
@@ -24,7 +26,7 @@ FAMILY_MODULES = {
 
 def family_module(family: str) -> ModuleType:
     if family not in FAMILY_MODULES:
-        raise ValueError(f"unknown family {family!r}; known: {sorted(FAMILY_MODULES)}")
+        raise UserError(f"unknown family {family!r}; known: {sorted(FAMILY_MODULES)}")
     return importlib.import_module(FAMILY_MODULES[family])
 
 
@@ -45,7 +47,7 @@ def family_of(variant: str) -> ModuleType:
             if variant in fam.VARIANTS:
                 return fam
             break
-    raise ValueError(f"unknown variant {variant!r}; known: {', '.join(variant_names())}")
+    raise UserError(f"unknown variant {variant!r}; known: {', '.join(variant_names())}")
 
 
 def build_model(variant: str, *, weights: str | Path | None = None, deploy: bool = False, seed: int = 0,
@@ -61,7 +63,7 @@ def build_model(variant: str, *, weights: str | Path | None = None, deploy: bool
     path = resolve(weights, fam.WEIGHTS, variant)
     meta = checkpoint_meta(path) if path is not None else {}
     if meta.get("variant", variant) != variant:
-        raise ValueError(f"{path} is a {meta['variant']} checkpoint, not {variant}")
+        raise UserError(f"{path} is a {meta['variant']} checkpoint, not {variant}")
     num_classes = num_classes if num_classes is not None else meta.get("num_classes")
     input_hw = input_hw if input_hw is not None else meta.get("input_hw")
     return fam.build_model(variant, weights=path, deploy=deploy, seed=seed, num_classes=num_classes,

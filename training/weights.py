@@ -16,20 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tdet.client.errors import UserError
+
 
 @dataclass(frozen=True)
 class WeightsInfo:
     """One official release checkpoint.
 
     url: the release URL. filename: the cached file name. map_coco: the published COCO val2017 AP.
-    legacy: an older format that needs conversion on load (family-specific meaning).
     sha256: expected digest, when known (checked after download).
     """
 
     url: str
     filename: str
     map_coco: float
-    legacy: bool = False
     sha256: str | None = None
 
 
@@ -54,7 +54,7 @@ def download(info: WeightsInfo, *, dest_dir: Path | None = None, timeout_s: floa
         if info.sha256 is not None:
             digest = sha256sum(Path(tmp))
             if digest != info.sha256:
-                raise ValueError(f"checksum mismatch for {info.url}: got {digest}, expected {info.sha256}")
+                raise UserError(f"checksum mismatch for {info.url}: got {digest}, expected {info.sha256}")
         os.replace(tmp, dest)
     except (urllib.error.URLError, TimeoutError, OSError) as err:
         raise ConnectionError(
@@ -84,9 +84,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors, zip errors, weights_only refusals
-        raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
+        raise UserError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
     if not isinstance(ckpt, dict):
-        raise ValueError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a state dict")
+        raise UserError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a state dict")
     return ckpt
 
 
@@ -106,7 +106,7 @@ def resolve(weights: str | Path | None, family_weights: dict[str, WeightsInfo], 
         return None
     if str(weights) == "official":
         if variant not in family_weights:
-            raise ValueError(f"no official checkpoint is registered for {variant}")
+            raise UserError(f"no official checkpoint is registered for {variant}")
         return download(family_weights[variant])
     path = Path(weights)
     if not path.is_file():
@@ -123,7 +123,7 @@ def load_state_dict_strict(model: Any, state_dict: dict[str, Any], source: str |
     wrong = [f"{k}: {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}" for k in expected
              if k in state_dict and state_dict[k].shape != expected[k].shape]
     if missing or unexpected or wrong:
-        raise ValueError(f"{source} does not match this {what}: {len(missing)} missing (e.g. {missing[:3]}), "
+        raise UserError(f"{source} does not match this {what}: {len(missing)} missing (e.g. {missing[:3]}), "
                          f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(wrong)} with other shapes "
                          f"(e.g. {wrong[:3]}). Wrong variant?")
     model.load_state_dict(state_dict, strict=True)

@@ -2,6 +2,9 @@
 variables. Thin on purpose: the users hold tdet's own client, fire Locust `request` events, and keep
 exact per-request latencies (Locust rounds them above 100 ms) in a CSV written at the end.
 
+If the server stays unavailable for TDET_ABORT_AFTER_S (no successful request meanwhile), the run stops
+early: the reason goes to TDET_STATUS_FILE and the latencies measured so far are written as usual.
+
 gevent: gRPC's C core blocks the hub unless grpc's gevent support is on before any channel exists,
 and the clients must be closed in on_stop or the process hangs at exit.
 """
@@ -11,23 +14,38 @@ import grpc.experimental.gevent as grpc_gevent
 grpc_gevent.init_gevent()
 
 import itertools  # noqa: E402
+import json  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import gevent  # noqa: E402
 from locust import User, constant, events, task  # noqa: E402
 
+from tdet.client.errors import ServerUnavailableError  # noqa: E402
+from tdet.client.files import collect_images  # noqa: E402
 from tdet.client.triton import connect  # noqa: E402
 
-SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}  # as runner.image_files
 URL = os.environ.get("TDET_URL", "127.0.0.1:8001")
 MODEL = os.environ.get("TDET_MODEL", "damo_yolo_t")
-_ROOT = Path(os.environ.get("TDET_IMAGES", "."))
-IMAGES = [_ROOT] if _ROOT.is_file() else sorted(p for p in _ROOT.rglob("*") if p.suffix.lower() in SUFFIXES)
-BLOBS = [p.read_bytes() for p in IMAGES]
+BLOBS = [p.read_bytes() for p in collect_images(Path(os.environ.get("TDET_IMAGES", ".")), recursive=True)]
 LATENCY_FILE = os.environ.get("TDET_LATENCY_FILE", "")
+STATUS_FILE = os.environ.get("TDET_STATUS_FILE", "")
+TIMEOUT_S = float(os.environ.get("TDET_TIMEOUT_S", "60"))
+RETRIES = int(os.environ.get("TDET_RETRIES", "0"))
+ABORT_AFTER_S = float(os.environ.get("TDET_ABORT_AFTER_S", "3"))
 _records: list[tuple[float, float, int, str]] = []  # (start unix s, latency ms, ok, error)
 _user_ids = itertools.count()
+_health = {"last_ok": time.monotonic(), "down_since": None, "aborted": ""}
+
+
+def _server_down(environment, err: Exception) -> None:
+    """Note an unavailable server; past ABORT_AFTER_S without a success, stop the whole run."""
+    now = time.monotonic()
+    down_since = _health["down_since"] = _health["down_since"] or now
+    if not _health["aborted"] and now - max(down_since, _health["last_ok"]) >= ABORT_AFTER_S:
+        _health["aborted"] = f"the server at {URL} is unavailable ({str(err)[:200]})"
+        gevent.spawn(environment.runner.quit)  # not from this greenlet: quit() kills the users
 
 
 class _DetectorUser(User):
@@ -36,13 +54,21 @@ class _DetectorUser(User):
     wait_time = constant(0)  # closed loop: each user sends its next request when the last returns
 
     def on_start(self) -> None:
-        if not BLOBS:
-            raise RuntimeError(f"no images found under TDET_IMAGES={os.environ.get('TDET_IMAGES')}")
-        self.client = connect(URL, MODEL, self.protocol)
+        self.client = None
         self.cursor = next(_user_ids) * 7  # users start at different images
+        try:  # connecting (readiness, model config) is not part of any request's latency
+            self._connected()
+        except ServerUnavailableError as err:  # the first request retries, and counts as failed
+            _server_down(self.environment, err)
 
     def on_stop(self) -> None:
-        self.client.close()
+        if self.client is not None:
+            self.client.close()
+
+    def _connected(self):
+        if self.client is None:
+            self.client = connect(URL, MODEL, self.protocol, timeout_s=TIMEOUT_S, retries=RETRIES)
+        return self.client
 
     @task
     def detect(self) -> None:
@@ -51,7 +77,7 @@ class _DetectorUser(User):
         start, t0 = time.time(), time.perf_counter()
         error = None
         try:
-            dets = self.client.infer(blob)
+            dets = self._connected().infer(blob)
             length = len(dets)
         except Exception as err:  # noqa: BLE001 - every failure is counted and reported, never hidden
             error, length = err, 0
@@ -59,6 +85,11 @@ class _DetectorUser(User):
         _records.append((start, ms, error is None, "" if error is None else str(error)[:200]))
         self.environment.events.request.fire(request_type=self.protocol, name=MODEL, response_time=ms,
                                              response_length=length, exception=error, context={})
+        if error is None:
+            _health["last_ok"], _health["down_since"] = time.monotonic(), None
+        elif isinstance(error, (ServerUnavailableError, ConnectionError)):
+            _server_down(self.environment, error)
+            time.sleep(0.1)  # a refused connection fails in microseconds: do not spin
 
 
 class TritonGrpcUser(_DetectorUser):
@@ -70,9 +101,12 @@ class TritonHttpUser(_DetectorUser):
 
 
 @events.quitting.add_listener
-def _write_latencies(environment, **_kw) -> None:
+def _write_results(environment, **_kw) -> None:
     if LATENCY_FILE:
         with open(LATENCY_FILE, "w") as f:
             f.write("start_unix_s,latency_ms,ok,error\n")
-            for start, ms, ok, err in _records:
+            for start, ms, ok, err in list(_records):
                 f.write(f"{start:.6f},{ms:.3f},{int(ok)},\"{err.replace(chr(34), chr(39))}\"\n")
+    if STATUS_FILE:
+        with open(STATUS_FILE, "w") as f:
+            json.dump({"aborted": _health["aborted"]}, f)

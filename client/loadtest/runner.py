@@ -4,6 +4,9 @@ latencies, Triton's own view of the run (batch sizes, queue vs compute per step)
 A run writes <out>/: latencies.csv (every request), locust_*.csv (Locust's own), summary.json, and
 report.png + report.html. `--sweep 1,2,4` runs one such run per concurrency into <out>/c<N>/ and adds
 sweep.csv / sweep.json / sweep.png (throughput and p95 vs concurrency).
+
+If the server goes away during a run, the users stop after a few seconds without an answer; the run
+still writes what it measured, with `aborted` saying why (and a sweep stops there).
 """
 
 from __future__ import annotations
@@ -22,24 +25,14 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from ..errors import UserError
+from ..files import atomic_write, collect_images
+from ..triton import DEFAULT_TIMEOUT_S
 from . import metrics as triton_metrics
 from .report import plot_run, plot_sweep, write_html
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
-SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-
-
-def image_files(images: Path) -> list[Path]:
-    """The images a run rotates through: `images` itself if it is a file, else the image files under it.
-    Checked here so a bad --images is one clear error, not a Locust traceback."""
-    if images.is_file():
-        return [images]
-    if not images.is_dir():
-        raise FileNotFoundError(f"images not found: {images}")
-    files = sorted(p for p in images.rglob("*") if p.suffix.lower() in SUFFIXES)
-    if not files:
-        raise ValueError(f"no images ({', '.join(sorted(SUFFIXES))}) under {images}")
-    return files
+ABORT_AFTER_S = 3.0  # no answer from the server for this long: the users stop
 
 
 @dataclass
@@ -55,6 +48,7 @@ class RunSummary:
     latency_ms: dict[str, float]  # p50 p90 p95 p99 max mean
     errors: dict[str, int] = field(default_factory=dict)  # error message -> how many requests failed with it
     triton: dict[str, dict[str, float]] = field(default_factory=dict)  # per composing model
+    aborted: str = ""  # why the run stopped before --duration ("" when it ran to the end)
 
 
 def _host(url: str) -> str:
@@ -63,23 +57,28 @@ def _host(url: str) -> str:
 
 def run_once(model: str, url: str, *, protocol: str = "grpc", users: int = 4, spawn_rate: float = 4,
              duration_s: float = 10, images: Path, out: Path, metrics_url: str | None = None,
-             local_only: bool = False) -> RunSummary:
-    """One bounded Locust run. Every failed request is counted in `failures` and listed in `errors`."""
+             local_only: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S, retries: int = 0) -> RunSummary:
+    """One bounded Locust run. Every failed request is counted in `failures` and listed in `errors`;
+    a server that goes away ends the run early with `aborted` set (the summary holds what was measured).
+    timeout_s / retries: each user's request timeout and retries when unavailable (0: failures count)."""
     if protocol not in ("grpc", "http"):
-        raise ValueError(f"--protocol must be grpc or http, got {protocol!r}")
+        raise UserError(f"--protocol must be grpc or http, got {protocol!r}")
     if users < 1 or spawn_rate <= 0 or duration_s < 1:
-        raise ValueError("--users and --spawn-rate must be positive and --duration at least 1 s")
-    image_files(images)
+        raise UserError("--users and --spawn-rate must be positive and --duration at least 1 s")
+    collect_images(images, recursive=True)  # here, so a bad --images is one clear error, not a Locust traceback
     if local_only and _host(url) not in LOOPBACK:
-        raise ValueError(f"refusing to load-test {url}: only loopback targets are allowed here")
+        raise UserError(f"refusing to load-test {url}: only loopback targets are allowed here")
     out.mkdir(parents=True, exist_ok=True)
     from tdet.client.triton import connect
 
-    with connect(url, model, protocol):  # fails fast, with a clear message, if the model is not served
+    with connect(url, model, protocol, timeout_s=timeout_s, retries=retries):  # fails fast if the model is not served
         pass
     before = triton_metrics.scrape(metrics_url) if metrics_url else {}
+    status_file = out / "locust_status.json"
+    status_file.unlink(missing_ok=True)
     env = dict(os.environ, TDET_URL=url, TDET_MODEL=model, TDET_IMAGES=str(images),
-               TDET_LATENCY_FILE=str(out / "latencies.csv"))
+               TDET_LATENCY_FILE=str(out / "latencies.csv"), TDET_STATUS_FILE=str(status_file),
+               TDET_TIMEOUT_S=str(timeout_s), TDET_RETRIES=str(retries), TDET_ABORT_AFTER_S=str(ABORT_AFTER_S))
     locustfile = resources.files("tdet.client.loadtest") / "locustfile.py"
     user_class = "TritonGrpcUser" if protocol == "grpc" else "TritonHttpUser"
     cmd = [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "-u", str(users),
@@ -92,18 +91,24 @@ def run_once(model: str, url: str, *, protocol: str = "grpc", users: int = 4, sp
         except subprocess.TimeoutExpired:
             raise TimeoutError(f"locust did not stop within {duration_s + 90:.0f}s (see {out / 'locust.log'})") from None
     wall = time.monotonic() - t0
-    after = triton_metrics.scrape(metrics_url) if metrics_url else {}
     if not (out / "latencies.csv").is_file():
         tail = (out / "locust.log").read_text(errors="replace")[-2000:]
-        raise ValueError(f"locust failed (no latencies written); locust said:\n{tail}")
+        raise RuntimeError(f"locust failed (no latencies written); locust said:\n{tail}")
     summary = summarize(out / "latencies.csv", model, protocol, users, duration_s)
+    summary.aborted = json.loads(status_file.read_text()).get("aborted", "") if status_file.is_file() else ""
     if not summary.requests:
         tail = (out / "locust.log").read_text(errors="replace")[-2000:]
-        raise ValueError(f"the load test sent no requests in {wall:.0f}s; locust said:\n{tail}")
-    if metrics_url:
+        raise RuntimeError(f"the load test sent no requests in {wall:.0f}s; locust said:\n{tail}")
+    after = {}
+    if metrics_url and not summary.aborted:
+        try:
+            after = triton_metrics.scrape(metrics_url)
+        except ConnectionError as err:
+            summary.aborted = f"metrics unreadable after the run: {err}"
+    if after:
         steps = [m for m in sorted(after) if m == model or m.startswith(f"{model}_")]
         summary.triton = triton_metrics.per_model(before, after, steps)
-    (out / "summary.json").write_text(json.dumps(asdict(summary), indent=1))
+    atomic_write(out / "summary.json", json.dumps(asdict(summary), indent=1))
     plot_run(out / "latencies.csv", summary, out / "report.png")
     write_html(summary, out / "report.html", ["report.png"])
     return summary
@@ -126,10 +131,14 @@ def summarize(latency_csv: Path, model: str, protocol: str, users: int, duration
 def sweep(model: str, url: str, concurrencies: list[int], *, out: Path, **kw) -> list[RunSummary]:
     """One run per concurrency (users = spawn rate = c); writes sweep.csv/json/png under `out`."""
     if not concurrencies or any(c < 1 for c in concurrencies):
-        raise ValueError(f"--sweep needs positive concurrencies, got {concurrencies}")
+        raise UserError(f"--sweep needs positive concurrencies, got {concurrencies}")
     kw.pop("users", None)
     kw.pop("spawn_rate", None)
-    runs = [run_once(model, url, users=c, spawn_rate=c, out=out / f"c{c}", **kw) for c in concurrencies]
+    runs = []
+    for c in concurrencies:
+        runs.append(run_once(model, url, users=c, spawn_rate=c, out=out / f"c{c}", **kw))
+        if runs[-1].aborted:  # the server went away: the next levels would measure nothing
+            break
     with open(out / "sweep.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["concurrency", "requests", "failures", "images_per_s", "p50_ms", "p95_ms", "p99_ms"])
@@ -149,6 +158,8 @@ def format_summary(s: RunSummary) -> str:
              f"latency ms: p50 {lat['p50']:.1f}  p90 {lat['p90']:.1f}  p95 {lat['p95']:.1f}  p99 {lat['p99']:.1f}  "
              f"max {lat['max']:.1f}"]
     lines += [f"  error x{n}: {e}" for e, n in list(s.errors.items())[:5]]
+    if s.aborted:
+        lines.append(f"  STOPPED EARLY: {s.aborted}")
     for step, t in s.triton.items():
         lines.append(f"  {step:<28} batch {t['avg_batch_size']:5.2f}  queue {t['queue_ms']:7.1f} ms  "
                      f"compute {t['compute_infer_ms']:7.1f} ms  (per request)")

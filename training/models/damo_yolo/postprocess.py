@@ -63,8 +63,3 @@ def postprocess(scores: torch.Tensor, boxes: torch.Tensor, *, score_thr: float =
     keep = nms(cand_boxes, cand_scores, iou, labels=labels, max_keep=max_det)
     return cand_boxes[keep], cand_scores[keep], labels[keep]
 
-
-def postprocess_batch(scores: torch.Tensor, boxes: torch.Tensor, *, score_thr: float = 0.05, iou: float = 0.7,
-                      max_det: int = 100) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Batched export outputs scores [B, N, C], boxes [B, N, 4] -> one `postprocess` result per image."""
-    return [postprocess(s, b, score_thr=score_thr, iou=iou, max_det=max_det) for s, b in zip(scores, boxes)]
