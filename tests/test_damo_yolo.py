@@ -3,11 +3,12 @@ params/GFLOPs match the published deploy-form figures, reference postprocess agr
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 
 import official_checkpoints as checkpoints
+from matching import assert_same_detections
+from tdet.ensembles.ort_session import ort_session
 from tdet.training.export import export_onnx
 from tdet.training.info import count_gflops
 from tdet.training.models import damo_yolo as D
@@ -18,6 +19,7 @@ ALL = ["damo-yolo-t", "damo-yolo-s", "damo-yolo-m", "damo-yolo-l"]
 PUBLISHED = {"damo-yolo-t": (8.48, 18.1), "damo-yolo-s": (16.25, 37.8), "damo-yolo-m": (28.18, 61.9),
              "damo-yolo-l": (42.06, 97.5)}
 torch.set_grad_enabled(False)
+SIZE = 640  # the input size: box tolerances are fractions of it (a float32 step at 900 px is 6e-5 px)
 
 
 def official_keys(name: str) -> dict[str, list[int]]:
@@ -87,8 +89,9 @@ def test_fused_equals_unfused(name):
     model.fuse()
     assert not any("rbr_dense" in k for k in model.state_dict())
     s1, b1 = wrapper(x)
-    assert (s0 - s1).abs().max() < 1e-4
-    assert (b0 - b1).abs().max() < 1e-2
+    # fusion reorders the arithmetic: equal to float precision (measured here: 3e-6 / 5e-4 px)
+    assert (s0 - s1).abs().max() <= 1e-4  # sigmoid probabilities
+    assert (b0 - b1).abs().max() <= 2e-5 * SIZE
     assert (s1 > 0.05).sum() > 0  # the tame init produces detections
 
 
@@ -102,17 +105,17 @@ def test_onnx_runtime_matches_pytorch_at_batch_1_and_3(name, tmp_path):
     assert not [n for n in graph.graph.node if "NonMaxSuppression" in n.op_type]
     meta = {p.key: p.value for p in graph.metadata_props}
     assert meta["tdet.family"] == "damo-yolo" and meta["tdet.variant"] == name
-    opts = ort.SessionOptions()
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(str(res.path), opts, providers=["CPUExecutionProvider"])
+    sess = ort_session(res.path)
     model = D.export_module(D.build_model(name, deploy=True, seed=2).eval())
     for batch in (1, 3):
         x = images(batch, seed=batch)
         scores, boxes = sess.run(["scores", "boxes"], {"images": x.numpy()})
         ref_s, ref_b = model(x)
         assert scores.shape == (batch, 8400, 80) and boxes.shape == (batch, 8400, 4)
-        assert np.abs(scores - ref_s.numpy()).max() <= 1e-5
-        assert np.abs(boxes - ref_b.numpy()).max() <= 1e-3
+        # two engines, same graph: equal to float precision, relative to the magnitudes (measured here for
+        # damo-yolo-l: scores 4e-6, boxes 8e-4 px on ~900 px coordinates, i.e. 1e-6 relative)
+        assert np.abs(scores - ref_s.numpy()).max() <= 1e-4  # sigmoid probabilities
+        assert np.abs(boxes - ref_b.numpy()).max() <= 2e-5 * SIZE
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -147,9 +150,10 @@ def test_torch_postprocess_matches_numpy():
         # orig_hw = input size: the numpy path's box rescale is the identity
         b_n, s_n, l_n = numpy_post.postprocess_damo_yolo(s.numpy(), b.numpy(), (640, 640), score_thr=0.05,
                                                          iou=0.7, max_det=100)
-        np.testing.assert_array_equal(l_n, l_t.numpy())
-        np.testing.assert_allclose(s_n, s_t.numpy(), atol=1e-6)
-        np.testing.assert_allclose(b_n, b_t.numpy(), atol=1e-4)
+        # the same candidates selected by the same rules, rescaled by exactly 1.0: bit-identical detections
+        # (paired, not by index: equal scores may leave NMS in either order)
+        assert_same_detections((b_n, s_n, l_n), (b_t.numpy(), s_t.numpy(), l_t.numpy()), scale=SIZE, box_tol=0,
+                               score_tol=0, what="numpy vs torch postprocess")
 
 
 def test_nms_is_class_aware_greedy_and_stops_at_max_det():

@@ -1,14 +1,14 @@
 """RT-DETRv2: official key set loads strictly (v2 and v1 checkpoints), RepVGG fusion is exact, ONNX
 export keeps a working dynamic batch, discrete sampling exports without GridSample, params/GFLOPs."""
 
-import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
 import official_checkpoints as checkpoints
+from matching import assert_same_detections
+from tdet.ensembles.ort_session import ort_session
 from tdet.training.export import export_onnx
 from tdet.training.info import count_gflops
 from tdet.training.models import rtdetrv2 as R
@@ -47,16 +47,18 @@ def images(batch: int, seed: int = 0) -> torch.Tensor:
     return x
 
 
-def assert_rows_match(logits_a, boxes_a, logits_b, boxes_b, atol: float, fraction: float = 1.0) -> None:
+def assert_rows_match(logits_a, boxes_a, logits_b, boxes_b, atol: float, fraction: float = 1.0,
+                      rtol: float = 1e-4) -> None:
     """The 300 query rows may come in another order (top-k ties under float noise): pair the rows of a
-    and b one-to-one (Hungarian assignment on their distances), then compare values."""
+    and b one-to-one (Hungarian assignment on their distances), then compare values: each within
+    atol + rtol * |value| (boxes are normalized to 0..1; logits reach ~10, where float noise is larger)."""
     for i in range(logits_a.shape[0]):
         ka = torch.cat([torch.as_tensor(boxes_a[i]), torch.as_tensor(logits_a[i])], -1)
         kb = torch.cat([torch.as_tensor(boxes_b[i]), torch.as_tensor(logits_b[i])], -1)
         # exact L-inf distances (cdist's matmul shortcut loses ~1e-2 to cancellation on these norms)
         rows, cols = linear_sum_assignment((ka[:, None] - kb[None]).abs().amax(-1).numpy())
-        row_err = (ka[rows] - kb[cols]).abs().amax(-1)
-        assert (row_err <= atol).float().mean() >= fraction, row_err.max()
+        excess = ((ka[rows] - kb[cols]).abs() - rtol * kb[cols].abs()).amax(-1)
+        assert (excess <= atol).float().mean() >= fraction, excess.max()
 
 
 @pytest.mark.parametrize("name", BASE + ["rtdetrv2-s-dsp"])
@@ -136,9 +138,7 @@ def test_onnx_runtime_matches_pytorch_at_batch_1_2_5(name, tmp_path):
     assert [o.name for o in graph.graph.output] == ["logits", "boxes"]
     assert graph.opset_import[0].version >= 17
     assert any(n.op_type == "LayerNormalization" for n in graph.graph.node)  # one op, not decomposed
-    opts = ort.SessionOptions()
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(str(res.path), opts, providers=["CPUExecutionProvider"])
+    sess = ort_session(res.path)
     model = R.build_model(name, deploy=True, seed=4).eval()
     for batch in (1, 2, 5):
         x = images(batch, seed=batch)
@@ -147,16 +147,15 @@ def test_onnx_runtime_matches_pytorch_at_batch_1_2_5(name, tmp_path):
         ref_l, ref_b = model(x)
         assert_rows_match(ref_l, ref_b, logits, boxes, atol=1e-4)
         for i in range(batch):  # each row of the batch is its own image, not a copy of row 0
-            single = sess.run(["logits"], {"images": x[i:i + 1].numpy()})[0]
-            assert_rows_match(torch.as_tensor(single), torch.as_tensor(boxes[i:i + 1]),
-                              torch.as_tensor(logits[i:i + 1]), torch.as_tensor(boxes[i:i + 1]), atol=1e-4)
+            single_l, single_b = sess.run(["logits", "boxes"], {"images": x[i:i + 1].numpy()})
+            assert_rows_match(single_l, single_b, logits[i:i + 1], boxes[i:i + 1], atol=1e-4)
 
 
 def test_discrete_variant_exports_without_grid_sample(tmp_path):
     res = export_onnx("rtdetrv2-s-dsp", tmp_path / "dsp.onnx", seed=5)
     ops = {n.op_type for n in onnx.load(res.path).graph.node}
     assert "GridSample" not in ops
-    sess = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])
+    sess = ort_session(res.path)
     model = R.build_model("rtdetrv2-s-dsp", deploy=True, seed=5).eval()
     for batch in (2, 5):  # traced at batch 1: the integer-gather indices must follow the batch
         x = images(batch, seed=7)
@@ -192,6 +191,7 @@ def test_torch_postprocess_matches_numpy():
     logits, boxes = R.build_model("rtdetrv2-s", deploy=True, seed=6).eval()(images(1, seed=8))
     b_t, s_t, l_t = postprocess(logits[0], boxes[0], (480, 640), max_det=100)
     b_n, s_n, l_n = numpy_post.postprocess_rtdetrv2(logits[0].numpy(), boxes[0].numpy(), (480, 640), max_det=100)
-    np.testing.assert_allclose(s_n, s_t.numpy(), atol=1e-6)
-    np.testing.assert_allclose(b_n, b_t.numpy(), atol=1e-3)
-    np.testing.assert_array_equal(l_n, l_t.numpy())
+    # same top-K, same sigmoid and scaling in another library: paired (equal scores may swap), boxes within
+    # float precision of the 640 px image, probabilities within float precision
+    assert_same_detections((b_n, s_n, l_n), (b_t.numpy(), s_t.numpy(), l_t.numpy()), scale=640, box_tol=1e-6,
+                           score_tol=1e-6, what="numpy vs torch postprocess")

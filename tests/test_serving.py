@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
+from matching import assert_same_detections
 from tdet.client import preprocess as pp
 from tdet.client.labels import COCO_CATEGORY_IDS, COCO_CLASSES
 from tdet.client.specs import PREPROCESS
@@ -56,22 +57,6 @@ def reference(variant: str, data: bytes) -> tuple[np.ndarray, np.ndarray, np.nda
     return boxes, scores.numpy(), ids
 
 
-def match_box_by_box(boxes, scores, ids, ref_boxes, ref_scores, ref_ids, score_tol: float = 1e-3) -> float:
-    """Pair every served detection with an unused in-process one of the same class and score (within
-    score_tol); returns the largest box coordinate difference (px) over the pairs. Pairing, not index
-    order: equal scores (common with random weights) may come out of top-K in either order."""
-    used = np.zeros(len(ref_ids), bool)
-    worst = 0.0
-    for b, s, c in zip(boxes, scores, ids):
-        cand = np.flatnonzero(~used & (ref_ids == c) & (np.abs(ref_scores - s) <= score_tol))
-        assert cand.size, f"served detection class {c} score {s:.4f} box {b} has no in-process twin"
-        diff = np.abs(ref_boxes[cand] - b).max(1)
-        j = cand[int(diff.argmin())]
-        used[j] = True
-        worst = max(worst, float(diff.min()))
-    return worst
-
-
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_served_detections_equal_in_process_pytorch(served, images, variant, protocol):
@@ -81,10 +66,12 @@ def test_served_detections_equal_in_process_pytorch(served, images, variant, pro
     for (name, data), dets in zip(images.items(), results):
         boxes, scores, ids = reference(variant, data)
         assert len(ids) > 0, f"{variant} {name}: the reference found nothing; the test would prove nothing"
-        assert len(dets) == len(ids), f"{variant} {name}: {len(dets)} served vs {len(ids)} in-process"
-        worst = match_box_by_box(dets.boxes, dets.scores, dets.category_ids, boxes, scores, ids)
-        assert worst <= 0.5, f"{variant} {name}: a served box is {worst:.3f} px from its in-process twin"
-        assert dets.class_names == tuple(COCO_CLASSES[COCO_CATEGORY_IDS.index(int(i))] for i in ids)
+        # ONNX Runtime vs PyTorch on the same pixels: equal to float precision (measured ~1e-6 relative);
+        # paired, not by index (equal scores may come out of top-K in either order); boxes in image units
+        h, w = pp.image_size(data)[::-1]
+        assert_same_detections((dets.boxes, dets.scores, dets.category_ids), (boxes, scores, ids), scale=max(h, w),
+                               box_tol=2e-5, score_tol=1e-4, what=f"{variant} {name} over {protocol}")
+        assert dets.class_names == tuple(COCO_CLASSES[COCO_CATEGORY_IDS.index(int(i))] for i in dets.category_ids)
 
 
 def test_one_request_with_rows_of_different_images(served, images):
@@ -93,21 +80,45 @@ def test_one_request_with_rows_of_different_images(served, images):
     with connect(served.grpc_url, "damo_yolo_t") as client:
         batched = client.infer_batch(blobs)
         single = [client.infer(b) for b in blobs]
-    for b, s in zip(batched, single):
-        assert len(b) == len(s) > 0
-        np.testing.assert_allclose(b.boxes, s.boxes, atol=1e-3)
-        np.testing.assert_array_equal(b.category_ids, s.category_ids)
+    for b, s, data in zip(batched, single, blobs):
+        assert len(s) > 0
+        assert_same_detections((b.boxes, b.scores, b.category_ids), (s.boxes, s.scores, s.category_ids),
+                               scale=max(pp.image_size(data)), box_tol=1e-5, score_tol=1e-5, what="row vs single")
 
 
-@pytest.mark.parametrize("model", ["damo_yolo_t", "rtdetrv2_s"])
-def test_concurrent_requests_are_batched(served, images, model):
-    """8 requests in flight: Triton's own statistics must show fewer engine executions than inferences."""
-    with connect(served.grpc_url, model) as client:
-        engine = f"{model}_engine"
+@pytest.fixture(scope="module")
+def patient_batcher(exported, tmp_path_factory):
+    """damo_yolo_t on its own server whose steps wait up to 2 s for a batch to fill: whether concurrent
+    requests are batched then does not depend on how fast this machine (or a loaded one) delivers them
+    within the production repository's 1 ms queue delay."""
+    from tdet.ensembles.builder import build_repository
+    from tdet.ensembles.configs import BuildOptions
+    from tdet.ensembles.server import free_port, start, stop_process
+
+    repo = tmp_path_factory.mktemp("patient") / "repo"
+    build_repository([exported["damo-yolo-t"]], repo, BuildOptions(queue_delay_us=2_000_000))
+    proc, info = start(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                       log=repo.parent / "server.log", timeout_s=240)
+    try:
+        yield info
+    finally:
+        stop_process(proc.pid)
+        proc.wait(timeout=30)
+
+
+def test_concurrent_requests_are_batched(patient_batcher, images):
+    """8 requests in flight: Triton's own statistics must show fewer engine executions than inferences,
+    and every request gets the answer it gets alone."""
+    with connect(patient_batcher.grpc_url, "damo_yolo_t") as client:
+        engine = "damo_yolo_t_engine"
         before = client.statistics(engine)
         results = client.infer_many([images["square.jpg"]] * 8, concurrency=8)
         after = client.statistics(engine)
-    assert all(len(r) == len(results[0]) > 0 for r in results)
+    assert len(results[0]) > 0
+    for r in results:
+        assert_same_detections((r.boxes, r.scores, r.category_ids),
+                               (results[0].boxes, results[0].scores, results[0].category_ids), scale=640,
+                               box_tol=1e-5, score_tol=1e-5, what="batched requests")
     inferences = int(after["inference_count"]) - int(before.get("inference_count", 0))
     executions = int(after["execution_count"]) - int(before.get("execution_count", 0))
     assert inferences == 8
