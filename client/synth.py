@@ -12,13 +12,14 @@ splits come from different seeds. Deterministic for (seed, split).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zlib
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from .errors import UserError
+from .files import atomic_write
 
 # image sizes (w, h) drawn from when --size is not given: landscape, portrait, square, small
 SIZES = ((640, 480), (800, 600), (1280, 720), (480, 640), (512, 512), (320, 240))
@@ -32,7 +33,7 @@ MIN_SIDE_FRACTION = 0.04  # smallest object side as a fraction of the image's sh
 def split_seed(seed: int, split: str) -> int:
     """The generator seed of one split: train and val never share images for the same --seed."""
     if split not in SPLITS:
-        raise ValueError(f"--split must be one of {SPLITS}, got {split!r}")
+        raise UserError(f"--split must be one of {SPLITS}, got {split!r}")
     return zlib.crc32(f"{seed}/{split}".encode())
 
 
@@ -173,9 +174,9 @@ def synthesize(out: Path, num: int, seed: int = 0, size: tuple[int, int] | None 
     file and a rename, so a partial run never looks complete.
     """
     if num < 1:
-        raise ValueError(f"--num must be >= 1, got {num}")
+        raise UserError(f"--num must be >= 1, got {num}")
     if size is not None and (size[0] < 32 or size[1] < 32):
-        raise ValueError(f"--size must be at least 32x32, got {size[0]}x{size[1]}")
+        raise UserError(f"--size must be at least 32x32, got {size[0]}x{size[1]}")
     stream = split_seed(seed, split)
     img_dir = out / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -201,9 +202,4 @@ def synthesize(out: Path, num: int, seed: int = 0, size: tuple[int, int] | None 
     coco = {"info": {"description": f"tdet synthetic shapes ({split} split, seed {seed})", "version": "2"},
             "images": images, "annotations": annotations,
             "categories": [{"id": c, "name": n, "supercategory": "shape"} for c, n in zip(CATEGORY_IDS, SHAPES)]}
-    fd, tmp = tempfile.mkstemp(prefix=".annotations.", suffix=".json", dir=out)
-    with os.fdopen(fd, "w") as f:
-        json.dump(coco, f)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; the dataset is meant to be shared
-    os.replace(tmp, out / "annotations.json")
-    return out / "annotations.json"
+    return atomic_write(out / "annotations.json", json.dumps(coco))  # 0644: the dataset is meant to be shared

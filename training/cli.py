@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from tdet.client.errors import UserError
+
 from .train_cli import register_train
 
 
@@ -41,7 +43,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     unknown = [v for v in args.variants if v not in variant_names()]
     if unknown:
-        raise ValueError(f"unknown variant(s) {unknown}; known: {', '.join(variant_names())}")
+        raise UserError(f"unknown variant(s) {unknown}; known: {', '.join(variant_names())}")
     rows = all_info(args.variants or None)
     if args.json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from tdet.client.errors import UserError
+
 
 @dataclass(frozen=True)
 class OptimizerCfg:
@@ -29,7 +31,7 @@ class OptimizerCfg:
 
     def base_lr(self, effective_batch: int) -> float:
         if (self.lr is None) == (self.lr_per_image is None):
-            raise ValueError("a recipe's optimizer sets exactly one of lr and lr_per_image")
+            raise UserError("a recipe's optimizer sets exactly one of lr and lr_per_image")
         return self.lr if self.lr is not None else self.lr_per_image * effective_batch
 
 
@@ -90,10 +92,10 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path in seen:
-        raise ValueError(f"recipe {path} includes itself through `base`")
+        raise UserError(f"recipe {path} includes itself through `base`")
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
-        raise ValueError(f"recipe {path} is not a YAML mapping")
+        raise UserError(f"recipe {path} is not a YAML mapping")
     base = data.pop("base", None)
     return _merge(_read(path.parent / base, (*seen, path)), data) if base else data
 
@@ -102,7 +104,7 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(f"unknown recipe key(s) {unknown} in {where}; known: {sorted(names)}")
+        raise UserError(f"unknown recipe key(s) {unknown} in {where}; known: {sorted(names)}")
     kwargs = {}
     for f in fields(cls):
         if f.name not in data:
@@ -114,13 +116,13 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     try:
         return cls(**kwargs)
     except TypeError as err:
-        raise ValueError(f"recipe {where}: {err}") from None
+        raise UserError(f"recipe {where}: {err}") from None
 
 
 def recipe_path(variant: str) -> Path:
     path = Path(str(resources.files("tdet.training") / "recipes" / f"{variant}.yaml"))
     if not path.is_file():
-        raise ValueError(f"no training recipe for {variant!r} (looked for {path})")
+        raise UserError(f"no training recipe for {variant!r} (looked for {path})")
     return path
 
 
@@ -133,11 +135,11 @@ def load_recipe(variant: str, path: str | Path | None = None) -> Recipe:
     data = _read(src)
     data.setdefault("variant", variant)
     if data["variant"] != variant:
-        raise ValueError(f"recipe {src} is for {data['variant']}, not {variant}")
+        raise UserError(f"recipe {src} is for {data['variant']}, not {variant}")
     nested = {"optimizer": OptimizerCfg, "schedule": ScheduleCfg, "ema": EmaCfg}
     for key, cls in nested.items():
         if not isinstance(data.get(key), dict):
-            raise ValueError(f"recipe {src} lacks the `{key}` section")
+            raise UserError(f"recipe {src} lacks the `{key}` section")
         data[key] = _build(cls, data[key], f"{src}:{key}")
     if data.get("multi_scale") is not None:
         data["multi_scale"] = [int(s) for s in data["multi_scale"]]

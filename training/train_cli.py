@@ -7,6 +7,8 @@ import os
 import socket
 from pathlib import Path
 
+from tdet.client.errors import UserError
+
 # arguments a resumed run may change: they do not affect what is computed
 RESUME_CHANGEABLE = {"workers", "eval_every", "out", "val_data", "val_images"}
 
@@ -69,19 +71,19 @@ def _train_args(args: argparse.Namespace):
         resume = Path(args.resume) if args.resume else out / "last.pth"
         saved = load_resume(resume).get("tdet", {}).get("args")
         if not isinstance(saved, dict):
-            raise ValueError(f"{resume} has no saved run arguments: it was not written by `tdet train`")
+            raise UserError(f"{resume} has no saved run arguments: it was not written by `tdet train`")
         changed = sorted(k for k, v in given.items() if k != "variant" and k not in RESUME_CHANGEABLE and saved.get(k) != v)
         if changed:
-            raise ValueError(f"--resume continues the saved run exactly: {', '.join(changed)} cannot change "
+            raise UserError(f"--resume continues the saved run exactly: {', '.join(changed)} cannot change "
                              f"(saved: {', '.join(f'{k}={saved.get(k)!r}' for k in changed)})")
         if saved.get("variant") != args.variant:
-            raise ValueError(f"{resume} is a {saved.get('variant')} run, not {args.variant}")
+            raise UserError(f"{resume} is a {saved.get('variant')} run, not {args.variant}")
         given = {**saved, **given, "out": given.get("out", saved.get("out", str(out)))}
     missing = [f"--{k}" for k in ("data", "images") if k not in given]
     if missing:
-        raise ValueError(f"{' and '.join(missing)} required (the training set: COCO JSON and images folder)")
+        raise UserError(f"{' and '.join(missing)} required (the training set: COCO JSON and images folder)")
     if ("val_data" in given) != ("val_images" in given):
-        raise ValueError("--val-data and --val-images go together")
+        raise UserError("--val-data and --val-images go together")
     given.setdefault("out", f"runs/{args.variant}")
     return TrainArgs(**given), resume
 
@@ -107,16 +109,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         import torch  # noqa: F401
     except ModuleNotFoundError:
-        raise ValueError("training needs the train extra: pip install 'tdet[train]'") from None
+        raise UserError("training needs the train extra: pip install 'tdet[train]'") from None
     from .engine.trainer import Interrupted, Trainer
 
     targs, resume = _train_args(args)
     if targs.nproc < 1:
-        raise ValueError(f"--nproc must be >= 1, got {targs.nproc}")
+        raise UserError(f"--nproc must be >= 1, got {targs.nproc}")
     if targs.batch < 1:
-        raise ValueError(f"--batch must be >= 1, got {targs.batch}")
+        raise UserError(f"--batch must be >= 1, got {targs.batch}")
     if targs.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available")
+        raise UserError("--device cuda: no CUDA device is available")
     if targs.nproc > 1 and "WORLD_SIZE" not in os.environ:
         import torch.multiprocessing as mp
 
