@@ -2,7 +2,8 @@
 HybridEncoder (AIFI + CCFM), RTDETRTransformerv2 decoder.
 
 The family interface used by tdet.training.registry: FAMILY, VARIANTS, WEIGHTS, build_model,
-export_module, num_params.
+export_module, num_params; and by the trainer: TARGET_FORMAT, CLASS_BRANCH, build_criterion,
+init_for_training, reinit_class_branch, param_groups.
 """
 
 from __future__ import annotations
@@ -15,15 +16,17 @@ from torch import nn
 from tdet.training.weights import WeightsInfo
 
 from .checkpoint import load_checkpoint
+from .criterion import RTDETRv2Criterion
 from .detector import RTDETRv2, tame_init
+from .train_setup import init_for_training, param_groups, reinit_class_branch
 from .variants import VARIANTS, RTDETRv2Config
 from .. import with_overrides
 
-# TODO(training helper): official training init (rtdetrv2_decoder.py _reset_parameters, MSDeformableAttention)
-def init_for_training(model: RTDETRv2, seed: int) -> RTDETRv2:
-    raise NotImplementedError("init='train' for RT-DETRv2")
-
 FAMILY = "rtdetrv2"
+# training interface: targets per image {"boxes": float [N,4] normalized cxcywh, "labels": int64 [N]}
+TARGET_FORMAT = "cxcywh_normalized"
+# state-dict prefixes that depend on the class count (re-initialised by reinit_class_branch when fine-tuning)
+CLASS_BRANCH = ("decoder.enc_score_head.", "decoder.dec_score_head.", "decoder.denoising_class_embed.")
 _URL = "https://github.com/lyuwenyu/storage/releases/download/"
 WEIGHTS: dict[str, WeightsInfo] = {
     "rtdetrv2-s": WeightsInfo(_URL + "v0.2/rtdetrv2_r18vd_120e_coco_rerun_48.1.pth",
@@ -39,8 +42,9 @@ WEIGHTS: dict[str, WeightsInfo] = {
     "rtdetrv2-l-dsp": WeightsInfo(_URL + "v0.1/rtdetrv2_r50vd_dsp_1x_coco.pth", "rtdetrv2_r50vd_dsp_1x_coco.pth", 52.9),
 }
 
-__all__ = ["FAMILY", "VARIANTS", "WEIGHTS", "RTDETRv2", "RTDETRv2Config", "build_model", "export_module",
-           "num_params"]
+__all__ = ["CLASS_BRANCH", "FAMILY", "TARGET_FORMAT", "VARIANTS", "WEIGHTS", "RTDETRv2", "RTDETRv2Config",
+           "RTDETRv2Criterion", "build_criterion", "build_model", "export_module", "init_for_training",
+           "num_params", "param_groups", "reinit_class_branch"]
 
 
 def build_model(name: str, *, weights: str | Path | None = None, deploy: bool = False, seed: int = 0,
@@ -69,6 +73,15 @@ def build_model(name: str, *, weights: str | Path | None = None, deploy: bool = 
     if deploy:
         model.eval().fuse()
     return model
+
+
+def build_criterion(variant: str, num_classes: int | None = None) -> RTDETRv2Criterion:
+    """The official loss of `variant` (all variants share it: VFL 1, L1 5, GIoU 2; matcher class 2,
+    L1 5, GIoU 2) for `num_classes` classes (default: the variant's 80). Call it as
+    `criterion(model(images, targets), targets)` -> dict of weighted terms and "total"."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown RT-DETRv2 variant {variant!r}; known: {sorted(VARIANTS)}")
+    return RTDETRv2Criterion(VARIANTS[variant].num_classes if num_classes is None else int(num_classes))
 
 
 def export_module(model: RTDETRv2) -> nn.Module:

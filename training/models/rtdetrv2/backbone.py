@@ -21,6 +21,12 @@ class FrozenBatchNorm2d(nn.Module):
         for name, value in (("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0), ("running_var", 1.0)):
             self.register_buffer(name, torch.full((num_features,), value))
 
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The identity transform a freshly built FrozenBatchNorm2d holds (weight 1, bias 0, mean 0, var 1)."""
+        for name, value in (("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0), ("running_var", 1.0)):
+            getattr(self, name).fill_(value)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale = self.weight * (self.running_var + self.eps).rsqrt()
         shift = self.bias - self.running_mean * scale
@@ -98,7 +104,9 @@ class Blocks(nn.Module):
 class PResNet(nn.Module):
     return_idx = (1, 2, 3)
 
-    def __init__(self, depth: int, *, freeze_norm: bool) -> None:
+    def __init__(self, depth: int, *, freeze_norm: bool, freeze_at: int = -1) -> None:
+        """freeze_at >= 0: the stem and the first `freeze_at` stages get requires_grad False (official
+        `_freeze_parameters`); freeze_norm: every BN is a FrozenBatchNorm2d (buffers only)."""
         super().__init__()
         f = freeze_norm
         self.conv1 = nn.Sequential(OrderedDict([
@@ -111,6 +119,9 @@ class PResNet(nn.Module):
         for i, (ch, count) in enumerate(zip((64, 128, 256, 512), BLOCKS[depth])):
             self.res_layers.append(Blocks(block, in_ch, ch, count, 1 if i == 0 else 2, f))
             in_ch = ch * block.expansion
+        if freeze_at >= 0:
+            for m in [self.conv1, *self.res_layers[:freeze_at]]:
+                m.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = F.max_pool2d(self.conv1(x), kernel_size=3, stride=2, padding=1)

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,6 +26,25 @@ class MSDeformableAttention(nn.Module):
         self.attention_weights = nn.Linear(dim, nhead * total)
         self.value_proj = nn.Linear(dim, dim)
         self.output_proj = nn.Linear(dim, dim)
+        if method == "discrete":  # the official freezes the offsets of the discrete-sampling fine-tunes
+            self.sampling_offsets.requires_grad_(False)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Official init: zero offset weights with biases pointing each head in its own direction (heads
+        evenly spread on the circle, normalised to the unit square's border) at distance 1..n for the n
+        points of a level; uniform attention (zero weights and biases); xavier projections, zero biases."""
+        nn.init.zeros_(self.sampling_offsets.weight)
+        theta = torch.arange(self.nhead, dtype=torch.float32) * (2.0 * math.pi / self.nhead)
+        direction = torch.stack([theta.cos(), theta.sin()], -1)
+        direction = direction / direction.abs().max(-1, keepdim=True).values  # [H, 2]
+        distance = torch.cat([torch.arange(1, n + 1) for n in self.num_points]).to(torch.float32)  # [P]
+        self.sampling_offsets.bias.copy_((direction[:, None, :] * distance[None, :, None]).flatten())
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        for proj in (self.value_proj, self.output_proj):
+            nn.init.xavier_uniform_(proj.weight)
+            nn.init.zeros_(proj.bias)
 
     def forward(self, query: torch.Tensor, ref: torch.Tensor, value: torch.Tensor,
                 shapes: list[tuple[int, int]]) -> torch.Tensor:

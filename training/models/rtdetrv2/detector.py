@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -15,20 +17,26 @@ from .variants import RTDETRv2Config
 class RTDETRv2(nn.Module):
     def __init__(self, cfg: RTDETRv2Config) -> None:
         super().__init__()
-        self.backbone = PResNet(cfg.depth, freeze_norm=cfg.freeze_norm)
+        self.backbone = PResNet(cfg.depth, freeze_norm=cfg.freeze_norm, freeze_at=cfg.freeze_at)
         self.decoder = RTDETRTransformerv2(
             num_classes=cfg.num_classes, hidden_dim=cfg.hidden_dim, num_queries=cfg.num_queries,
             feat_channels=(cfg.encoder_hidden_dim,) * 3, num_points=cfg.num_points,
             num_layers=cfg.num_decoder_layers, eval_idx=cfg.eval_idx, method=cfg.cross_attn_method,
-            input_hw=cfg.input_hw)
+            input_hw=cfg.input_hw, num_denoising=cfg.num_denoising, label_noise_ratio=cfg.label_noise_ratio,
+            box_noise_scale=cfg.box_noise_scale)
         self.encoder = HybridEncoder(cfg.encoder_in_channels, hidden_dim=cfg.encoder_hidden_dim,
                                      ffn_dim=cfg.encoder_ffn_dim, expansion=cfg.expansion, input_hw=cfg.input_hw)
         # the published parameter count is the train-form count (RepVGG fusion changes it by ~1%)
         self.train_form_params = sum(p.numel() for p in self.parameters())
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """images float32 [B,3,H,W] RGB 0..1 -> (logits [B,300,C], boxes [B,300,4] normalized cxcywh)."""
-        return self.decoder(self.encoder(self.backbone(images)))
+    def forward(self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor] | dict[str, Any]:
+        """images float32 [B,3,H,W] RGB 0..1. Eval: -> (logits [B,300,C], boxes [B,300,4] normalized
+        cxcywh), at the input size the model was built for. Training (any H, W divisible by 32): ->
+        the official outputs dict (RTDETRTransformerv2._forward_train); targets, one per image,
+        {"boxes": float [N,4] normalized cxcywh, "labels": int64 [N]}, feed contrastive denoising."""
+        feats = self.encoder(self.backbone(images))
+        return self.decoder(feats, targets) if self.training else self.decoder(feats)
 
     def fuse(self) -> RTDETRv2:
         """Deploy form: RepVGG blocks folded into single 3x3 convs."""

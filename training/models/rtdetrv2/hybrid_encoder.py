@@ -136,7 +136,11 @@ class HybridEncoder(nn.Module):
         proj = [p(f) for p, f in zip(self.input_proj, feats)]
         x = proj[self.encoder_idx]
         h, w = x.shape[2:]
-        memory = self.encoder[0](x.flatten(2).permute(0, 2, 1), getattr(self, f"pos_embed{self.encoder_idx}"))
+        if self.training:  # any size divisible by 32 (multi-scale): the embedding for this map, as the official
+            pos = sincos_position_embedding(int(w), int(h), self.hidden_dim).to(x.device)
+        else:
+            pos = getattr(self, f"pos_embed{self.encoder_idx}")
+        memory = self.encoder[0](x.flatten(2).permute(0, 2, 1), pos)
         proj[self.encoder_idx] = memory.permute(0, 2, 1).reshape(-1, self.hidden_dim, h, w)
         # top-down (CCFM): lateral 1x1 on the coarser map, upsample, fuse with the finer one
         inner = [proj[-1]]

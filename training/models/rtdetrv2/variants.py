@@ -23,10 +23,15 @@ class RTDETRv2Config:
     num_queries: int = 300
     num_classes: int = 80
     input_hw: tuple[int, int] = (640, 640)
+    freeze_at: int = -1  # PResNet: >= 0 freezes the stem (and the first freeze_at stages) in training
+    # contrastive denoising (training only)
+    num_denoising: int = 100
+    label_noise_ratio: float = 0.5
+    box_noise_scale: float = 1.0
 
 
 _R18 = dict(encoder_in_channels=(128, 256, 512), expansion=0.5, freeze_norm=False)
-_R50 = dict(encoder_in_channels=(512, 1024, 2048), freeze_norm=True)
+_R50 = dict(encoder_in_channels=(512, 1024, 2048), freeze_norm=True, freeze_at=0)
 
 _BASE = (
     RTDETRv2Config("rtdetrv2-s", 18, num_decoder_layers=3, **_R18),
