@@ -1,11 +1,13 @@
 """DAMO-YOLO (T/S/M/L): TinyNAS backbone, GiraffeNeckV2 (RepGFPN) neck, ZeroHead.
 
 The family interface used by tdet.training.registry: FAMILY, VARIANTS, WEIGHTS, build_model,
-export_module, num_params.
+export_module, num_params; and by the trainer: build_criterion, TARGET_FORMAT, CLASS_BRANCH,
+reinit_class_branch (init_for_training is build_model(init="train")).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -14,14 +16,12 @@ from torch import nn
 from tdet.training.weights import WeightsInfo
 
 from .checkpoint import load_checkpoint
+from .criterion import DamoYoloCriterion
 from .detector import DamoYolo, DamoYoloExport
+from .ops import BN_EPS, BN_MOMENTUM
 from .random_init import tame_init
 from .variants import VARIANTS, DamoYoloConfig
 from .. import with_overrides
-
-# TODO(training helper): official training init (damo/base_models/heads/zero_head.py init_weights etc.)
-def init_for_training(model: DamoYolo, seed: int) -> DamoYolo:
-    raise NotImplementedError("init='train' for DAMO-YOLO")
 
 FAMILY = "damo-yolo"
 _BASE = "https://idstcv.oss-cn-zhangjiakou.aliyuncs.com/DAMO-YOLO/release_model/clean_model_0317/"
@@ -33,8 +33,14 @@ WEIGHTS: dict[str, WeightsInfo] = {
     "damo-yolo-l": WeightsInfo(_BASE + "damoyolo_tinynasL45_L_508.pth", "damoyolo_tinynasL45_L_508.pth", 50.8),
 }
 
-__all__ = ["FAMILY", "VARIANTS", "WEIGHTS", "DamoYolo", "DamoYoloConfig", "build_model", "export_module",
-           "num_params"]
+TARGET_FORMAT = "xyxy_pixels"  # targets: {"boxes": float32 [N, 4] xyxy network-input px, "labels": int64 [N]}
+CLASS_BRANCH = ("head.gfl_cls.",)  # state-dict prefixes whose shapes depend on the class count
+CLS_PRIOR_PROB = 0.01
+HEAD_INIT_STD = 0.01
+
+__all__ = ["CLASS_BRANCH", "FAMILY", "TARGET_FORMAT", "VARIANTS", "WEIGHTS", "DamoYolo", "DamoYoloConfig",
+           "DamoYoloCriterion", "build_criterion", "build_model", "export_module", "init_for_training",
+           "num_params", "reinit_class_branch"]
 
 
 def build_model(name: str, *, weights: str | Path | None = None, deploy: bool = False, seed: int = 0,
@@ -62,6 +68,50 @@ def build_model(name: str, *, weights: str | Path | None = None, deploy: bool = 
     if deploy:
         model.eval().fuse()
     return model
+
+
+@torch.no_grad()
+def init_for_training(model: DamoYolo, seed: int) -> DamoYolo:
+    """The official initialisation (`Detector.init_model`) of a freshly constructed model: PyTorch's default
+    conv init as constructed (build_model seeds it), every BN eps 1e-3 / momentum 0.03 (`init_bn`; BN weight
+    1, bias 0 as constructed), and ZeroHead.init_weights: gfl_cls and gfl_reg weights N(0, 0.01), reg bias 0,
+    cls bias -log((1 - 0.01) / 0.01) (prior 0.01). Backbone and neck init_weights are no-ops officially."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eps, m.momentum = BN_EPS, BN_MOMENTUM
+    gen = torch.Generator().manual_seed(seed)
+    for cls, reg in zip(model.head.gfl_cls, model.head.gfl_reg):
+        _normal_init(cls, _cls_prior_bias(), gen)
+        _normal_init(reg, 0.0, gen)
+    return model
+
+
+@torch.no_grad()
+def reinit_class_branch(model: DamoYolo, seed: int) -> DamoYolo:
+    """Re-initialise the CLASS_BRANCH modules (gfl_cls) as init_for_training does, e.g. after loading a
+    checkpoint trained with another class count. (The official finetune, `load_pretrain_detector`, keeps
+    the whole fresh head: gfl_reg and scales too.)"""
+    gen = torch.Generator().manual_seed(seed)
+    for cls in model.head.gfl_cls:
+        _normal_init(cls, _cls_prior_bias(), gen)
+    return model
+
+
+def _cls_prior_bias() -> float:
+    return -math.log((1 - CLS_PRIOR_PROB) / CLS_PRIOR_PROB)
+
+
+def _normal_init(conv: nn.Conv2d, bias: float, gen: torch.Generator) -> None:
+    conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * HEAD_INIT_STD)
+    conv.bias.fill_(bias)
+
+
+def build_criterion(variant: str, num_classes: int | None = None) -> DamoYoloCriterion:
+    """The official ZeroHead loss (QFL + GIoU + DFL with AlignOTA) for `variant` with `num_classes` classes."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown DAMO-YOLO variant {variant!r}; known: {sorted(VARIANTS)}")
+    cfg = with_overrides(VARIANTS[variant], num_classes=num_classes)
+    return DamoYoloCriterion(cfg.num_classes, reg_max=cfg.reg_max, strides=cfg.strides)
 
 
 def export_module(model: DamoYolo) -> nn.Module:

@@ -20,8 +20,9 @@ class DamoYolo(nn.Module):
         self.neck = GiraffeNeckV2(cfg)
         self.head = ZeroHead(cfg.neck_out, num_classes=cfg.num_classes, reg_max=cfg.reg_max, strides=cfg.strides)
 
-    def forward(self, images: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """images float32 [B,3,H,W], RGB 0..255 -> per level (class logits, box-bin logits)."""
+    def forward(self, images: torch.Tensor, targets: object = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """images float32 [B,3,H,W], RGB 0..255 -> per level (class logits, box-bin logits).
+        `targets` is ignored (the trainer passes them to every family; the loss is DamoYoloCriterion's)."""
         return self.head(self.neck(self.backbone(images)))
 
     def fuse(self) -> DamoYolo:
