@@ -127,7 +127,9 @@ def test_reference_predict_batches_like_single_images(served, dataset):
         assert got[0].size == 0 or got[0][:, 2].max() < 1.5 * hw[1]  # original pixels, not 640-input pixels
     with pytest.raises(ValueError, match="eval mode"):
         predict(model.train(), "damo-yolo", pre[0][0][None], [pre[0][1]], (640, 640))
-    assert torch.is_grad_enabled()  # predict's no_grad does not leak
+    with torch.enable_grad():  # other test modules switch grad off globally
+        predict(model.eval(), "damo-yolo", pre[0][0][None], [pre[0][1]], (640, 640))
+        assert torch.is_grad_enabled()  # predict's no_grad does not leak to the caller (the trainer)
 
 
 def test_eval_resumes_from_partial_results(served, dataset, tmp_path):

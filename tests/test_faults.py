@@ -192,3 +192,30 @@ def test_serve_names_the_model_that_failed_to_load_with_its_own_error(small_repo
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert f"model '{MODEL}_postprocess' failed to load: RuntimeError: category table is missing (test)" in res.stderr
     assert f"model '{MODEL}_engine' failed to load:" in res.stderr and "INVALID_PROTOBUF" in res.stderr
+
+
+def test_a_server_side_fault_stays_internal(small_repository, tmp_path, images):
+    """A fault in a step (here: a postprocess with an empty category table, so mapping a detection's
+    label fails) is INTERNAL / HTTP 500 and ServerError in the client, never INVALID_ARGUMENT: the
+    request was fine."""
+    import shutil
+
+    from tdet.client.errors import ServerError
+    from tdet.ensembles.configs import read_config, write_config
+
+    repo = tmp_path / "faulty"
+    shutil.copytree(small_repository, repo)
+    path = repo / f"{MODEL}_postprocess" / "config.pbtxt"
+    cfg = read_config(path)
+    cfg.parameters["category_ids"].string_value = "[]"  # no id for any of the 80 labels
+    write_config(path, cfg)
+    proc, info = _start(repo, tmp_path / "server.log")
+    try:
+        for protocol, url, status in (("grpc", info.grpc_url, "StatusCode.INTERNAL"), ("http", info.http_url, "500")):
+            with connect(url, MODEL, protocol, retries=2) as client:
+                with pytest.raises(ServerError, match="postprocess: IndexError") as err:
+                    client.infer(images["small.bmp"])
+                assert err.value.status == status and not isinstance(err.value, InvalidInputError)
+    finally:
+        stop_process(proc.pid)
+        proc.wait(timeout=30)
