@@ -244,7 +244,10 @@ _DDP_WORKER = textwrap.dedent("""
     losses = crit(model(torch.rand(1, 3, 256, 256), tgt), tgt)
     losses["total"].backward()
     grad = sum(p.grad.double().sum() for p in model.parameters() if p.grad is not None)
-    print("RESULT", rank, crit.num_boxes(tgt, torch.device("cpu")), float(losses["total"]), float(grad), flush=True)
+    print("RESULT", rank, crit.num_boxes(tgt, torch.device("cpu")), float(losses["total"].detach()), float(grad),
+          flush=True)
+    del model  # DDP's reducer before the process group, and both ranks done before either tears it down
+    dist.barrier()
     dist.destroy_process_group()
 """)
 

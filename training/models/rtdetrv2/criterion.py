@@ -5,6 +5,7 @@ queries (fixed GT assignment)."""
 
 from __future__ import annotations
 
+from itertools import accumulate
 from typing import Any
 
 import torch
@@ -40,18 +41,21 @@ class RTDETRv2Criterion(nn.Module):
             targets = [{"boxes": t["boxes"].to(device, dtype), "labels": t["labels"].to(device)}
                        for t in targets]
             num_boxes = self.num_boxes(targets, device)
-            losses = self._terms(outputs, targets, self.matcher(outputs, targets), num_boxes, "")
+            # all GTs of the batch in one tensor (image b's start at first[b]): a few gathers per loss term
+            gt = (torch.cat([t["boxes"] for t in targets]), torch.cat([t["labels"] for t in targets]),
+                  [0, *accumulate(len(t["labels"]) for t in targets)])
+            losses = self._terms(outputs, gt, self.matcher(outputs, targets), num_boxes, "")
             for i, aux in enumerate(outputs.get("aux_outputs", [])):
-                losses.update(self._terms(aux, targets, self.matcher(aux, targets), num_boxes, f"_aux_{i}"))
+                losses.update(self._terms(aux, gt, self.matcher(aux, targets), num_boxes, f"_aux_{i}"))
             if "dn_aux_outputs" in outputs:
                 meta = outputs["dn_meta"]
                 indices = denoising_indices(meta, targets)
                 for i, aux in enumerate(outputs["dn_aux_outputs"]):
-                    losses.update(self._terms(aux, targets, indices, num_boxes * meta["dn_num_group"], f"_dn_{i}"))
+                    losses.update(self._terms(aux, gt, indices, num_boxes * meta["dn_num_group"], f"_dn_{i}"))
             if outputs.get("enc_meta", {}).get("class_agnostic"):
                 raise NotImplementedError("class-agnostic query selection")
             for i, aux in enumerate(outputs.get("enc_aux_outputs", [])):
-                losses.update(self._terms(aux, targets, self.matcher(aux, targets), num_boxes, f"_enc_{i}"))
+                losses.update(self._terms(aux, gt, self.matcher(aux, targets), num_boxes, f"_enc_{i}"))
             losses["total"] = sum(losses.values())
         return losses
 
@@ -65,15 +69,15 @@ class RTDETRv2Criterion(nn.Module):
             n = n / dist.get_world_size()
         return torch.clamp(n, min=1).item()
 
-    def _terms(self, outputs: dict[str, torch.Tensor], targets: Targets, indices: Indices, num_boxes: float,
-               suffix: str) -> dict[str, torch.Tensor]:
+    def _terms(self, outputs: dict[str, torch.Tensor], gt: tuple[torch.Tensor, torch.Tensor, list[int]],
+               indices: Indices, num_boxes: float, suffix: str) -> dict[str, torch.Tensor]:
+        """gt: (boxes [sum N,4], labels [sum N], first GT index per image); indices per image (query, GT)."""
+        gt_boxes_all, gt_labels_all, first = gt
         device = outputs["pred_logits"].device
-        indices = [(i.to(device), j.to(device)) for i, j in indices]
-        batch_idx = torch.cat([torch.full_like(i, b) for b, (i, _) in enumerate(indices)])
-        query_idx = torch.cat([i for i, _ in indices])
+        batch_idx, query_idx, gt_idx = torch.cat(
+            [torch.stack([torch.full_like(i, b), i, j + first[b]]) for b, (i, j) in enumerate(indices)], 1).to(device)
         src = outputs["pred_boxes"][batch_idx, query_idx]
-        gt_boxes = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)])
-        gt_labels = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])
+        gt_boxes, gt_labels = gt_boxes_all[gt_idx], gt_labels_all[gt_idx]
         iou, giou = iou_and_generalized_iou(cxcywh_to_xyxy(src), cxcywh_to_xyxy(gt_boxes))
         terms = {
             "loss_vfl": self.varifocal_loss(outputs["pred_logits"], (batch_idx, query_idx), gt_labels,
