@@ -162,20 +162,23 @@ def _served_results(model: str, url: str, protocol: str, paths: dict[int, Path],
                 if not pending:
                     break
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
+                failed: tuple[int, InferenceError] | None = None
+                for fut in finished:  # keep every finished image, even when another one failed
                     image_id = pending.pop(fut)
                     try:
-                        dets = fut.result()
+                        rows = to_coco_results(image_id, fut.result())
                     except InferenceError as err:
-                        log.flush()
-                        raise type(err)(f"{err} [image {paths[image_id].name}]; stopped after {len(done)} of "
-                                        f"{len(paths)} images, kept in {partial}: run the same command again to "
-                                        f"resume", status=err.status) from None
-                    rows = to_coco_results(image_id, dets)
+                        failed = failed or (image_id, err)
+                        continue
                     done[image_id] = rows
                     log.write(json.dumps({"image_id": image_id, "results": rows}) + "\n")
                     bar.update()
                 log.flush()
+                if failed:
+                    image_id, err = failed
+                    raise type(err)(f"{err} [image {paths[image_id].name}]; stopped after {len(done)} of "
+                                    f"{len(paths)} images, kept in {partial}: run the same command again to "
+                                    f"resume", status=err.status) from None
         except BaseException:
             for fut in pending:
                 fut.cancel()
