@@ -334,8 +334,18 @@ def _group_of(groups: list[dict], model, name: str) -> dict | None:
     return hits[0] if hits else None
 
 
+def _groups(model, variant: str) -> list[dict]:
+    """The optimizer groups `tdet train` builds from the variant's recipe (training/recipes/<variant>.yaml)."""
+    from tdet.training.engine.optim import param_groups
+    from tdet.training.recipe import load_recipe
+
+    groups = param_groups(model, load_recipe(variant).optimizer, 1e-4)
+    # keep only what a recipe set differently from the AdamW defaults (lr 1e-4, weight decay 1e-4)
+    return [{"params": g["params"], **{k: g[k] for k in ("lr", "weight_decay") if g[k] != 1e-4}} for g in groups]
+
+
 def test_param_groups_follow_the_configs(model_s):
-    g = R.param_groups(model_s, "rtdetrv2-s")
+    g = _groups(model_s, "rtdetrv2-s")
     assert _group_of(g, model_s, "backbone.conv1.conv1_1.norm.weight") == {"weight_decay": 0.0}
     assert _group_of(g, model_s, "encoder.encoder.0.layers.0.norm1.bias") == {"weight_decay": 0.0}
     assert _group_of(g, model_s, "backbone.conv1.conv1_1.conv.weight") == {}
@@ -343,7 +353,7 @@ def test_param_groups_follow_the_configs(model_s):
     assert sum(len(x["params"]) for x in g) == sum(1 for p in model_s.parameters() if p.requires_grad)
 
     m34 = R.build_model("rtdetrv2-m34-dsp")
-    g = R.param_groups(m34, "rtdetrv2-m34-dsp")
+    g = _groups(m34, "rtdetrv2-m34-dsp")
     assert _group_of(g, m34, "backbone.res_layers.2.blocks.0.branch2a.conv.weight") == {"lr": 5e-5}
     assert _group_of(g, m34, "backbone.res_layers.2.blocks.0.branch2a.norm.bias") == {"lr": 5e-5, "weight_decay": 0.0}
     assert _group_of(g, m34, "decoder.enc_score_head.bias") == {"weight_decay": 0.0}
@@ -351,5 +361,5 @@ def test_param_groups_follow_the_configs(model_s):
     # discrete sampling: the official freezes the sampling offsets, so no optimizer group holds them
     assert _group_of(g, m34, "decoder.decoder.layers.0.cross_attn.sampling_offsets.weight") is None
 
-    with pytest.raises(ValueError, match="unknown RT-DETRv2 variant"):
-        R.param_groups(m34, "rtdetrv2-q")
+    with pytest.raises(ValueError, match="no training recipe"):
+        _groups(m34, "rtdetrv2-q")

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 DEFAULTS = {  # the committed demo models were made with these (training/demo/README.md)
-    "damo-yolo-t": {"img_size": 320, "epochs": 60, "batch": 32},
-    "rtdetrv2-s": {"img_size": 320, "epochs": 60, "batch": 32},
+    "damo-yolo-t": {"img_size": 320, "epochs": 30, "batch": 64},
+    "rtdetrv2-s": {"img_size": 320, "epochs": 30, "batch": 32},
 }
 
 
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("variant", nargs="?", default="damo-yolo-t", choices=sorted(DEFAULTS))
     ap.add_argument("--work", type=Path, default=Path("build/demo-model"), help="data and run folder")
     ap.add_argument("--dest", type=Path, default=Path(__file__).parent / "demo", help="where the release file goes")
-    ap.add_argument("--train-num", type=int, default=4000)
+    ap.add_argument("--train-num", type=int, default=3000)
     ap.add_argument("--val-num", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
@@ -56,13 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     for split, num in (("train", args.train_num), ("val", args.val_num)):
         if not (data / split / "annotations.json").is_file():
             run([*tdet, "data", "synth", "--out", str(data / split), "--num", str(num), "--seed", str(args.seed),
-                 "--split", split])
+                 "--split", split, "--workers", str(max(1, os.cpu_count() or 1))])
     out = args.work / args.variant
     train = [*tdet, "train", args.variant, "--data", str(data / "train/annotations.json"),
              "--images", str(data / "train/images"), "--val-data", str(data / "val/annotations.json"),
              "--val-images", str(data / "val/images"), "--epochs", str(epochs), "--batch", str(batch),
              "--img-size", str(size), "--workers", str(workers), "--device", device, "--seed", str(args.seed),
-             "--eval-every", "5", "--out", str(out)]
+             "--eval-every", "5", "--out", str(out), "--recipe", str(Path(__file__).parent / "demo" /
+                                                                     f"{args.variant}.recipe.yaml")]
     if (out / "last.pth").is_file():
         train.append("--resume")
     start = time.time()

@@ -12,7 +12,8 @@ Interface (what the trainer calls):
 TrainBatch: images float32 [B, 3, H, W] in the family's input range (DAMO-YOLO 0..255, RT-DETRv2 0..1),
 targets: list of {"boxes": float32 [N, 4], "labels": int64 [N]} in the family's TARGET_FORMAT (DAMO-YOLO xyxy
 pixels of `images`, RT-DETRv2 cxcywh normalized to 0..1), keys: the SampleKey of each image.
-ValBatch: images as above at input_hw (the served stretch resize: client resize_rgb + preprocess_spec),
+ValBatch: images uint8 [B, 3, H, W] RGB at input_hw, exactly the served engine's input (the served stretch
+resize: client resize_rgb + preprocess_spec; the model's cast/scale happens in training.reference.predict),
 image_ids int64 [B], orig_hw int64 [B, 2] (height, width of the file) for mapping boxes back for COCO eval.
 
 Determinism: a batch is a list of SampleKey(index, seed, epoch, strong); the sample is the transform applied
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tdet.client.boxes import xyxy_to_cxcywh
-from tdet.client.preprocess import resize_rgb, to_chw, to_float_input
+from tdet.client.preprocess import resize_rgb, to_chw
 from tdet.client.specs import DAMO_YOLO, FAMILIES, RTDETRV2, preprocess_spec
 
 from .coco import CocoDetection, Sample
@@ -62,7 +63,7 @@ class TrainBatch(NamedTuple):
 
 
 class ValBatch(NamedTuple):
-    images: torch.Tensor
+    images: np.ndarray  # uint8 [B, 3, H, W] RGB: the served engine's input (the cast/scale is the model's step)
     image_ids: torch.Tensor
     orig_hw: torch.Tensor
 
@@ -181,7 +182,10 @@ def _worker_init(_: int) -> None:
 
 
 def _loader_kwargs(workers: int) -> dict[str, Any]:
-    kw: dict[str, Any] = {"num_workers": workers, "pin_memory": torch.cuda.is_available()}
+    # a private generator: making an iterator must not draw from the global torch RNG (the model's denoising
+    # noise uses it, and a resumed run must see the same draws)
+    kw: dict[str, Any] = {"num_workers": workers, "pin_memory": torch.cuda.is_available(),
+                          "generator": torch.Generator()}
     if workers > 0:
         kw.update(persistent_workers=True, worker_init_fn=_worker_init, prefetch_factor=2)
     return kw
@@ -214,14 +218,9 @@ class ValDataset(Dataset):
         return to_chw(resize_rgb(s.image, self.spec)), s.image_id, s.orig_hw
 
 
-class ValCollate:
-    def __init__(self, family: str, input_hw: tuple[int, int]) -> None:
-        self.spec = preprocess_spec(family, input_hw)
-
-    def __call__(self, items: list[tuple[np.ndarray, int, tuple[int, int]]]) -> ValBatch:
-        images = torch.from_numpy(to_float_input(np.stack([x for x, _, _ in items]), self.spec))
-        return ValBatch(images, torch.tensor([i for _, i, _ in items], dtype=torch.int64),
-                        torch.tensor([hw for _, _, hw in items], dtype=torch.int64).reshape(-1, 2))
+def _val_collate(items: list[tuple[np.ndarray, int, tuple[int, int]]]) -> ValBatch:
+    return ValBatch(np.stack([x for x, _, _ in items]), torch.tensor([i for _, i, _ in items], dtype=torch.int64),
+                    torch.tensor([hw for _, _, hw in items], dtype=torch.int64).reshape(-1, 2))
 
 
 def build_val_loader(dataset: CocoDetection, family: str, input_hw: tuple[int, int], batch_size: int,
@@ -230,4 +229,4 @@ def build_val_loader(dataset: CocoDetection, family: str, input_hw: tuple[int, i
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; known: {FAMILIES}")
     return DataLoader(ValDataset(dataset, family, input_hw), batch_size=batch_size, shuffle=False,
-                      collate_fn=ValCollate(family, input_hw), **_loader_kwargs(workers))
+                      collate_fn=_val_collate, **_loader_kwargs(workers))

@@ -128,6 +128,8 @@ class Trainer:
         self.resume_path = Path(resume) if resume else None
         self.dist = D.init_distributed(args.device)
         self.device = torch.device(args.device, self.dist.local_rank) if args.device == "cuda" else torch.device("cpu")
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # one input size per run (multi-scale: a few): autotune once
         self.fam = family_of(args.variant)
         self.recipe = resolve_recipe(args)
         self.out = Path(args.out)
@@ -185,7 +187,7 @@ class Trainer:
         amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
 
         loader = self._train_loader(train_ds)
-        batches_per_epoch = len(loader.batch_sampler)
+        batches_per_epoch = loader.batch_sampler.batches_per_epoch()
         steps_per_epoch = batches_per_epoch // accumulate
         if steps_per_epoch < 1:
             raise ValueError(f"{len(train_ds)} training images make no full step of {a.batch * accumulate} x "
@@ -213,7 +215,7 @@ class Trainer:
                                                                  sort_keys=False))
         ctx = dict(model=model, bare=bare, ema=ema, optimizer=optimizer, scaler=scaler, meta=meta, log=log,
                    criterion=criterion, schedule=schedule, accumulate=accumulate, amp=amp, amp_dtype=amp_dtype,
-                   loader=loader, val_ds=val_ds, batches_per_epoch=batches_per_epoch)
+                   loader=loader, val_ds=val_ds, batches_per_epoch=batches_per_epoch, last_print=time.perf_counter())
         try:
             with StopRequest() as ctx["stop"]:
                 while state["epoch"] < r.epochs:
@@ -260,8 +262,9 @@ class Trainer:
                     losses = ctx["criterion"](_to_float(outputs), targets)
                 scaler.scale(losses["total"] / accumulate).backward()
             pending += 1
-            for k, v in losses.items():
-                step_sums[k] = step_sums.get(k, 0.0) + float(v.detach())
+            values = torch.stack([v.detach() for v in losses.values()]).tolist()  # one device sync per batch
+            for k, v in zip(losses, values):
+                step_sums[k] = step_sums.get(k, 0.0) + v
             if pending < accumulate:
                 continue
             if not math.isfinite(step_sums["total"]):
@@ -285,9 +288,13 @@ class Trainer:
             state["seconds"] += now - tick
             tick = now
             n = state["batch"]
+            progress = " ".join(f"{k}={v / n:.3f}" for k, v in state["sums"].items() if k == "total" or
+                                k.count("_") <= 1) + f" lr={lr:.2e} img/s={state['images'] / state['seconds']:.1f}"
             bar.update(accumulate)
-            bar.set_postfix_str(" ".join(f"{k}={v / n:.3f}" for k, v in state["sums"].items() if k == "total" or
-                                         k.count("_") <= 1) + f" lr={lr:.2e} img/s={state['images'] / state['seconds']:.1f}")
+            bar.set_postfix_str(progress)
+            if bar.disable and dist.is_main and now - ctx["last_print"] > 60:  # a log file, not a terminal
+                print(f"epoch {epoch + 1}/{r.epochs} batch {n}/{ctx['batches_per_epoch']} {progress}", flush=True)
+                ctx["last_print"] = now
             if ctx["stop"].requested(dist):  # Ctrl-C / SIGTERM: stop at this step boundary, all ranks together
                 bar.close()
                 raise _StopAtStep
@@ -323,16 +330,15 @@ class Trainer:
                     (self.out / "best.pth").hardlink_to(self.out / "last.pth")
                 except OSError:
                     shutil.copyfile(self.out / "last.pth", self.out / "best.pth")
-            ctx["log"].add(row)
+            ctx["log"].add(row, final=last)
 
     def _evaluate(self, ctx: dict) -> dict[str, float]:
         from ..data.loader import build_val_loader
 
         val_ds, r = ctx["val_ds"], self.recipe
         batches = build_val_loader(val_ds, self.fam.FAMILY, r.input_size, max(1, self.args.batch), self.args.workers)
-        export = self.fam.export_module(ctx["ema"].module)
-        return evaluate(export, self.fam.FAMILY, batches, val_ds.coco, ctx["meta"]["category_ids"], r.input_size,
-                        postprocess_kwargs(r.eval), device=self.device)
+        return evaluate(ctx["ema"].module, self.fam.FAMILY, batches, val_ds.coco, ctx["meta"]["category_ids"],
+                        r.input_size, postprocess_kwargs(r.eval))
 
     # ---------------------------------------------------------------- checkpoints
     def _save(self, path: Path, state: dict, ctx: dict) -> None:

@@ -15,7 +15,7 @@ from torch import nn
 
 from tdet.training.weights import WeightsInfo
 
-from .checkpoint import load_checkpoint
+from .checkpoint import checkpoint_state_dict, load_checkpoint
 from .criterion import DamoYoloCriterion
 from .detector import DamoYolo, DamoYoloExport
 from .ops import BN_EPS, BN_MOMENTUM

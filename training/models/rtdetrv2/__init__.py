@@ -3,7 +3,7 @@ HybridEncoder (AIFI + CCFM), RTDETRTransformerv2 decoder.
 
 The family interface used by tdet.training.registry: FAMILY, VARIANTS, WEIGHTS, build_model,
 export_module, num_params; and by the trainer: TARGET_FORMAT, CLASS_BRANCH, build_criterion,
-init_for_training, reinit_class_branch, param_groups.
+init_for_training, reinit_class_branch, checkpoint_state_dict.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from torch import nn
 
 from tdet.training.weights import WeightsInfo
 
-from .checkpoint import load_checkpoint
+from .checkpoint import checkpoint_state_dict, load_checkpoint
 from .criterion import RTDETRv2Criterion
 from .detector import RTDETRv2, tame_init
-from .train_setup import init_for_training, param_groups, reinit_class_branch
+from .train_setup import init_for_training, reinit_class_branch
 from .variants import VARIANTS, RTDETRv2Config
 from .. import with_overrides
 
@@ -44,7 +44,7 @@ WEIGHTS: dict[str, WeightsInfo] = {
 
 __all__ = ["CLASS_BRANCH", "FAMILY", "TARGET_FORMAT", "VARIANTS", "WEIGHTS", "RTDETRv2", "RTDETRv2Config",
            "RTDETRv2Criterion", "build_criterion", "build_model", "export_module", "init_for_training",
-           "num_params", "param_groups", "reinit_class_branch"]
+           "num_params", "reinit_class_branch", "checkpoint_state_dict"]
 
 
 def build_model(name: str, *, weights: str | Path | None = None, deploy: bool = False, seed: int = 0,

@@ -166,6 +166,9 @@ class RTDETRTransformerv2(nn.Module):
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-token encoder head, then top-k tokens by best class logit: (content [B,Q,D], logits
         [B,Q,C], reference box logits [B,Q,4], top-k token indices [B,Q])."""
+        if memory.shape[1] < self.num_queries:  # a static shape: no branch in an exported graph
+            raise ValueError(f"input too small for RT-DETRv2: {memory.shape[1]} encoder tokens (strides 8/16/32) "
+                             f"for {self.num_queries} queries; use at least 128x128")
         memory = valid.to(memory.dtype) * memory
         out = self.enc_output(memory)
         logits = self.enc_score_head(out)
