@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from tdet.client.errors import UserError
 from tdet.client.preprocess import MAX_PIXELS
 
 # how many offending annotations a ValueError / warning lists by name
@@ -72,10 +73,10 @@ class CocoDetection:
             with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
                 self.coco = COCO(str(self.ann_file))
         except (ValueError, KeyError, TypeError, AssertionError) as err:
-            raise ValueError(f"{self.ann_file} is not a COCO annotations file: {err!r}") from None
+            raise UserError(f"{self.ann_file} is not a COCO annotations file: {err!r}") from None
         cats = sorted(self.coco.dataset.get("categories", []), key=lambda c: c["id"])
         if not cats:
-            raise ValueError(f"{self.ann_file.name} defines no categories")
+            raise UserError(f"{self.ann_file.name} defines no categories")
         self.category_ids: list[int] = [int(c["id"]) for c in cats]
         self.class_names: list[str] = [str(c.get("name", c["id"])) for c in cats]
         self._label_of = {cid: i for i, cid in enumerate(self.category_ids)}
@@ -99,10 +100,10 @@ class CocoDetection:
             more = f"; ... ({len(problems)} in all)" if len(problems) > _LIST_MAX else ""
             listed = "; ".join(problems[:_LIST_MAX]) + more
             if not skip_invalid:
-                raise ValueError(f"{self.ann_file.name}: {len(problems)} invalid entr(y/ies): {listed}")
+                raise UserError(f"{self.ann_file.name}: {len(problems)} invalid entr(y/ies): {listed}")
             self.warnings.append(f"skipped {len(problems)} invalid entr(y/ies): {listed}")
         if not self.image_ids:
-            raise ValueError(f"{self.ann_file.name}: no usable images in {self.images_dir}")
+            raise UserError(f"{self.ann_file.name}: no usable images in {self.images_dir}")
         self.num_boxes = np.array([len(b) for b in self._boxes], dtype=np.int64)
 
     def _add_image(self, image_id: int, problems: list[str]) -> None:
@@ -174,7 +175,7 @@ class CocoDetection:
         path, (h, w) = self._files[i], self._hw[i]
         image = decode_rgb(path)
         if image.shape[:2] != (h, w):
-            raise ValueError(f"{path}: decoded size {image.shape[1]}x{image.shape[0]} differs from the "
+            raise UserError(f"{path}: decoded size {image.shape[1]}x{image.shape[0]} differs from the "
                              f"{w}x{h} in {self.ann_file.name} (image id {self.image_ids[i]})")
         boxes, labels = self.annotations(i)
         return Sample(image, boxes, labels, self.image_ids[i], (h, w))
@@ -186,7 +187,7 @@ def _header_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as im:
             return int(im.size[0]), int(im.size[1])
     except Exception as err:  # PIL raises several types for non-images
-        raise ValueError(f"{path}: not a readable image ({type(err).__name__}: {err})") from None
+        raise UserError(f"{path}: not a readable image ({type(err).__name__}: {err})") from None
 
 
 def decode_rgb(path: Path) -> npt.NDArray[np.uint8]:
@@ -195,7 +196,7 @@ def decode_rgb(path: Path) -> npt.NDArray[np.uint8]:
     try:
         with Image.open(path) as im:
             if im.size[0] * im.size[1] > MAX_PIXELS:
-                raise ValueError(f"{im.size[0]}x{im.size[1]} pixels is over the {MAX_PIXELS} limit")
+                raise UserError(f"{im.size[0]}x{im.size[1]} pixels is over the {MAX_PIXELS} limit")
             return np.asarray(im.convert("RGB"))
     except Exception as err:  # OSError (truncated), UnidentifiedImageError, SyntaxError, ...
-        raise ValueError(f"{path}: corrupt or unreadable image ({type(err).__name__}: {err})") from None
+        raise UserError(f"{path}: corrupt or unreadable image ({type(err).__name__}: {err})") from None

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tdet.client.boxes import xyxy_to_cxcywh
+from tdet.client.errors import UserError
 from tdet.client.preprocess import resize_rgb, to_chw
 from tdet.client.specs import DAMO_YOLO, FAMILIES, RTDETRV2, preprocess_spec
 
@@ -84,12 +85,12 @@ class TrainSampler(Sampler[list[SampleKey]]):
     def __init__(self, dataset_len: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
                  drop_last: bool = True) -> None:
         if dataset_len < 1 or batch_size < 1 or not 0 <= rank < world:
-            raise ValueError(f"bad sampler arguments: len={dataset_len} batch={batch_size} rank={rank} world={world}")
+            raise UserError(f"bad sampler arguments: len={dataset_len} batch={batch_size} rank={rank} world={world}")
         self.dataset_len, self.batch_size, self.seed = dataset_len, batch_size, int(seed)
         self.rank, self.world, self.drop_last = rank, world, drop_last
         self.epoch, self.strong, self.start_batch = 0, True, 0
         if self.batches_per_epoch() == 0:
-            raise ValueError(f"{dataset_len} images give no full batch of {batch_size} per rank on {world} rank(s)")
+            raise UserError(f"{dataset_len} images give no full batch of {batch_size} per rank on {world} rank(s)")
 
     def set_epoch(self, epoch: int, *, strong: bool = True, start_batch: int = 0) -> None:
         """Select the epoch (its order), whether the strong augmentations are on, and the first batch to yield."""
@@ -196,7 +197,7 @@ def build_train_loader(dataset: CocoDetection, family: str, augment: dict[str, A
                        multi_scale: Sequence[int] | None = None) -> DataLoader:
     """The training DataLoader of one rank (batch_size per rank). See the module docstring."""
     if multi_scale and family != RTDETRV2:
-        raise ValueError(f"multi_scale is RT-DETRv2's collate; {family} trains at one size")
+        raise UserError(f"multi_scale is RT-DETRv2's collate; {family} trains at one size")
     transform = build_train_transform(family, augment, input_hw, dataset)
     sampler = TrainSampler(len(dataset), batch_size, seed, rank, world)
     collate = DamoCollate() if family == DAMO_YOLO else RTDETRCollate(multi_scale)

@@ -13,6 +13,7 @@ import albumentations as A  # noqa: E402
 import numpy as np  # noqa: E402
 import numpy.typing as npt  # noqa: E402
 
+from tdet.client.errors import UserError  # noqa: E402
 from tdet.client.preprocess import resize_rgb  # noqa: E402
 from tdet.client.specs import preprocess_spec  # noqa: E402
 
@@ -34,10 +35,10 @@ def augment_from_dict(cls: type[T], augment: dict[str, Any], nested: dict[str, d
         elif key in nested and isinstance(val, dict):
             for sub, v in val.items():
                 if sub not in nested[key]:
-                    raise ValueError(f"unknown {family} augment key {key}.{sub}; known: {sorted(nested[key])}")
+                    raise UserError(f"unknown {family} augment key {key}.{sub}; known: {sorted(nested[key])}")
                 values[nested[key][sub]] = v
         else:
-            raise ValueError(f"unknown {family} augment key {key!r}; known: {sorted([*nested, *flat])}")
+            raise UserError(f"unknown {family} augment key {key!r}; known: {sorted([*nested, *flat])}")
     types = {f.name: str(f.type) for f in fields(cls)}  # type: ignore[arg-type]
     return cls(**{k: _cast(v, types[k]) for k, v in values.items()})
 

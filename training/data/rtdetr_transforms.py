@@ -39,6 +39,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageEnhance
 
+from tdet.client.errors import UserError
 from tdet.client.boxes import box_iou
 from tdet.client.specs import RTDETRV2
 
@@ -78,9 +79,9 @@ class RTDETRAugment:
 
     def __post_init__(self) -> None:
         if self.side_range[0] < 1.0 or self.side_range[0] > self.side_range[1]:
-            raise ValueError(f"zoom_out.side_range must be [lo, hi] with 1 <= lo <= hi, got {self.side_range}")
+            raise UserError(f"zoom_out.side_range must be [lo, hi] with 1 <= lo <= hi, got {self.side_range}")
         if self.min_size < 1.0:
-            raise ValueError(f"min_size must be >= 1 (torchvision's SanitizeBoundingBoxes), got {self.min_size}")
+            raise UserError(f"min_size must be >= 1 (torchvision's SanitizeBoundingBoxes), got {self.min_size}")
 
     @classmethod
     def from_dict(cls, augment: dict[str, Any]) -> RTDETRAugment:

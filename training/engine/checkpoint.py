@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from tdet.client.errors import UserError
+
 from ..weights import TDET_META, read_checkpoint
 
 
@@ -59,7 +61,7 @@ def split_checkpoint(ckpt: dict) -> tuple[dict, dict, dict | None]:
     """A `tdet train` checkpoint -> (raw model weights, EMA state {"module", "updates"}, scaler state)."""
     state = ckpt.get("train_state")
     if not isinstance(state, dict):
-        raise ValueError("not a `tdet train` checkpoint (no train_state): use --weights to start from it instead")
+        raise UserError("not a `tdet train` checkpoint (no train_state): use --weights to start from it instead")
     if "ema" in ckpt:  # RT-DETRv2 layout
         return ckpt["model"], ckpt["ema"], ckpt.get("scaler")
     return state["model"], {"module": ckpt["model"], "updates": state["ema_updates"]}, state.get("scaler")
@@ -92,7 +94,7 @@ def load_pretrained(model: nn.Module, fam: ModuleType, path: str | Path, *, num_
     unexpected = sorted(set(keep) - set(expected))
     wrong = [k for k in keep if k in expected and keep[k].shape != expected[k].shape]
     if missing or unexpected or wrong:
-        raise ValueError(f"{path} does not match this model beyond its class branch: {len(missing)} missing "
+        raise UserError(f"{path} does not match this model beyond its class branch: {len(missing)} missing "
                          f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), "
                          f"{len(wrong)} with other shapes (e.g. {wrong[:3]}). Wrong variant?")
     model.load_state_dict(keep, strict=False)

@@ -14,6 +14,7 @@ from typing import Iterable
 import numpy as np
 from torch import nn
 
+from tdet.client.errors import UserError
 from tdet.client.evaluation import coco_metrics, to_coco_results
 from tdet.client.postprocess import Detections
 
@@ -25,7 +26,7 @@ def postprocess_kwargs(eval_cfg: dict) -> dict:
     names = {"score_threshold": "score_thr", "iou_threshold": "iou", "max_detections": "max_det"}
     unknown = set(eval_cfg) - set(names)
     if unknown:
-        raise ValueError(f"unknown recipe eval key(s) {sorted(unknown)}; known: {sorted(names)}")
+        raise UserError(f"unknown recipe eval key(s) {sorted(unknown)}; known: {sorted(names)}")
     return {names[k]: v for k, v in eval_cfg.items()}
 
 

@@ -14,6 +14,8 @@ import re
 import torch
 from torch import nn
 
+from tdet.client.errors import UserError
+
 from ..recipe import OptimizerCfg, ScheduleCfg
 
 NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
@@ -35,14 +37,14 @@ def param_groups(model: nn.Module, cfg: OptimizerCfg, base_lr: float, lr_scale: 
     `base_lr` is the run's default lr (already scaled); a group's own recipe lr is multiplied by `lr_scale`."""
     unknown = set(cfg.no_decay) - {"norm", "bias"}
     if unknown:
-        raise ValueError(f"unknown optimizer no_decay kind(s) {sorted(unknown)}; known: norm, bias")
+        raise UserError(f"unknown optimizer no_decay kind(s) {sorted(unknown)}; known: norm, bias")
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     groups: list[dict] = []
     taken: set[str] = set()
     for spec in cfg.param_groups:
         extra = set(spec) - {"params", "lr", "weight_decay"}
         if extra:
-            raise ValueError(f"unknown key(s) {sorted(extra)} in optimizer param_groups entry {spec}")
+            raise UserError(f"unknown key(s) {sorted(extra)} in optimizer param_groups entry {spec}")
         names = [n for n in params if n not in taken and re.search(spec["params"], n)]
         taken.update(names)
         groups.append({"params": [params[n] for n in names], "names": names,
@@ -66,7 +68,7 @@ def build_optimizer(model: nn.Module, cfg: OptimizerCfg, base_lr: float, lr_scal
                                weight_decay=cfg.weight_decay)
     if cfg.name == "AdamW":
         return torch.optim.AdamW(groups, lr=base_lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer {cfg.name!r}; known: SGD, AdamW")
+    raise UserError(f"unknown optimizer {cfg.name!r}; known: SGD, AdamW")
 
 
 class LRSchedule:
@@ -81,7 +83,7 @@ class LRSchedule:
     def __init__(self, cfg: ScheduleCfg, *, base_lr: float, steps_per_epoch: int, epochs: int,
                  no_aug_epochs: int) -> None:
         if cfg.name not in ("damo-cosine", "warmup-multistep"):
-            raise ValueError(f"unknown schedule {cfg.name!r}; known: damo-cosine, warmup-multistep")
+            raise UserError(f"unknown schedule {cfg.name!r}; known: damo-cosine, warmup-multistep")
         self.cfg, self.base_lr, self.steps_per_epoch = cfg, base_lr, steps_per_epoch
         self.total = epochs * steps_per_epoch
         self.warmup = round(cfg.warmup_epochs * steps_per_epoch) if cfg.name == "damo-cosine" else cfg.warmup_iters

@@ -29,6 +29,7 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
+from tdet.client.errors import UserError
 from ..recipe import Recipe, load_recipe
 from ..registry import family_of
 from . import distributed as D
@@ -112,7 +113,7 @@ def resolve_recipe(args: TrainArgs) -> Recipe:
     changes: dict[str, Any] = {}
     if args.epochs is not None:
         if args.epochs < 1:
-            raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
+            raise UserError(f"--epochs must be >= 1, got {args.epochs}")
         changes["epochs"] = args.epochs
         changes["no_aug_epochs"] = min(r.no_aug_epochs, max(0, args.epochs - 1))
     if args.img_size is not None:
@@ -143,7 +144,7 @@ class Trainer:
         if val is not None:
             foreign = sorted(set(val.category_ids) - set(train.category_ids))
             if foreign:
-                raise ValueError(f"the val set has categories {foreign} that the train set lacks")
+                raise UserError(f"the val set has categories {foreign} that the train set lacks")
         return train, val
 
     def _model(self, num_classes: int, category_ids: list[int]) -> tuple[nn.Module, list[str]]:
@@ -190,7 +191,7 @@ class Trainer:
         batches_per_epoch = loader.batch_sampler.batches_per_epoch()
         steps_per_epoch = batches_per_epoch // accumulate
         if steps_per_epoch < 1:
-            raise ValueError(f"{len(train_ds)} training images make no full step of {a.batch * accumulate} x "
+            raise UserError(f"{len(train_ds)} training images make no full step of {a.batch * accumulate} x "
                              f"{dist.world} images: lower --batch / --nominal-batch")
         schedule = LRSchedule(r.schedule, base_lr=base_lr, steps_per_epoch=steps_per_epoch, epochs=r.epochs,
                               no_aug_epochs=r.no_aug_epochs)
@@ -361,7 +362,7 @@ class Trainer:
         saved = ckpt.get("tdet", {}).get("args", {})
         for k in ("variant", "batch", "nominal_batch", "seed", "img_size"):
             if k in saved and saved[k] != getattr(self.args, k):
-                raise ValueError(f"--resume {path}: the run used {k}={saved[k]!r}, this one {getattr(self.args, k)!r}")
+                raise UserError(f"--resume {path}: the run used {k}={saved[k]!r}, this one {getattr(self.args, k)!r}")
         raw, ema_state, scaler_state = split_checkpoint(ckpt)
         model.load_state_dict(raw, strict=True)
         ema.load_state_dict(ema_state)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, TypeVar
 
+from tdet.client.errors import UserError
+
 C = TypeVar("C")
 
 
@@ -14,11 +16,11 @@ def with_overrides(cfg: C, *, num_classes: int | None = None, input_hw: tuple[in
     changes: dict[str, Any] = {}
     if num_classes is not None:
         if int(num_classes) < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+            raise UserError(f"num_classes must be >= 1, got {num_classes}")
         changes["num_classes"] = int(num_classes)
     if input_hw is not None:
         h, w = (int(v) for v in input_hw)
         if h < 32 or w < 32 or h % 32 or w % 32:
-            raise ValueError(f"input size must be a multiple of 32 (>= 32) on each side, got {h}x{w}")
+            raise UserError(f"input size must be a multiple of 32 (>= 32) on each side, got {h}x{w}")
         changes["input_hw"] = (h, w)
     return replace(cfg, **changes) if changes else cfg
