@@ -43,6 +43,16 @@ def _synthetic_image(h: int, w: int, seed: int) -> np.ndarray:
     return img
 
 
+@pytest.fixture
+def no_grad():
+    """torch.no_grad() for one test. Not torch.set_grad_enabled(False) at a module's import: pytest imports
+    every module before running any, so that would switch gradients off for the whole session (the
+    training tests among them)."""
+    torch = pytest.importorskip("torch")
+    with torch.no_grad():
+        yield
+
+
 @pytest.fixture(scope="session")
 def images() -> dict[str, bytes]:
     """Encoded test images of different sizes and formats: name -> bytes."""

@@ -18,8 +18,9 @@ from tdet.training.models.damo_yolo.postprocess import postprocess as torch_post
 ALL = ["damo-yolo-t", "damo-yolo-s", "damo-yolo-m", "damo-yolo-l"]
 PUBLISHED = {"damo-yolo-t": (8.48, 18.1), "damo-yolo-s": (16.25, 37.8), "damo-yolo-m": (28.18, 61.9),
              "damo-yolo-l": (42.06, 97.5)}
-torch.set_grad_enabled(False)
 SIZE = 640  # the input size: box tolerances are fractions of it (a float32 step at 900 px is 6e-5 px)
+
+pytestmark = pytest.mark.usefixtures("no_grad")  # inference only, per test
 
 
 def official_keys(name: str) -> dict[str, list[int]]:

@@ -20,7 +20,8 @@ BASE = ["rtdetrv2-s", "rtdetrv2-m34", "rtdetrv2-m", "rtdetrv2-l", "rtdetrv2-x"]
 PUBLISHED = {"rtdetrv2-s": (20.18, 60.1), "rtdetrv2-m34": (31.44, 92.1), "rtdetrv2-m": (36.59, 99.2),
              "rtdetrv2-l": (42.89, 133.1), "rtdetrv2-x": (76.56, 250.9)}
 TABLE_GFLOPS = {"rtdetrv2-s": 60, "rtdetrv2-m34": 92, "rtdetrv2-m": 100, "rtdetrv2-l": 136, "rtdetrv2-x": 259}
-torch.set_grad_enabled(False)
+
+pytestmark = pytest.mark.usefixtures("no_grad")  # inference only, per test
 
 
 def _fixture(name: str) -> str:

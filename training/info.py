@@ -64,6 +64,6 @@ def variant_info(name: str) -> VariantInfo:
 def all_info(names: list[str] | None = None) -> list[VariantInfo]:
     import torch
 
-    torch.set_grad_enabled(False)
     wanted = names or [n for fam in families() for n in fam.VARIANTS]
-    return [variant_info(n) for n in wanted]
+    with torch.no_grad():  # not set_grad_enabled(False): a caller (a test session) keeps its grad mode
+        return [variant_info(n) for n in wanted]
