@@ -13,8 +13,9 @@ it in `.skipped`; `skip_invalid=False` raises ValueError listing them. Boxes tha
 are clipped as the official loaders clip them (counted in `.clipped`, not an error).
 
 Labels are contiguous 0..C-1 in the order of the sorted dataset category ids (COCO's 80 ids map to the
-official 0..79; ids like 7, 12, 40 map to 0, 1, 2). Images are decoded with PIL (`Image.open().convert("RGB")`,
-no EXIF rotation) as torchvision's `CocoDetection` in both official loaders does.
+official 0..79; ids like 7, 12, 40 map to 0, 1, 2). Images are decoded by the served path's own code (OpenCV,
+the EXIF orientation applied), so a model trains on the pixels it will be served; the official loaders use PIL
+without EXIF rotation, which is the same for files without an orientation tag (COCO's) up to JPEG IDCT rounding.
 """
 
 from __future__ import annotations
@@ -28,10 +29,9 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image
 
 from tdet.client.errors import UserError
-from tdet.client.preprocess import MAX_PIXELS
+from tdet.client.preprocess import decode_image, image_size
 
 # how many offending annotations a ValueError / warning lists by name
 _LIST_MAX = 10
@@ -182,21 +182,18 @@ class CocoDetection:
 
 
 def _header_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the image header; ValueError naming the file if it is not an image."""
+    """(width, height) as displayed, from the image header; UserError naming the file if it is not an image."""
     try:
-        with Image.open(path) as im:
-            return int(im.size[0]), int(im.size[1])
-    except Exception as err:  # PIL raises several types for non-images
-        raise UserError(f"{path}: not a readable image ({type(err).__name__}: {err})") from None
+        return image_size(path.read_bytes())
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from None
 
 
 def decode_rgb(path: Path) -> npt.NDArray[np.uint8]:
-    """uint8 [H, W, 3] RGB of an image file, as torchvision's CocoDetection reads it (PIL, no EXIF rotation).
-    ValueError naming the file for corrupt, truncated or oversized files."""
+    """uint8 [H, W, 3] RGB of an image file, decoded by the served path's own code (tdet.client.preprocess:
+    the EXIF orientation applied, so training sees the image a viewer, an annotation tool and the server
+    see). UserError naming the file for corrupt, truncated, unsupported or oversized files."""
     try:
-        with Image.open(path) as im:
-            if im.size[0] * im.size[1] > MAX_PIXELS:
-                raise UserError(f"{im.size[0]}x{im.size[1]} pixels is over the {MAX_PIXELS} limit")
-            return np.asarray(im.convert("RGB"))
-    except Exception as err:  # OSError (truncated), UnidentifiedImageError, SyntaxError, ...
-        raise UserError(f"{path}: corrupt or unreadable image ({type(err).__name__}: {err})") from None
+        return decode_image(path.read_bytes())
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from None
