@@ -1,8 +1,9 @@
-"""`make demo`: the main job, end to end, with the project's own CLI.
+"""`make demo`: the main job, end to end, with the project's own CLI, on a model the project trained itself.
 
-export (both families) -> repo build -> data synth -> serve --detach -> infer (both models) -> stop.
-Official checkpoints are used when present in $TDET_CACHE/weights (see `tdet info --json`), else the
-models get the seeded random init and the output says so.
+export (the demo checkpoint in training/demo, `make demo-model` reproduces it) -> repo build -> data synth (the
+held-out val split the model never trained on) -> serve --detach -> infer (annotated images) -> eval through
+Triton with the in-process PyTorch reference of the same checkpoint -> stop, then the served and in-process
+mAP side by side.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-MODELS = ("damo-yolo-t", "rtdetrv2-s")
+# the models the project trained itself (python -m tdet.training.demo_model VARIANT), next to the sources
+DEMO_DIR = Path(__file__).resolve().parents[1] / "training" / "demo"
+VARIANTS = ("damo-yolo-t", "rtdetrv2-s")  # each served when its demo checkpoint exists
+VAL = {"num": 200, "seed": 0}  # the val split the demo models were evaluated on while training
 
 
 def tdet(*args: str) -> None:
@@ -22,44 +26,52 @@ def tdet(*args: str) -> None:
     subprocess.run(cmd, check=True)
 
 
-def official_files(variants: tuple[str, ...]) -> dict[str, Path | None]:
-    """Each variant's official checkpoint if it is already in the cache (`tdet info --json` says where)."""
-    out = subprocess.run([sys.executable, "-m", "tdet.client.cli", "info", "--json", *variants], check=True,
-                         capture_output=True, text=True).stdout
-    files = {row["name"]: row.get("weights_file") for row in json.loads(out)}
-    return {v: Path(files[v]) if files.get(v) and Path(files[v]).is_file() else None for v in variants}
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--workdir", type=Path, default=Path("build/demo"))
-    ap.add_argument("--repository", type=Path, default=Path("model_repository"))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--workdir", type=Path, default=Path("build/demo"), help="outputs")
+    ap.add_argument("--repository", type=Path, default=Path("model_repository"), help="Triton repository to build")
+    ap.add_argument("--models", type=Path, default=DEMO_DIR, help="folder of the demo checkpoints (<variant>.pth)")
     ap.add_argument("--http-port", default="8000")
     ap.add_argument("--grpc-port", default="8001")
     ap.add_argument("--metrics-port", default="8002")
     args = ap.parse_args(argv)
     work = args.workdir
+    variants = [v for v in VARIANTS if (args.models / f"{v}.pth").is_file()]
+    if not variants:
+        print(f"no demo checkpoint in {args.models}: run `make demo-model` first", file=sys.stderr)
+        return 2
     onnx = []
-    official = official_files(MODELS)
-    for variant in MODELS:
+    for variant in variants:
         out = work / "onnx" / f"{variant}.onnx"
-        weights = official[variant]
-        tdet("export", variant, "--out", str(out), *(["--weights", str(weights)] if weights else []))
+        tdet("export", variant, "--weights", str(args.models / f"{variant}.pth"), "--out", str(out))
         onnx.append(str(out))
     tdet("repo", "build", "--onnx", *onnx, "--out", str(args.repository))
-    tdet("data", "synth", "--out", str(work / "data"), "--num", "6", "--seed", "0")
+    val = work / "val"
+    tdet("data", "synth", "--out", str(val), "--num", str(VAL["num"]), "--seed", str(VAL["seed"]), "--split", "val",
+         "--workers", "2")
     tdet("serve", "--repository", str(args.repository), "--detach", "--http-port", args.http_port,
          "--grpc-port", args.grpc_port, "--metrics-port", args.metrics_port)
+    url = f"127.0.0.1:{args.grpc_port}"
     try:
-        images = sorted(str(p) for p in (work / "data" / "images").glob("*.jpg"))
-        for variant in MODELS:
+        images = sorted(str(p) for p in (val / "images").glob("*.jpg"))[:6]
+        for variant in variants:
             model = variant.replace("-", "_")
-            tdet("infer", *images, "--model", model, "--url", f"127.0.0.1:{args.grpc_port}",
-                 "--out", str(work / "detections" / model))
+            tdet("infer", *images, "--model", model, "--url", url, "--out", str(work / "detections" / model))
+            tdet("eval", "--model", model, "--url", url, "--coco", str(val / "annotations.json"), "--images",
+                 str(val / "images"), "--reference", variant, "--weights", str(args.models / f"{variant}.pth"),
+                 "--out", str(work / "eval" / model))
     finally:
         tdet("stop")
+    print(f"\nheld-out val split ({VAL['num']} synthetic images, seed {VAL['seed']}), COCO box metrics:")
+    print(f"{'model':<14} {'served AP':>10} {'served AP50':>12} {'PyTorch AP':>11} {'PyTorch AP50':>13} {'AP delta':>9}")
+    for variant in variants:
+        model = variant.replace("-", "_")
+        m = json.loads((work / "eval" / model / "metrics.json").read_text())
+        s, r = m["metrics"], m["reference"]
+        print(f"{model:<14} {s['AP']:>10.4f} {s['AP50']:>12.4f} {r['AP']:>11.4f} {r['AP50']:>13.4f} "
+              f"{s['AP'] - r['AP']:>+9.4f}")
     print("\nannotated images and detections JSON:")
-    for variant in MODELS:
+    for variant in variants:
         folder = work / "detections" / variant.replace("-", "_")
         counts = [row["count"] for row in json.loads((folder / "detections.json").read_text())]
         print(f"  {folder}/  ({len(counts)} images, detections per image: {counts})")

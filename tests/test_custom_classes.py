@@ -13,7 +13,7 @@ import onnx
 import pytest
 import torch
 
-from tdet.client.synth import synthesize
+from synthetic import shapes_set
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -29,14 +29,7 @@ def tdet(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def custom_set(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("custom")
-    ann = synthesize(root, num=4, seed=8, size=(160, 128), objects=(3, 6))
-    coco = json.loads(ann.read_text())
-    coco["annotations"] = [dict(a, category_id=CLASSES[a["category_id"]][0]) for a in coco["annotations"]
-                           if a["category_id"] in CLASSES]
-    coco["categories"] = [{"id": i, "name": n, "supercategory": "shape"} for i, n in CLASSES.values()]
-    ann.write_text(json.dumps(coco))
-    return ann, root / "images"
+    return shapes_set(tmp_path_factory.mktemp("custom"), 4, seed=8, size=(160, 128), objects=(3, 6), relabel=CLASSES)
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+from synthetic import shapes_set
 from tdet.client.labels import COCO_CATEGORY_IDS
-from tdet.client.synth import synthesize
 
 pytestmark = pytest.mark.slow
 
@@ -25,19 +25,6 @@ RECIPES = Path(__file__).resolve().parents[1] / "training" / "recipes"
 
 def tdet(*args: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tdet.client.cli", *args], capture_output=True, text=True, **kw)
-
-
-def small_set(root: Path, num: int, *, seed: int = 3, size=(256, 192), relabel: dict[int, tuple[int, str]] | None = None
-              ) -> tuple[Path, Path]:
-    """A synthetic COCO set; `relabel` maps shape category ids to (new id, new name), dropping the others."""
-    ann = synthesize(root, num=num, seed=seed, size=size, objects=(2, 5))
-    if relabel:
-        coco = json.loads(ann.read_text())
-        coco["annotations"] = [dict(a, category_id=relabel[a["category_id"]][0]) for a in coco["annotations"]
-                               if a["category_id"] in relabel]
-        coco["categories"] = [{"id": i, "name": n, "supercategory": "shape"} for i, n in relabel.values()]
-        ann.write_text(json.dumps(coco))
-    return ann, root / "images"
 
 
 def recipe(tmp: Path, base: str, text: str) -> Path:
@@ -101,7 +88,7 @@ def test_trainer_overfits_a_few_images(variant, tmp_path):
     from tdet.training.registry import family_of
 
     epochs, text = OVERFIT[variant]
-    ann, images = small_set(tmp_path / "data", 2)
+    ann, images = shapes_set(tmp_path / "data", 2)
     args = TrainArgs(variant, str(repeated(ann, 15)), str(images), out=str(tmp_path / "run"), val_data=str(ann),
                      val_images=str(images), recipe=str(recipe(tmp_path, variant, text)), epochs=epochs, batch=2,
                      img_size=128, workers=0, eval_every=0)
@@ -127,7 +114,7 @@ def test_resume_after_an_interruption_equals_the_uninterrupted_run(variant, tmp_
     """Ctrl-C saves last.pth at an optimizer-step boundary; --resume then continues to exactly the weights,
     EMA and optimizer state of a run that was never stopped (the same data order and augmentations, and for
     RT-DETRv2 the same denoising noise: the torch RNG state is part of the checkpoint)."""
-    ann, images = small_set(tmp_path / "data", 4, size=(160, 128))
+    ann, images = shapes_set(tmp_path / "data", 4, size=(160, 128))
     common = ("--epochs", "6", "--batch", "2", "--img-size", "128", "--eval-every", "0", "--seed", "5")
     full = tdet(*train_args(variant, ann, images, tmp_path / "full", *common), timeout=600)
     assert full.returncode == 0, full.stderr[-2000:]
@@ -160,7 +147,7 @@ def test_resume_after_an_interruption_equals_the_uninterrupted_run(variant, tmp_
 def test_two_process_ddp_keeps_the_ranks_weights_identical(variant, tmp_path):
     """gloo DDP on CPU with 3 of the 4 images empty: in one step a rank holds an image without boxes while the
     other has boxes, in the other both ranks are empty; no rank hangs and the weights stay bit-identical."""
-    ann, images = small_set(tmp_path / "data", 4, size=(160, 128))
+    ann, images = shapes_set(tmp_path / "data", 4, size=(160, 128))
     coco = json.loads(ann.read_text())
     coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] == 1]  # images 2-4 become negatives
     ann.write_text(json.dumps(coco))

@@ -1,15 +1,21 @@
 """`make demo-model`: train the demo detector from scratch with the project's own CLI, then write the small
 release file `make demo` serves.
 
-    tdet data synth (train and val splits) -> tdet train -> EMA weights in fp16 -> training/demo/<variant>.pth
+    tdet data synth (train and val splits)
+    stage 1: tdet train with the variant's demo recipe (training/demo/<variant>.recipe.yaml: the official recipe,
+             mosaic + mixup, its warmup / no-aug phases sized for a short run)
+    stage 2: tdet train --weights <stage 1 best> with training/demo/<variant>.finetune.yaml (the no-aug phase as a
+             fine-tune: stretch resize + flip only, the distribution the model is evaluated on)
+    -> the EMA weights in fp16: training/demo/<variant>.pth, with <variant>.stage{1,2}.{yaml,log.csv} beside it
 
-plus <variant>.yaml (the run's config.yaml: every value used, and the exact commands), <variant>.log.csv and
-<variant>.curves.png next to it. On CUDA the run takes minutes; on a 2-core CPU hours (see training/demo/README.md).
+On a GPU stage 1 takes minutes; on a 2-core CPU both take hours (training/demo/README.md gives the times of the
+committed model).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
 import subprocess
@@ -17,70 +23,75 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULTS = {  # the committed demo models were made with these (training/demo/README.md)
-    "damo-yolo-t": {"img_size": 320, "epochs": 30, "batch": 64},
-    "rtdetrv2-s": {"img_size": 320, "epochs": 30, "batch": 32},
+DEMO = Path(__file__).parent / "demo"
+STAGES = {  # variant -> (stage 1 arguments, stage 2 arguments); the committed damo-yolo-t used these
+    "damo-yolo-t": (["--img-size", "320", "--epochs", "30", "--batch", "64", "--eval-every", "5"],
+                    ["--img-size", "320", "--epochs", "4", "--batch", "8", "--lr-scale", "0.5", "--eval-every", "1"]),
 }
 
 
 def run(cmd: list[str]) -> None:
+    """Run a tdet command; Ctrl-C reaches it too (same process group) and is waited for, so an interrupted
+    `tdet train` writes its last.pth before this script stops."""
     print("$ " + shlex.join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    proc = subprocess.Popen(cmd)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        code = proc.wait()
+    if code:
+        raise SystemExit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("variant", nargs="?", default="damo-yolo-t", choices=sorted(DEFAULTS))
-    ap.add_argument("--work", type=Path, default=Path("build/demo-model"), help="data and run folder")
-    ap.add_argument("--dest", type=Path, default=Path(__file__).parent / "demo", help="where the release file goes")
+    ap.add_argument("variant", nargs="?", default="damo-yolo-t", choices=sorted(STAGES))
+    ap.add_argument("--work", type=Path, default=Path("build/demo-model"), help="data and runs")
+    ap.add_argument("--dest", type=Path, default=DEMO, help="where the release file goes")
     ap.add_argument("--train-num", type=int, default=3000)
     ap.add_argument("--val-num", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
-    ap.add_argument("--workers", type=int, default=None, help="default: the CPU count, at most 8")
-    ap.add_argument("--epochs", type=int)
-    ap.add_argument("--batch", type=int)
-    ap.add_argument("--img-size", type=int)
+    ap.add_argument("--workers", type=int, default=None, help="loader processes (default: CPUs - 1)")
     args = ap.parse_args(argv)
-
-    import os
 
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    workers = args.workers if args.workers is not None else min(8, os.cpu_count() or 1)
-    d = DEFAULTS[args.variant]
-    epochs, batch, size = args.epochs or d["epochs"], args.batch or d["batch"], args.img_size or d["img_size"]
+    cpus = os.cpu_count() or 1
+    workers = args.workers if args.workers is not None else max(1, cpus - 1)
     tdet = [sys.executable, "-m", "tdet.client.cli"]
     data = args.work / "data"
     for split, num in (("train", args.train_num), ("val", args.val_num)):
         if not (data / split / "annotations.json").is_file():
             run([*tdet, "data", "synth", "--out", str(data / split), "--num", str(num), "--seed", str(args.seed),
-                 "--split", split, "--workers", str(max(1, os.cpu_count() or 1))])
-    out = args.work / args.variant
-    train = [*tdet, "train", args.variant, "--data", str(data / "train/annotations.json"),
-             "--images", str(data / "train/images"), "--val-data", str(data / "val/annotations.json"),
-             "--val-images", str(data / "val/images"), "--epochs", str(epochs), "--batch", str(batch),
-             "--img-size", str(size), "--workers", str(workers), "--device", device, "--seed", str(args.seed),
-             "--eval-every", "5", "--out", str(out), "--recipe", str(Path(__file__).parent / "demo" /
-                                                                     f"{args.variant}.recipe.yaml")]
-    if (out / "last.pth").is_file():
-        train.append("--resume")
-    start = time.time()
-    run(train)
+                 "--split", split, "--workers", str(cpus)])
+    common = ["--data", str(data / "train/annotations.json"), "--images", str(data / "train/images"),
+              "--val-data", str(data / "val/annotations.json"), "--val-images", str(data / "val/images"),
+              "--workers", str(workers), "--device", device, "--seed", str(args.seed)]
+    commands, start, best = [], time.time(), None
+    for stage, (extra, recipe) in enumerate(zip(STAGES[args.variant], ("recipe", "finetune")), 1):
+        out = args.work / f"{args.variant}-stage{stage}"
+        cmd = [*tdet, "train", args.variant, *common, *extra, "--out", str(out),
+               "--recipe", str(DEMO / f"{args.variant}.{recipe}.yaml")]
+        if best is not None:
+            cmd += ["--weights", str(best)]
+        if (out / "last.pth").is_file():
+            cmd.append("--resume")
+        run(cmd)
+        commands.append("tdet " + shlex.join(cmd[3:]))
+        best = out / "best.pth" if (out / "best.pth").is_file() else out / "last.pth"
+        args.dest.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out / "config.yaml", args.dest / f"{args.variant}.stage{stage}.yaml")
+        shutil.copyfile(out / "log.csv", args.dest / f"{args.variant}.stage{stage}.log.csv")
     minutes = (time.time() - start) / 60
 
     from tdet.training.engine.checkpoint import slim_checkpoint
 
-    args.dest.mkdir(parents=True, exist_ok=True)
-    best = out / "best.pth" if (out / "best.pth").is_file() else out / "last.pth"
     release = slim_checkpoint(best, args.dest / f"{args.variant}.pth", extra_meta={
-        "made_by": f"python -m tdet.training.demo_model {args.variant} (device {device}, {minutes:.1f} min)",
-        "train_command": "tdet " + shlex.join(train[3:])})
-    shutil.copyfile(out / "config.yaml", args.dest / f"{args.variant}.yaml")
-    shutil.copyfile(out / "log.csv", args.dest / f"{args.variant}.log.csv")
-    shutil.copyfile(out / "curves.png", args.dest / f"{args.variant}.curves.png")
-    print(f"wrote {release} ({release.stat().st_size / 1e6:.1f} MB) from {best} after {minutes:.1f} min")
+        "made_by": f"python -m tdet.training.demo_model {args.variant} ({device}, {minutes:.0f} min)",
+        "train_commands": commands})
+    print(f"wrote {release} ({release.stat().st_size / 1e6:.1f} MB) from {best} after {minutes:.0f} min")
     return 0
 
 

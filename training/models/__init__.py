@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 from tdet.client.errors import UserError
 
 C = TypeVar("C")
+M = TypeVar("M")
 
 
 def with_overrides(cfg: C, *, num_classes: int | None = None, input_hw: tuple[int, int] | None = None) -> C:
@@ -24,3 +25,19 @@ def with_overrides(cfg: C, *, num_classes: int | None = None, input_hw: tuple[in
             raise UserError(f"input size must be a multiple of 32 (>= 32) on each side, got {h}x{w}")
         changes["input_hw"] = (h, w)
     return replace(cfg, **changes) if changes else cfg
+
+
+def build_initialised(make: Callable[[], M], *, seed: int, init: str, tame: Callable[[M, int], Any],
+                      train: Callable[[M, int], Any]) -> M:
+    """`make()` (a model constructor) under `seed` without touching the global generator, then the random
+    init a family's build_model asks for: "tame" (tests and demos) or "train" (the official initialisation
+    a training run starts from)."""
+    import torch
+
+    if init not in ("tame", "train"):
+        raise UserError(f"unknown init {init!r}; use 'tame' or 'train'")
+    with torch.random.fork_rng():  # the construction-time init draws from the global generator
+        torch.manual_seed(seed)
+        model = make()
+    (tame if init == "tame" else train)(model, seed)
+    return model

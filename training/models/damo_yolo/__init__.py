@@ -21,7 +21,7 @@ from .detector import DamoYolo, DamoYoloExport
 from .ops import BN_EPS, BN_MOMENTUM
 from .random_init import tame_init
 from .variants import VARIANTS, DamoYoloConfig
-from .. import with_overrides
+from .. import build_initialised, with_overrides
 
 FAMILY = "damo-yolo"
 _BASE = "https://idstcv.oss-cn-zhangjiakou.aliyuncs.com/DAMO-YOLO/release_model/clean_model_0317/"
@@ -53,17 +53,10 @@ def build_model(name: str, *, weights: str | Path | None = None, deploy: bool = 
     if name not in VARIANTS:
         raise ValueError(f"unknown DAMO-YOLO variant {name!r}; known: {sorted(VARIANTS)}")
     cfg = with_overrides(VARIANTS[name], num_classes=num_classes, input_hw=input_hw)
-    with torch.random.fork_rng():  # the construction-time init draws from the global generator
-        torch.manual_seed(seed)
-        model = DamoYolo(cfg)
     if weights is None:
-        if init == "tame":
-            tame_init(model, seed)
-        elif init == "train":
-            init_for_training(model, seed)
-        else:
-            raise ValueError(f"unknown init {init!r}; use 'tame' or 'train'")
+        model = build_initialised(lambda: DamoYolo(cfg), seed=seed, init=init, tame=tame_init, train=init_for_training)
     else:
+        model = DamoYolo(cfg)
         load_checkpoint(model, weights, num_classes=cfg.num_classes)
     if deploy:
         model.eval().fuse()

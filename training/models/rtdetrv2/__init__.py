@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from tdet.training.weights import WeightsInfo
@@ -20,7 +19,7 @@ from .criterion import RTDETRv2Criterion
 from .detector import RTDETRv2, tame_init
 from .train_setup import init_for_training, reinit_class_branch
 from .variants import VARIANTS, RTDETRv2Config
-from .. import with_overrides
+from .. import build_initialised, with_overrides
 
 FAMILY = "rtdetrv2"
 # training interface: targets per image {"boxes": float [N,4] normalized cxcywh, "labels": int64 [N]}
@@ -58,17 +57,10 @@ def build_model(name: str, *, weights: str | Path | None = None, deploy: bool = 
     if name not in VARIANTS:
         raise ValueError(f"unknown RT-DETRv2 variant {name!r}; known: {sorted(VARIANTS)}")
     cfg = with_overrides(VARIANTS[name], num_classes=num_classes, input_hw=input_hw)
-    with torch.random.fork_rng():  # the construction-time init draws from the global generator
-        torch.manual_seed(seed)
-        model = RTDETRv2(cfg)
     if weights is None:
-        if init == "tame":
-            tame_init(model, seed)
-        elif init == "train":
-            init_for_training(model, seed)
-        else:
-            raise ValueError(f"unknown init {init!r}; use 'tame' or 'train'")
+        model = build_initialised(lambda: RTDETRv2(cfg), seed=seed, init=init, tame=tame_init, train=init_for_training)
     else:
+        model = RTDETRv2(cfg)
         load_checkpoint(model, weights)
     if deploy:
         model.eval().fuse()
