@@ -20,8 +20,7 @@ def register_train(sub: argparse._SubParsersAction) -> None:
                     "DAMO-YOLO: mosaic + affine + mixup, AlignOTA, QFL/GIoU/DFL, SGD + cosine, EMA; RT-DETRv2: "
                     "photometric/zoom-out/IoU-crop, Hungarian matching, VFL/L1/GIoU with denoising, AdamW, EMA. "
                     "Writes OUT/{last,best}.pth (official checkpoint layouts, loadable by `tdet export`), "
-                    "OUT/config.yaml (every value used), OUT/log.csv and OUT/curves.png.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "OUT/config.yaml (every value used), OUT/log.csv and OUT/curves.png.")
     S = argparse.SUPPRESS  # only what was given overrides a resumed run's saved arguments
     p.add_argument("variant", help="e.g. damo-yolo-t, rtdetrv2-s (see `tdet info`)")
     p.add_argument("--data", default=S, help="train annotations (COCO JSON)")
