@@ -4,9 +4,10 @@ Side by side in one run, same model, batch, input size and threads:
   full loop   the training DataLoader (workers decode + the recipe's augmentations + collate) feeding
               forward + loss + backward + optimizer step, as `tdet train` runs it;
   step alone  the same steps on batches made beforehand and held in memory.
-Printed: images/s of each (the two alternate, ABAB, so a noisy neighbour hits both), the ratio
-full / alone (target >= 0.9: the loader costs <= 10%), and the peak memory (RSS of this process, plus
-CUDA's max allocated on a GPU).
+  step, AMP   the step alone under autocast (bf16 on CPU, fp16 on CUDA; the loss in fp32 as `tdet train --amp`).
+Printed: images/s of each (the runs alternate, so a noisy neighbour hits all), the ratio full / alone
+(target >= 0.9: the loader costs <= 10%), AMP / fp32, and the peak memory (RSS of this process, plus CUDA's
+max allocated on a GPU).
 
     python bench/train_throughput.py [--variants damo-yolo-t,rtdetrv2-s] [--img-size 320] [--batch 4]
                                      [--workers 2] [--steps 6] [--device cpu|cuda]
@@ -42,10 +43,14 @@ def measure(variant: str, data: Path, *, img_size: int, batch: int, workers: int
     loader = build_train_loader(ds, fam.FAMILY, recipe.augment, (img_size, img_size), batch, 0, workers,
                                 multi_scale=multi_scale)
 
+    amp = {"on": False}
+
     def step(b) -> None:
         images = b.images.to(device, non_blocking=True)
         targets = [{k: v.to(device) for k, v in t.items()} for t in b.targets]
-        losses = criterion(model(images, targets), targets)
+        with torch.autocast(device, dtype=torch.bfloat16 if device == "cpu" else torch.float16, enabled=amp["on"]):
+            outputs = model(images, targets)
+        losses = criterion(outputs, targets)  # the criteria upcast to fp32 themselves
         losses["total"].backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -82,12 +87,16 @@ def measure(variant: str, data: Path, *, img_size: int, batch: int, workers: int
 
     if len(loader.batch_sampler) < steps + 1:
         raise SystemExit(f"need {steps + 1} batches per epoch, the data gives {len(loader.batch_sampler)}")
-    runs = {"full": [], "alone": []}
-    for rep in range(2):  # ABAB
+    runs = {"full": [], "alone": [], "amp": []}
+    for rep in range(2):  # alternating
         runs["full"].append(full(rep))
         runs["alone"].append(alone())
+        amp["on"] = True
+        runs["amp"].append(alone())
+        amp["on"] = False
     best = {k: max(v) for k, v in runs.items()}
     out = {"full_img_s": best["full"], "alone_img_s": best["alone"], "ratio": best["full"] / best["alone"],
+           "amp_img_s": best["amp"], "amp_ratio": best["amp"] / best["alone"],
            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
     if device == "cuda":
         out["cuda_peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
@@ -117,13 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
         synthesize(data, num=args.batch * (args.steps + 2) * 2, seed=0)  # mixed sizes, like real data
-        print(f"{'variant':<14} {'full loop img/s':>16} {'step alone img/s':>17} {'full/alone':>11} {'peak RSS GB':>12}")
+        print(f"{'variant':<14} {'full loop img/s':>16} {'step alone img/s':>17} {'full/alone':>11} "
+              f"{'step AMP img/s':>15} {'AMP/fp32':>9} {'peak RSS GB':>12}")
         for v in args.variants.split(","):
             r = measure(v, data, img_size=args.img_size, batch=args.batch, workers=args.workers, steps=args.steps,
                         device=args.device)
             extra = f"  CUDA peak {r['cuda_peak_gb']:.2f} GB" if "cuda_peak_gb" in r else ""
             print(f"{v:<14} {r['full_img_s']:>16.2f} {r['alone_img_s']:>17.2f} {r['ratio']:>10.2f}x "
-                  f"{r['peak_rss_gb']:>12.2f}{extra}", flush=True)
+                  f"{r['amp_img_s']:>15.2f} {r['amp_ratio']:>8.2f}x {r['peak_rss_gb']:>12.2f}{extra}", flush=True)
     return 0
 
 
