@@ -70,3 +70,9 @@ def xyxy_to_xywh(boxes: F32) -> F32:
     out = np.asarray(boxes, np.float32).copy()
     out[..., 2:] -= out[..., :2]
     return out
+
+
+def clip_boxes(boxes: F32, image_hw: tuple[int, int]) -> F32:
+    """xyxy boxes [N, 4] clipped to an image of (height, width): x to [0, width], y to [0, height]."""
+    h, w = image_hw
+    return np.clip(boxes, 0, np.array([w, h, w, h], np.float32)).astype(np.float32, copy=False)

@@ -127,7 +127,7 @@ def plot(rows: list[Row], path: Path) -> None:
     for r in rows:
         ax.scatter(r.latency_p50_ms, 100 * r.map_50_95, s=40)
         ax.annotate(r.variant, (r.latency_p50_ms, 100 * r.map_50_95), textcoords="offset points", xytext=(5, 5))
-    ax.set(xlabel="served latency p50, single stream (ms)", ylabel="COCO mAP 50:95 (served)",
+    ax.set(xlabel="served latency p50, single stream (ms)", ylabel="COCO mAP 50:95 (%), served",
            title="mAP vs latency through Triton")
     # from zero, room for the labels, and no negative mAP axis when every model scores 0 (random init)
     ax.set_xlim(0, max([r.latency_p50_ms for r in rows] + [1.0]) * 1.3)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from .boxes import xyxy_to_xywh
 from .errors import InferenceError, UserError
 from .files import IMAGE_SUFFIXES, atomic_write
-from .postprocess import Detections
+from .postprocess import COCO_EVAL_PARAMETERS, Detections
 from .specs import config_parameters
 
 # pycocotools' COCOeval.stats order
@@ -111,9 +111,11 @@ def coco_metrics(coco, results: list[dict]) -> dict[str, float]:
     return {m: float(v) for m, v in zip(METRICS, ev.stats)}
 
 
-def _dataset_key(model: str, coco_json: Path) -> str:
-    """What a partial results file belongs to: the model and the exact annotations file."""
-    return f"{model} {hashlib.sha256(coco_json.read_bytes()).hexdigest()[:16]}"
+def _dataset_key(model: str, coco_json: Path, overrides: dict | None = None) -> str:
+    """What a partial results file belongs to: the model, the exact annotations file, and the thresholds
+    when they are not the official protocol's (`overrides`: --conf / --iou as given)."""
+    key = f"{model} {hashlib.sha256(coco_json.read_bytes()).hexdigest()[:16]}"
+    return f"{key} {json.dumps(overrides, sort_keys=True)}" if overrides else key
 
 
 def _load_partial(partial: Path, key: str) -> dict[int, list[dict]]:
@@ -137,7 +139,7 @@ def _load_partial(partial: Path, key: str) -> dict[int, list[dict]]:
 
 
 def _served_results(model: str, url: str, protocol: str, paths: dict[int, Path], concurrency: int,
-                    partial: Path, key: str, client_kw: dict) -> list[dict]:
+                    partial: Path, key: str, client_kw: dict, parameters: dict) -> list[dict]:
     """COCO result rows of every image through the server, `concurrency` requests in flight. Finished
     images are appended to `partial` as they arrive, so an interrupted run resumes where it stopped.
     A failed request stops the run at once (the finished images stay in `partial`) and raises its
@@ -158,7 +160,7 @@ def _served_results(model: str, url: str, protocol: str, paths: dict[int, Path],
         try:
             while True:
                 while len(pending) < 2 * concurrency and (i := next(todo, None)) is not None:
-                    pending[pool.submit(lambda p: client.infer(p.read_bytes()), paths[i])] = i
+                    pending[pool.submit(lambda p: client.infer(p.read_bytes(), **parameters), paths[i])] = i
                 if not pending:
                     break
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -186,9 +188,23 @@ def _served_results(model: str, url: str, protocol: str, paths: dict[int, Path],
     return [r for i in sorted(done) for r in done[i]]
 
 
-def served_parameters(model: str, url: str, protocol: str, client_kw: dict | None = None) -> dict[str, str]:
+def eval_parameters(family: str, conf: float | None = None, iou: float | None = None) -> dict[str, float | bool]:
+    """The request parameters `tdet eval` sends: the family's official COCO protocol
+    (COCO_EVAL_PARAMETERS: DAMO-YOLO conf 0.05 / NMS IoU 0.7, RT-DETRv2 no threshold) and unclipped
+    boxes, whatever the repository's deployment defaults are, unless conf / iou are given."""
+    out: dict = {**COCO_EVAL_PARAMETERS.get(family, {}), "clip": False}  # COCO scores unclipped boxes
+    if conf is not None:
+        out["conf"] = conf
+    if iou is not None and family != "rtdetrv2":
+        out["iou"] = iou
+    return out
+
+
+def served_parameters(model: str, url: str, protocol: str, client_kw: dict | None = None,
+                      sent: dict | None = None) -> dict[str, str]:
     """The served postprocess parameters (score/IoU thresholds, max detections, input_hw) plus the
-    ensemble's `variant` and `weights`: what an in-process reference needs to run the same model."""
+    ensemble's `variant` and `weights`: what an in-process reference needs to run the same model.
+    sent: the request parameters eval sends, which override the config's thresholds."""
     from .triton import connect
 
     with connect(url, model, protocol, **(client_kw or {})) as client:
@@ -198,26 +214,40 @@ def served_parameters(model: str, url: str, protocol: str, client_kw: dict | Non
             raise UserError(f"--reference needs the parameters of {model}_postprocess: {err}") from None
         out = config_parameters(post)
         out.update(variant=client.parameters.get("variant", ""), weights=client.parameters.get("weights", ""))
+    for name, key in (("conf", "score_threshold"), ("iou", "iou_threshold")):
+        if sent and name in sent:
+            out[key] = str(sent[name])
     return out
+
+
+def _family(model: str, url: str, protocol: str, client_kw: dict) -> str:
+    from .triton import connect
+
+    with connect(url, model, protocol, **client_kw) as client:
+        return client.family
 
 
 def evaluate(model: str, url: str, coco_json: Path, images_dir: Path, *, protocol: str = "grpc",
              concurrency: int = 8, out: Path | None = None, reference: Reference | None = None,
-             timeout_s: float | None = None, retries: int | None = None) -> EvalResult:
+             timeout_s: float | None = None, retries: int | None = None, conf: float | None = None,
+             iou: float | None = None) -> EvalResult:
     """Send every annotated image through the served `model`, score with COCOeval; with `reference`
     (an in-process run of the same model), also score that and report served - reference per metric.
-    timeout_s / retries: the client's request timeout and retries when unavailable (None: defaults)."""
+    timeout_s / retries: the client's request timeout and retries when unavailable (None: defaults).
+    conf / iou: sent with every request; None: the family's official COCO protocol (eval_parameters)."""
     coco, paths = load_dataset(coco_json, images_dir)
     client_kw = {k: v for k, v in (("timeout_s", timeout_s), ("retries", retries)) if v is not None}
     out = out or Path("build/eval") / model
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("results.json", "metrics.json", "reference_results.json"):
         (out / stale).unlink(missing_ok=True)
-    served = served_parameters(model, url, protocol, client_kw) if reference else {}
+    sent = eval_parameters(_family(model, url, protocol, client_kw), conf, iou)
+    served = served_parameters(model, url, protocol, client_kw, sent) if reference else {}
     if reference:
         reference.check(model, served)
     results = _served_results(model, url, protocol, paths, concurrency, out / "results.partial.jsonl",
-                              _dataset_key(model, coco_json), client_kw)
+                              _dataset_key(model, coco_json, {k: v for k, v in (("conf", conf), ("iou", iou))
+                                                              if v is not None}), client_kw, sent)
     metrics = coco_metrics(coco, results)
     ref = delta = None
     if reference:
@@ -226,18 +256,20 @@ def evaluate(model: str, url: str, coco_json: Path, images_dir: Path, *, protoco
         ref = coco_metrics(coco, ref_results)
         delta = {m: metrics[m] - ref[m] for m in METRICS}
     _write_json(out / "results.json", results)
-    _write_json(out / "metrics.json", {"model": model, "images": len(paths), "metrics": metrics,
-                                       "reference": ref, "delta": delta})
+    _write_json(out / "metrics.json", {"model": model, "images": len(paths), "parameters": sent,
+                                       "metrics": metrics, "reference": ref, "delta": delta})
     (out / "results.partial.jsonl").unlink(missing_ok=True)
     return EvalResult(model, len(paths), metrics, out / "results.json", ref, delta)
 
 
 def format_metrics(res: EvalResult) -> str:
-    lines = [f"{res.model}: {res.num_images} images", f"{'metric':<10} {'served':>8}"
+    """The 12 metrics in percent (as the papers' tables and `tdet compare`; metrics.json keeps pycocotools'
+    fractions)."""
+    lines = [f"{res.model}: {res.num_images} images, COCO metrics in %", f"{'metric':<10} {'served':>8}"
              + (f" {'reference':>10} {'delta':>9}" if res.reference else "")]
     for m in METRICS:
-        line = f"{m:<10} {res.metrics[m]:>8.4f}"
+        line = f"{m:<10} {100 * res.metrics[m]:>8.2f}"
         if res.reference and res.delta:
-            line += f" {res.reference[m]:>10.4f} {res.delta[m]:>+9.4f}"
+            line += f" {100 * res.reference[m]:>10.2f} {100 * res.delta[m]:>+9.2f}"
         lines.append(line)
     return "\n".join(lines)

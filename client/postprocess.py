@@ -2,27 +2,45 @@
 typed `Detections` every client call returns.
 
 DAMO-YOLO (official eval): multi-label candidates with score > score_thr, class-aware NMS, top K.
-RT-DETRv2 (RTDETRPostProcessor, focal loss): sigmoid, top K over queries x classes, no NMS.
+RT-DETRv2 (RTDETRPostProcessor, focal loss): sigmoid, top K over queries x classes, no NMS; then, as for
+DAMO-YOLO, only scores > score_thr are kept (one meaning of the threshold for both families).
+
+Both take an optional class mask (a request's `classes`, applied before NMS / top K, so K detections of
+the wanted classes come back) and `clip` (boxes clipped to the image; off for COCO evaluation, as in the
+official evaluations).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence, overload
 
 import numpy as np
 import numpy.typing as npt
 
-from .boxes import cxcywh_to_xyxy, nms
+from .boxes import clip_boxes, cxcywh_to_xyxy, nms
 from .preprocess import boxes_to_original
 from .specs import DAMO_YOLO, RTDETRV2, preprocess_spec
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
+Mask = npt.NDArray[np.bool_]
 
-DEFAULT_SCORE_THR = 0.05
+DEFAULT_SCORE_THR = 0.05  # the repository's default `conf` (DAMO-YOLO's official eval threshold)
 DEFAULT_IOU = 0.7
 DEFAULT_MAX_DET = 100
+# Each family's official COCO evaluation protocol (what `tdet eval` sends per request): DAMO-YOLO's
+# nms_conf_thre / nms_iou_thre; RT-DETRv2's RTDETRPostProcessor keeps every top-K score (no threshold).
+COCO_EVAL_PARAMETERS: dict[str, dict[str, float]] = {DAMO_YOLO: {"conf": 0.05, "iou": 0.7}, RTDETRV2: {"conf": 0.0}}
+
+
+class Detection(NamedTuple):
+    """One detection: box (x1, y1, x2, y2) in original-image pixels, score, dataset category id, class name."""
+
+    box: tuple[float, float, float, float]
+    score: float
+    category_id: int
+    class_name: str
 
 
 @dataclass(frozen=True)
@@ -31,6 +49,9 @@ class Detections:
 
     boxes: float32 [K, 4] xyxy in original-image pixels; scores: float32 [K];
     category_ids: int32 [K] dataset category ids (COCO 1..90); class_names: K names.
+
+    Iterating yields `Detection` records; `dets[i]` is one, `dets[1:3]` / `dets[mask]` / `dets[[0, 2]]`
+    are Detections; `.filter(min_score, classes)` keeps a subset.
     """
 
     boxes: F32
@@ -41,57 +62,111 @@ class Detections:
     def __len__(self) -> int:
         return int(self.scores.shape[0])
 
+    def _name(self, i: int) -> str:
+        return self.class_names[i] if self.class_names else str(int(self.category_ids[i]))
+
+    def __iter__(self) -> Iterator[Detection]:
+        return (self[i] for i in range(len(self)))
+
+    @overload
+    def __getitem__(self, key: int) -> Detection: ...
+
+    @overload
+    def __getitem__(self, key: slice | Sequence[int] | npt.NDArray[Any]) -> Detections: ...
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            i = range(len(self))[key]  # negative indices, IndexError past the end
+            return Detection(tuple(float(v) for v in self.boxes[i]), float(self.scores[i]),
+                             int(self.category_ids[i]), self._name(i))
+        index = np.arange(len(self))[key]  # slice, boolean mask or integer indices
+        names = tuple(self.class_names[i] for i in index) if self.class_names else ()
+        return Detections(self.boxes[index], self.scores[index], self.category_ids[index], names)
+
+    def filter(self, min_score: float | None = None, classes: Iterable[int | str] | None = None) -> Detections:
+        """The detections with score >= min_score whose category id or class name is in `classes`."""
+        keep = np.ones(len(self), bool)
+        if min_score is not None:
+            keep &= self.scores >= min_score
+        if classes is not None:
+            wanted = set(classes)
+            keep &= np.array([int(self.category_ids[i]) in wanted or self._name(i) in wanted
+                              for i in range(len(self))], bool)
+        return self[keep]
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{d.class_name} {d.score:.2f}" for d in list(self)[:5])
+        return f"Detections({len(self)} detections: {shown}{', ...' if len(self) > 5 else ''})"
+
     def to_list(self) -> list[dict[str, Any]]:
         """JSON-ready rows: {"box": [x1, y1, x2, y2], "score", "category_id", "class_name"}."""
-        names = self.class_names or ("",) * len(self)
-        return [{"box": [round(float(v), 2) for v in b], "score": round(float(s), 5),
-                 "category_id": int(c), "class_name": n}
-                for b, s, c, n in zip(self.boxes, self.scores, self.category_ids, names)]
+        return [{"box": [round(v, 2) for v in d.box], "score": round(d.score, 5), "category_id": d.category_id,
+                 "class_name": d.class_name if self.class_names else ""} for d in self]
 
 
 def postprocess_damo_yolo(scores: F32, boxes: F32, orig_hw: tuple[int, int], *,
                           score_thr: float = DEFAULT_SCORE_THR, iou: float = DEFAULT_IOU,
-                          max_det: int = DEFAULT_MAX_DET, input_hw: tuple[int, int] | None = None
-                          ) -> tuple[F32, F32, I64]:
+                          max_det: int = DEFAULT_MAX_DET, input_hw: tuple[int, int] | None = None,
+                          allowed: Mask | None = None, clip: bool = False) -> tuple[F32, F32, I64]:
     """One image: scores [N, C] (sigmoid), boxes [N, 4] xyxy in network-input px ->
     (boxes [K, 4] xyxy original px, scores [K], labels [K] 0-based), K <= max_det.
-    input_hw: the network input (height, width) the boxes are in; None: 640x640."""
-    idx, labels = np.nonzero(scores > score_thr)
+    input_hw: the network input (height, width) the boxes are in; None: 640x640.
+    allowed: bool [C], the labels to keep (None: all); clip: clip boxes to the original image."""
+    candidates = scores > score_thr
+    if allowed is not None:
+        candidates &= allowed[None, :]
+    idx, labels = np.nonzero(candidates)
     cand_boxes = boxes[idx].astype(np.float32, copy=False)
     cand_scores = scores[idx, labels]
     keep = nms(cand_boxes, cand_scores, iou, labels=labels, max_keep=max_det)
     out = boxes_to_original(cand_boxes[keep], orig_hw, preprocess_spec(DAMO_YOLO, input_hw))
+    if clip:
+        out = clip_boxes(out, orig_hw)
     return out, cand_scores[keep].astype(np.float32), labels[keep].astype(np.int64)
 
 
-def postprocess_rtdetrv2(logits: F32, boxes: F32, orig_hw: tuple[int, int], *,
-                         max_det: int = DEFAULT_MAX_DET) -> tuple[F32, F32, I64]:
+def postprocess_rtdetrv2(logits: F32, boxes: F32, orig_hw: tuple[int, int], *, score_thr: float = 0.0,
+                         max_det: int = DEFAULT_MAX_DET, allowed: Mask | None = None, clip: bool = False
+                         ) -> tuple[F32, F32, I64]:
     """One image: logits [Q, C], boxes [Q, 4] normalized cxcywh ->
-    (boxes [K, 4] xyxy original px, scores [K], labels [K] 0-based), K = min(max_det, Q*C)."""
+    (boxes [K, 4] xyxy original px, scores [K], labels [K] 0-based): the top min(max_det, Q*C) over
+    queries x classes (of the `allowed` labels, bool [C]), then only scores > score_thr (0: the official
+    RTDETRPostProcessor, which keeps them all). clip: clip boxes to the original image."""
     num_classes = logits.shape[-1]
-    flat = logits.reshape(-1).astype(np.float32)
+    flat = logits.astype(np.float32)
+    if allowed is not None:
+        flat = np.where(allowed[None, :], flat, -np.inf)
+    flat = flat.reshape(-1)
     k = min(max_det, flat.size)
     top = np.argpartition(-flat, k - 1)[:k]
     top = top[np.argsort(-flat[top], kind="stable")]
-    scores = (1.0 / (1.0 + np.exp(-flat[top]))).astype(np.float32)
+    with np.errstate(over="ignore"):  # exp(inf) of a masked-out logit: its score is 0, dropped below
+        scores = (1.0 / (1.0 + np.exp(-flat[top]))).astype(np.float32)
+    top = top[scores > score_thr]
+    scores = scores[scores > score_thr]
     labels, query = top % num_classes, top // num_classes
     h, w = orig_hw
     xyxy = cxcywh_to_xyxy(boxes[query].astype(np.float32)) * np.array([w, h, w, h], np.float32)
+    if clip:
+        xyxy = clip_boxes(xyxy, orig_hw)
     return xyxy.astype(np.float32), scores, labels.astype(np.int64)
 
 
 def postprocess_one(family: str, outputs: Sequence[F32], orig_hw: tuple[int, int], *,
-                    score_thr: float = DEFAULT_SCORE_THR, iou: float = DEFAULT_IOU,
-                    max_det: int = DEFAULT_MAX_DET, input_hw: tuple[int, int] | None = None
-                    ) -> tuple[F32, F32, I64]:
+                    score_thr: float | None = None, iou: float = DEFAULT_IOU,
+                    max_det: int = DEFAULT_MAX_DET, input_hw: tuple[int, int] | None = None,
+                    allowed: Mask | None = None, clip: bool = False) -> tuple[F32, F32, I64]:
     """Dispatch on family; `outputs` are one image's engine outputs in specs.EXPORT_OUTPUTS order, for a
-    network input of `input_hw` (height, width; None: 640x640)."""
+    network input of `input_hw` (height, width; None: 640x640). score_thr None: the family's official
+    COCO-eval threshold (COCO_EVAL_PARAMETERS)."""
+    if family not in COCO_EVAL_PARAMETERS:
+        raise ValueError(f"unknown family {family!r}")
+    thr = COCO_EVAL_PARAMETERS[family]["conf"] if score_thr is None else score_thr
     if family == DAMO_YOLO:
-        return postprocess_damo_yolo(outputs[0], outputs[1], orig_hw, score_thr=score_thr, iou=iou,
-                                     max_det=max_det, input_hw=input_hw)
-    if family == RTDETRV2:
-        return postprocess_rtdetrv2(outputs[0], outputs[1], orig_hw, max_det=max_det)
-    raise ValueError(f"unknown family {family!r}")
+        return postprocess_damo_yolo(outputs[0], outputs[1], orig_hw, score_thr=thr, iou=iou,
+                                     max_det=max_det, input_hw=input_hw, allowed=allowed, clip=clip)
+    return postprocess_rtdetrv2(outputs[0], outputs[1], orig_hw, score_thr=thr, max_det=max_det, allowed=allowed,
+                                clip=clip)
 
 
 def to_wire(boxes: F32, scores: F32, labels: I64, category_ids: npt.NDArray[np.int32], max_det: int

@@ -1,12 +1,17 @@
 """The Python client of the served detectors: one `DetectorClient` interface, gRPC and HTTP
 implementations chosen once by `connect(url, model, protocol)`.
 
-    with connect("localhost:8001", "damo_yolo_t") as det:          # gRPC
-        dets = det.infer(open("street.jpg", "rb").read())          # -> Detections
-        many = det.infer_many(list_of_jpeg_bytes, concurrency=8)   # concurrent requests, input order kept
+    with connect("127.0.0.1:8001", "damo_yolo_t") as det:          # gRPC
+        dets = det.infer("street.jpg", conf=0.25, clip=True)        # a path, bytes, a numpy BGR array, a PIL image
+        for d in dets:                                              # Detection(box, score, category_id, class_name)
+            print(d.class_name, d.score, d.box)
+        many = det.infer_many(paths, concurrency=8)                 # one request each, input order kept
+        rows = det.infer_batch(paths)                               # batched requests, split at max_batch_size
 
 Detections hold boxes float32 [K,4] xyxy in original-image pixels, scores, dataset category ids and
 class names; the names come from the ensemble's config parameters (discovered from the server).
+Per-request options (tdet.client.options: conf, iou, max_det, classes, clip) go to the server as request
+parameters; given to `connect`, they are this client's defaults for every call.
 
 Every call has a request timeout (`timeout_s`) and is retried with exponential backoff when, and only
 when, the server is unavailable (refused, reset, gRPC UNAVAILABLE, HTTP 503), at most `retries` times.
@@ -29,7 +34,9 @@ import numpy as np
 
 from .errors import (InferenceError, InvalidInputError, ModelNotFoundError, RequestTimeoutError, ServerError,
                      ServerUnavailableError, UserError)
-from .postprocess import Detections, from_wire
+from .image_input import ImageInput, encode_image
+from .options import DetectOptions, resolve, to_parameters
+from .postprocess import Detection, Detections, from_wire
 from .specs import config_parameters
 
 WIRE = ("NUM_DETECTIONS", "BOXES", "SCORES", "CLASSES")
@@ -39,7 +46,7 @@ DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_RETRIES = 2
 DEFAULT_BACKOFF_S = 0.5  # first wait; doubles per retry (0.5 s, 1 s, 2 s, ...), with 25% jitter
 
-__all__ = ["Detections", "DetectorClient", "InferenceError", "InvalidInputError", "ModelNotFoundError",
+__all__ = ["Detection", "Detections", "DetectorClient", "InferenceError", "InvalidInputError", "ModelNotFoundError",
            "RequestTimeoutError", "ServerError", "ServerUnavailableError", "add_connection_args", "connect"]
 
 T = TypeVar("T")
@@ -96,33 +103,37 @@ class DetectorClient(ABC):
     protocol: str
 
     def __init__(self, url: str, model: str, *, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 retries: int = DEFAULT_RETRIES, backoff_s: float = DEFAULT_BACKOFF_S) -> None:
+                 retries: int = DEFAULT_RETRIES, backoff_s: float = DEFAULT_BACKOFF_S, version: str = "",
+                 **options: Any) -> None:
         if not timeout_s > 0 or retries < 0 or backoff_s < 0:
             raise UserError(f"the request timeout must be > 0 s and retries >= 0, got {timeout_s} s and {retries}")
-        self.url, self.model = _strip_scheme(url), model
+        self.url, self.model, self.version = _strip_scheme(url), model, str(version or "")
         self.timeout_s, self.retries, self.backoff_s = float(timeout_s), int(retries), float(backoff_s)
         self._local = threading.local()  # HTTP clients are not thread-safe: one per thread
         self._clients: list[Any] = []
         self._lock = threading.Lock()
         try:
-            ready = self._call(lambda c: c.is_model_ready(model, **self._timeout_kw()))
+            ready = self._call(lambda c: c.is_model_ready(model, self.version, **self._timeout_kw()))
         except (ServerUnavailableError, RequestTimeoutError) as err:
             raise ServerUnavailableError(f"cannot reach Triton at {self.url} over {self.protocol}: {err}",
                                          status=err.status) from None
         if not ready:
-            raise ModelNotFoundError(f"model {model!r} is not ready on {self.url} ({self.protocol})")
+            what = f"model {model!r}" + (f" version {self.version}" if self.version else "")
+            raise ModelNotFoundError(f"{what} is not ready on {self.url} ({self.protocol})")
         self.config = self.model_config()
         self.parameters = config_parameters(self.config)
         names = json.loads(self.parameters.get("class_names", "[]"))
         ids = json.loads(self.parameters.get("category_ids", "[]"))
         self.class_names: dict[int, str] = dict(zip((int(i) for i in ids), names))
         self.family: str = self.parameters.get("family", "")
+        self.max_batch_size: int = int(self.config.get("max_batch_size", 0) or 0)  # 0: no batch axis
+        self.options = self._checked_options(options)  # this client's defaults for every call
 
     @abstractmethod
     def _new_client(self) -> Any: ...
 
     @abstractmethod
-    def _get_config(self, client: Any, model: str) -> dict[str, Any]: ...
+    def _get_config(self, client: Any, model: str, version: str) -> dict[str, Any]: ...
 
     @property
     @abstractmethod
@@ -160,7 +171,9 @@ class DetectorClient(ABC):
             try:
                 return fn(self._client())
             except InferenceServerException as err:
-                error = classify(err.status(), f"{self.model}: {err.message()}")
+                # "in ensemble 'm', " repeats the model name the message already starts with
+                message = str(err.message()).removeprefix(f"in ensemble '{self.model}', ")
+                error = classify(err.status(), f"{self.model}: {message}")
             except Exception as err:  # noqa: BLE001 - sorted below: transport failures, or re-raised
                 error = _transport_error(err, f"{self.model}: {self.protocol} {type(err).__name__}: {err}")
                 if error is None:
@@ -176,36 +189,95 @@ class DetectorClient(ABC):
 
     def model_config(self, model: str | None = None) -> dict[str, Any]:
         """The config of `model` (default: this ensemble) as Triton's JSON form (fields as in config.pbtxt)."""
-        return self._call(lambda c: self._get_config(c, model or self.model))
+        return self._call(lambda c: self._get_config(c, model or self.model, "" if model else self.version))
 
-    def infer_batch(self, images: Sequence[bytes]) -> list[Detections]:
-        """One request with len(images) batch rows -> one Detections per image (a bad image fails all)."""
-        if len(images) == 0:
-            return []
+    def _checked_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(options) - {"conf", "iou", "max_det", "classes", "clip"})
+        if unknown:
+            raise TypeError(f"unknown detection option(s) {unknown}; known: conf, iou, max_det, classes, clip")
+        return {k: v for k, v in options.items() if v is not None}
+
+    def request_parameters(self, options: dict[str, Any]) -> dict[str, Any]:
+        """This call's options over the client's defaults, as request parameters; class names -> ids.
+        Checked here as the server checks them (InvalidParameterError), so a bad value fails once, before
+        any request, instead of in every request."""
+        opts = {**self.options, **self._checked_options(options)}
+        if opts.get("classes") is not None:
+            opts["classes"] = self.category_ids(opts["classes"])
+        parameters = to_parameters(**opts)
+        k = self.output_size
+        resolve(parameters, DetectOptions(conf=0.0, iou=0.0, max_det=k or 1), max_k=k or 2 ** 31,
+                category_ids=self.class_names or [int(c) for c in opts.get("classes") or []])
+        return parameters
+
+    @property
+    def output_size(self) -> int:
+        """K: the most detections per image this model returns (BOXES is [K, 4]); 0 if the config does not say."""
+        boxes = next((o for o in self.config.get("output", []) if o.get("name") == "BOXES"), {})
+        dims = [int(d) for d in boxes.get("dims", [])]
+        return dims[0] if dims and dims[0] > 0 else 0
+
+    def category_ids(self, classes: Sequence[int | str] | int | str) -> list[int]:
+        """Class names or dataset category ids -> category ids of this model (UserError for unknown ones)."""
+        items = [classes] if isinstance(classes, (int, str)) else list(classes)
+        by_name = {name: cid for cid, name in self.class_names.items()}
+        out, unknown = [], []
+        for c in items:
+            cid = by_name.get(c) if isinstance(c, str) and not c.isdigit() else int(c)
+            if cid is None or (self.class_names and cid not in self.class_names):
+                unknown.append(c)
+            else:
+                out.append(cid)
+        if unknown:
+            raise UserError(f"{self.model} has no class(es) {unknown}; it knows "
+                            f"{', '.join(f'{i}={n}' for i, n in list(self.class_names.items())[:12])} ...")
+        return out
+
+    def infer_encoded(self, blobs: list[bytes], parameters: dict[str, Any]) -> list[Detections]:
+        """One request: encoded images as its rows (at most max_batch_size), `parameters` as sent."""
         mod = self._module
-        arr = np.array([[bytes(b)] for b in images], dtype=np.object_)
+        arr = np.array([[b] for b in blobs], dtype=np.object_)
         inp = mod.InferInput("IMAGE", list(arr.shape), "BYTES")
         inp.set_data_from_numpy(arr)
         outputs = [mod.InferRequestedOutput(n) for n in WIRE]
-        res = self._call(lambda c: c.infer(self.model, [inp], outputs=outputs, **self._timeout_kw()))
+        res = self._call(lambda c: c.infer(self.model, [inp], model_version=self.version, outputs=outputs,
+                                           parameters=parameters or None, **self._timeout_kw()))
         num, boxes, scores, classes = (res.as_numpy(n) for n in WIRE)
-        return [from_wire(num[i], boxes[i], scores[i], classes[i], self.class_names) for i in range(len(images))]
+        return [from_wire(num[i], boxes[i], scores[i], classes[i], self.class_names) for i in range(len(blobs))]
 
-    def infer(self, image: bytes) -> Detections:
-        """One encoded image (JPEG/PNG/BMP/WebP/TIFF bytes) -> its Detections."""
-        return self.infer_batch([image])[0]
+    def infer_batch(self, images: Sequence[ImageInput], **options: Any) -> list[Detections]:
+        """Images as batch rows -> one Detections per image, in order. Rows go in requests of at most the
+        server's max_batch_size (one after another); a bad image fails its request (InvalidInputError
+        naming the row). options: conf, iou, max_det, classes (ids or names), clip."""
+        if len(images) == 0:
+            return []
+        parameters = self.request_parameters(options)
+        blobs = [encode_image(im) for im in images]
+        step = self.max_batch_size or 1
+        out: list[Detections] = []
+        for i in range(0, len(blobs), step):
+            out += self.infer_encoded(blobs[i:i + step], parameters)
+        return out
 
-    def infer_many(self, images: Sequence[bytes], concurrency: int = 4) -> list[Detections]:
+    def infer(self, image: ImageInput, **options: Any) -> Detections:
+        """One image -> its Detections. `image`: encoded bytes (JPEG/PNG/BMP/WebP/TIFF), a file path, a
+        numpy uint8 array (H x W x 3 BGR as OpenCV and Ultralytics use, H x W gray, H x W x 4 BGRA;
+        PNG-encoded for you, lossless) or a PIL image. options: conf, iou, max_det, classes, clip."""
+        return self.infer_encoded([encode_image(image)], self.request_parameters(options))[0]
+
+    def infer_many(self, images: Sequence[ImageInput], concurrency: int = 4, **options: Any) -> list[Detections]:
         """Each image as its own request, `concurrency` in flight (so the server can batch them);
-        results in input order. The first failing request raises."""
+        results in input order. The first failing request raises. options: as `infer`."""
         if concurrency < 1:
             raise UserError("concurrency must be >= 1")
+        parameters = self.request_parameters(options)
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            return list(pool.map(self.infer, images))
+            return list(pool.map(lambda im: self.infer_encoded([encode_image(im)], parameters)[0], images))
 
-    def statistics(self, model: str | None = None) -> dict[str, Any]:
-        """Triton's inference statistics of `model` (default: this ensemble) as a dict."""
-        stats = self._call(lambda c: c.get_inference_statistics(model or self.model, **self._json_kw()))
+    def statistics(self, model: str | None = None, version: str = "") -> dict[str, Any]:
+        """Triton's inference statistics of `model` (default: this ensemble) as a dict; `version`: one
+        version's (default: the first Triton lists)."""
+        stats = self._call(lambda c: c.get_inference_statistics(model or self.model, version, **self._json_kw()))
         return stats["model_stats"][0]
 
     def close(self) -> None:
@@ -239,8 +311,8 @@ class GrpcDetectorClient(DetectorClient):
     def _new_client(self) -> Any:
         return self._module.InferenceServerClient(self.url)
 
-    def _get_config(self, client: Any, model: str) -> dict[str, Any]:
-        return client.get_model_config(model, as_json=True, client_timeout=self.timeout_s)["config"]
+    def _get_config(self, client: Any, model: str, version: str) -> dict[str, Any]:
+        return client.get_model_config(model, version, as_json=True, client_timeout=self.timeout_s)["config"]
 
     def _timeout_kw(self) -> dict[str, Any]:
         return {"client_timeout": self.timeout_s}
@@ -261,25 +333,41 @@ class HttpDetectorClient(DetectorClient):
         return self._module.InferenceServerClient(self.url, connection_timeout=self.timeout_s,
                                                   network_timeout=self.timeout_s)
 
-    def _get_config(self, client: Any, model: str) -> dict[str, Any]:
-        return client.get_model_config(model)
+    def _get_config(self, client: Any, model: str, version: str) -> dict[str, Any]:
+        return client.get_model_config(model, version)
 
 
 def connect(url: str, model: str, protocol: str = "grpc", *, timeout_s: float = DEFAULT_TIMEOUT_S,
-            retries: int = DEFAULT_RETRIES, backoff_s: float = DEFAULT_BACKOFF_S) -> DetectorClient:
+            retries: int = DEFAULT_RETRIES, backoff_s: float = DEFAULT_BACKOFF_S, version: str | int = "",
+            conf: float | None = None, iou: float | None = None, max_det: int | None = None,
+            classes: Sequence[int | str] | None = None, clip: bool | None = None) -> DetectorClient:
     """A client for ensemble `model` at `url` ("host:port", default ports gRPC 8001 / HTTP 8000).
-    Raises ServerUnavailableError (a ConnectionError) when the server cannot be reached, and
-    ModelNotFoundError when it does not serve `model` (or the model is not ready)."""
+
+    version: a model version ("" : the server's choice, by the model's version_policy). conf, iou,
+    max_det, classes, clip: defaults of every call (None: the server's config values; see
+    tdet.client.options). Raises ServerUnavailableError (a ConnectionError) when the server cannot be
+    reached, and ModelNotFoundError when it does not serve `model` (or the model is not ready)."""
     if protocol not in PROTOCOLS:
         raise UserError(f"unknown protocol {protocol!r}; use grpc or http")
     cls = GrpcDetectorClient if protocol == "grpc" else HttpDetectorClient
-    return cls(url, model, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s)
+    return cls(url, model, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s, version=str(version),
+               conf=conf, iou=iou, max_det=max_det, classes=classes, clip=clip)
 
 
 def add_connection_args(p: argparse.ArgumentParser, *, retries: int = DEFAULT_RETRIES) -> None:
     """--timeout and --retries, the same on every command that talks to the server."""
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
-                   help=f"request timeout (default {DEFAULT_TIMEOUT_S:g})")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS", help="request timeout")
     p.add_argument("--retries", type=int, default=retries, metavar="N",
-                   help=f"retries with backoff when the server is unavailable, never for a bad request "
-                        f"(default {retries})")
+                   help="retries with backoff when the server is unavailable, never for a bad request")
+
+
+def add_url_args(p: argparse.ArgumentParser) -> None:
+    """--url and --protocol, the same on every command that talks to one server."""
+    p.add_argument("--url", help=f"server host:port (default: 127.0.0.1:{DEFAULT_PORTS['grpc']} for gRPC, "
+                                 f"127.0.0.1:{DEFAULT_PORTS['http']} for HTTP)")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="grpc", help="transport")
+
+
+def server_url(args: argparse.Namespace) -> str:
+    """--url, or the local server's default port for --protocol (an HTTP client on the gRPC port fails obscurely)."""
+    return args.url or f"127.0.0.1:{DEFAULT_PORTS[args.protocol]}"

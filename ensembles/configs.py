@@ -8,7 +8,6 @@ Tensor names between steps are ours (lowercase, specs.EXPORT_*), never graph-nod
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -17,24 +16,12 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from tdet.client import specs
 
+from .options import BuildOptions, VersionPolicy
+
+__all__ = ["BuildOptions", "VersionPolicy", "engine_config", "ensemble_config", "postprocess_config",
+           "preprocess_config", "read_config", "write_config"]
+
 WIRE_OUTPUTS = ("NUM_DETECTIONS", "BOXES", "SCORES", "CLASSES")
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    """Repository knobs (the `tdet repo build` flags)."""
-
-    engine: str = "onnxruntime"  # "onnxruntime" | "tensorrt"
-    max_batch_size: int = 16
-    max_detections: int = 100
-    preprocess_instances: int = 2  # decode is CPU-bound Python: one process per core
-    engine_instances: int = 1
-    postprocess_instances: int = 1
-    queue_delay_us: int = 1000
-    ort_threads: int = 2  # intra-op threads per engine instance (0: ONNX Runtime's default, all cores)
-    device: str = "cpu"  # engine instance kind for onnxruntime; tensorrt is always GPU
-    score_threshold: float = 0.05
-    iou_threshold: float = 0.7
 
 
 def write_config(path: Path, config: mc.ModelConfig) -> None:
@@ -108,6 +95,13 @@ def engine_config(name: str, family: str, input_hw: tuple[int, int], output_dims
     else:
         raise ValueError(f"unknown engine kind {opts.engine!r}; use onnxruntime or tensorrt")
     _step_defaults(cfg, opts, opts.engine_instances, kind)
+    policy = opts.version_policy
+    if policy.kind == "all":
+        cfg.version_policy.all.SetInParent()
+    elif policy.kind == "specific":
+        cfg.version_policy.specific.versions.extend(policy.versions)
+    else:
+        cfg.version_policy.latest.num_versions = policy.num
     warm = cfg.model_warmup.add(name="zeros", batch_size=1)
     warm.inputs[specs.EXPORT_INPUT].data_type = mc.TYPE_UINT8
     warm.inputs[specs.EXPORT_INPUT].dims.extend([3, *input_hw])
@@ -121,7 +115,7 @@ def postprocess_config(name: str, family: str, input_hw: tuple[int, int], output
     inputs.append(("orig_hw", mc.TYPE_INT32, [2]))
     params = {"family": family, "input_hw": _hw(input_hw), "score_threshold": str(opts.score_threshold),
               "iou_threshold": str(opts.iou_threshold), "max_detections": str(opts.max_detections),
-              "category_ids": json.dumps(category_ids)}
+              "clip": "true" if opts.clip else "false", "category_ids": json.dumps(category_ids)}
     cfg = _model(name, opts, inputs, _wire(opts.max_detections), backend="python", params=params)
     _step_defaults(cfg, opts, opts.postprocess_instances, mc.ModelInstanceGroup.KIND_CPU)
     return cfg

@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from tdet.client.errors import UserError
 from tdet.client.labels import COCO_CATEGORY_IDS
-from tdet.client.postprocess import DEFAULT_IOU, DEFAULT_MAX_DET, DEFAULT_SCORE_THR, Detections, postprocess_one
+from tdet.client.postprocess import DEFAULT_IOU, DEFAULT_MAX_DET, Detections, postprocess_one
 from tdet.client.preprocess import preprocess, to_float_input
 from tdet.client.specs import parse_hw, preprocess_spec
 
@@ -25,7 +25,7 @@ Prediction = tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray
 
 
 def predict(model: Any, family: str, images: npt.NDArray[np.uint8], orig_hw: list[tuple[int, int]],
-            input_hw: tuple[int, int], *, score_thr: float = DEFAULT_SCORE_THR, iou: float = DEFAULT_IOU,
+            input_hw: tuple[int, int], *, score_thr: float | None = None, iou: float = DEFAULT_IOU,
             max_det: int = DEFAULT_MAX_DET) -> list[Prediction]:
     """Detections of a batch, in PyTorch, exactly as the served ensemble computes them.
 
@@ -34,7 +34,8 @@ def predict(model: Any, family: str, images: npt.NDArray[np.uint8], orig_hw: lis
         makes it); orig_hw: each image's original (height, width); input_hw: (H, W).
     Returns per image (boxes float32 [K, 4] xyxy in original pixels, scores float32 [K], labels int64 [K]
     0-based), by descending score, K <= max_det: the export wrapper under no_grad, then the served
-    numpy postprocess (tdet.client.postprocess.postprocess_one) with these thresholds.
+    numpy postprocess (tdet.client.postprocess.postprocess_one) with these thresholds (score_thr None:
+    the family's official COCO-eval threshold, 0.05 DAMO-YOLO, none RT-DETRv2).
     """
     import torch
 

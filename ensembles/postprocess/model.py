@@ -1,8 +1,12 @@
 """Triton python model `<m>_postprocess`: engine outputs + orig_hw -> NUM_DETECTIONS, BOXES (xyxy original
 px), SCORES, CLASSES (category ids), padded to max_detections. Thin: the work is
-tdet.client.pipeline.postprocess_rows (numpy). Thresholds are config parameters.
+tdet.client.pipeline.postprocess_rows (numpy).
 
-Its inputs come from the engine, not from the client, so any failure here is a server fault: INTERNAL.
+The config parameters (score_threshold, iou_threshold, max_detections, clip) are the defaults; a request
+may override them with its parameters `conf`, `iou`, `max_det`, `classes`, `clip` (tdet.client.options),
+which the ensemble forwards to this step. A parameter it cannot use is the client's error:
+INVALID_ARGUMENT. Everything else here works on what the engine produced, so any other failure is a
+server fault: INTERNAL.
 """
 
 import json
@@ -10,6 +14,7 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from tdet.client.options import DetectOptions, InvalidParameterError, resolve
 from tdet.client.pipeline import postprocess_rows
 from tdet.client.specs import EXPORT_OUTPUTS, config_parameters, parse_hw
 
@@ -21,9 +26,9 @@ class TritonPythonModel:
         params = config_parameters(json.loads(args["model_config"]))
         self.family = params["family"]
         self.inputs = EXPORT_OUTPUTS[self.family]
-        self.score_thr = float(params["score_threshold"])
-        self.iou = float(params["iou_threshold"])
-        self.max_det = int(params["max_detections"])
+        self.max_k = int(params["max_detections"])  # the output size K
+        self.defaults = DetectOptions(conf=float(params["score_threshold"]), iou=float(params["iou_threshold"]),
+                                      max_det=self.max_k, clip=params.get("clip", "false") == "true")
         self.category_ids = np.asarray(json.loads(params["category_ids"]), np.int32)
         self.input_hw = parse_hw(params["input_hw"])  # the engine's input size
 
@@ -32,10 +37,16 @@ class TritonPythonModel:
 
     def _respond(self, request):
         try:
+            opts = resolve(json.loads(request.parameters() or "{}"), self.defaults, max_k=self.max_k,
+                           category_ids=self.category_ids)
+        except InvalidParameterError as err:
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(err), pb_utils.TritonError.INVALID_ARG))
+        try:
             outputs = [pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in self.inputs]
             sizes = pb_utils.get_input_tensor_by_name(request, "orig_hw").as_numpy()
-            wire = postprocess_rows(self.family, outputs, sizes, self.category_ids, score_thr=self.score_thr,
-                                    iou=self.iou, max_det=self.max_det, input_hw=self.input_hw)
+            wire = postprocess_rows(self.family, outputs, sizes, self.category_ids, score_thr=opts.conf, iou=opts.iou,
+                                    max_det=opts.max_det, input_hw=self.input_hw, classes=opts.classes,
+                                    clip=opts.clip, pad_to=self.max_k)
         except Exception as err:  # noqa: BLE001 - this request fails; the others in the batch go on
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(
                 f"postprocess: {type(err).__name__}: {err}", pb_utils.TritonError.INTERNAL))
