@@ -83,7 +83,7 @@ def test_served_classes_are_the_datasets_ids_and_infer_draws_their_names(trained
             assert len(dets) > 0 and set(dets.category_ids.tolist()) <= {7, 12, 40}, variant
             assert set(dets.class_names) <= {"box", "oval", "wedge"}
             out = tmp_path / "infer" / m
-            tdet("infer", str(images), "--model", m, "--url", info.grpc_url, "--out", str(out))
+            tdet("infer", str(images), "--model", m, "--url", info.grpc_url, "--out", str(out), "--conf", "0.001")
             rows = [json.loads(p.read_text()) for p in sorted(out.glob("0*.json"))]
             assert len(rows) == 4
             served = [d for r in rows for d in r["detections"]]
