@@ -2,9 +2,13 @@
 
 For each ONNX (family/variant/labels read from its metadata, written by `tdet export`) this writes
     <m>_preprocess/   python: IMAGE bytes -> images uint8 [3,H,W], orig_hw int32 [2]
-    <m>_engine/       onnxruntime (1/model.onnx) or tensorrt (1/model.plan, built on a GPU host)
+    <m>_engine/       onnxruntime (V/model.onnx) or tensorrt (V/model.plan, built on a GPU host)
     <m>_postprocess/  python: engine outputs + orig_hw -> NUM_DETECTIONS, BOXES, SCORES, CLASSES
     <m>/              the ensemble clients call
+<m> is the variant (damo_yolo_t) or --name. The engine is the versioned model (V = --version, default 1;
+versions already there are kept, within Triton's version_policy); the ensemble runs the newest loaded
+one. A Triton ensemble has one config for all its versions, so it cannot route a request to a chosen
+engine version: two checkpoints side by side (A/B) are two names.
 The engine graph gets a uint8 input with the cast (and RT-DETRv2's 1/255 scale) prepended in-graph, so
 only uint8 pixels travel between steps (4x fewer bytes than float32, also over the PCIe link).
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -28,9 +33,25 @@ from tdet.client.errors import UserError
 from tdet.client.preprocess import MAX_PIXELS
 
 from .configs import (BuildOptions, engine_config, ensemble_config, postprocess_config, preprocess_config,
-                      write_config)
+                      read_config, write_config)
 
 SCALED_INPUT = "images_float"  # internal name of the float tensor the original graph consumed
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+STEP_SUFFIXES = ("_preprocess", "_engine", "_postprocess")
+# what the versions of one name share (the preprocess, postprocess and ensemble configs)
+SHARED = ("family", "input_hw", "category_ids", "engine")
+
+
+@dataclass(frozen=True)
+class Built:
+    """One model `tdet repo build` wrote: its name, the engine version written, the engine versions now
+    present, the weights of the written version, and the weights it replaced ("" if none)."""
+
+    name: str
+    version: int
+    versions: tuple[int, ...]
+    weights: str
+    replaced: str = ""
 
 
 @dataclass(frozen=True)
@@ -113,17 +134,24 @@ def _warmup_image() -> bytes:
     return struct.pack("<I", len(data)) + data
 
 
-def trtexec_command(onnx_path: str, plan_path: str, input_hw: tuple[int, int], max_batch_size: int) -> str:
-    """The exact TensorRT 10 build: fp16, explicit batch profile 1..max_batch_size (opt = max/2)."""
+def trtexec_command(onnx_path: str, plan_path: str, input_hw: tuple[int, int], max_batch_size: int,
+                    precision: str = "fp16") -> str:
+    """The exact TensorRT 10 build: fp16 (or fp32: no precision flag), explicit batch profile
+    1..max_batch_size (opt = max/2)."""
+    if precision not in ("fp16", "fp32"):
+        raise UserError(f"TensorRT precision must be fp16 or fp32, got {precision!r}")
     h, w = input_hw
     shape = lambda b: f"{specs.EXPORT_INPUT}:{b}x3x{h}x{w}"  # noqa: E731
     opt = max(1, max_batch_size // 2)
-    return (f"trtexec --onnx={onnx_path} --saveEngine={plan_path} --fp16 --minShapes={shape(1)} "
+    flag = " --fp16" if precision == "fp16" else ""
+    return (f"trtexec --onnx={onnx_path} --saveEngine={plan_path}{flag} --minShapes={shape(1)} "
             f"--optShapes={shape(opt)} --maxShapes={shape(max_batch_size)}")
 
 
-def _write_variant(stage: Path, model, info: OnnxInfo, opts: BuildOptions, max_pixels: int) -> list[str]:
-    m = info.model_name
+def _write_variant(stage: Path, model, info: OnnxInfo, opts: BuildOptions, max_pixels: int, m: str, version: int,
+                   versions: dict[str, str]) -> list[str]:
+    """Stage the four models of `m` with this graph as engine version `version`; `versions`: engine
+    version -> weights of every version the repository will hold (for the ensemble's parameters)."""
     spec = specs.PREPROCESS[info.family]
     import onnx
 
@@ -138,21 +166,25 @@ def _write_variant(stage: Path, model, info: OnnxInfo, opts: BuildOptions, max_p
                                                          "image.bin"))
     write_config(post / "config.pbtxt", postprocess_config(post.name, info.family, info.input_hw, info.output_dims,
                                                            opts, info.category_ids))
-    (eng / "1").mkdir(parents=True)
+    vdir = eng / str(version)
+    vdir.mkdir(parents=True)
     graph = uint8_engine_graph(model, spec.scale)
     if opts.engine == "tensorrt":
-        onnx.save(graph, str(eng / "model.uint8.onnx"))
-        cmd = trtexec_command('"$HERE/model.uint8.onnx"', '"$HERE/1/model.plan"', info.input_hw, opts.max_batch_size)
-        script = eng / "build_engine.sh"
-        script.write_text(f'#!/bin/sh\n# Builds 1/model.plan on a GPU host (TensorRT 10, same release as the server).\n'
-                          f'set -e\nHERE="$(cd "$(dirname "$0")" && pwd)"\n{cmd}\n')
-        script.chmod(0o755)
+        onnx.save(graph, str(vdir / "model.uint8.onnx"))
+        cmd = trtexec_command('"$HERE/model.uint8.onnx"', '"$HERE/model.plan"', info.input_hw, opts.max_batch_size,
+                              opts.precision)
+        _script(vdir / "build_plan.sh", f"# Builds model.plan of version {version} on a GPU host (TensorRT 10, "
+                                        f"same release as the server; {opts.precision}).", cmd)
+        _script(eng / "build_engine.sh", "# Builds the plan of every version of this engine.",
+                'for s in "$HERE"/*/build_plan.sh; do sh "$s"; done')
     else:
-        onnx.save(graph, str(eng / "1" / "model.onnx"))
+        onnx.save(graph, str(vdir / "model.onnx"))
     write_config(eng / "config.pbtxt", engine_config(eng.name, info.family, info.input_hw, info.output_dims, opts))
-    meta = {"family": info.family, "variant": info.variant, "weights": info.weights,
-            "class_names": json.dumps(info.class_names), "category_ids": json.dumps(info.category_ids),
-            "input_hw": f"{info.input_hw[0]},{info.input_hw[1]}", "engine": opts.engine, **info.size}
+    newest = str(max(int(v) for v in versions))
+    meta = {"family": info.family, "variant": info.variant, "weights": versions[newest],
+            "versions": json.dumps(versions, sort_keys=True), "class_names": json.dumps(info.class_names),
+            "category_ids": json.dumps(info.category_ids), "input_hw": f"{info.input_hw[0]},{info.input_hw[1]}",
+            "engine": opts.engine, **info.size}
     ens = stage / m
     (ens / "1").mkdir(parents=True)  # an ensemble needs an (empty) version directory
     write_config(ens / "config.pbtxt", ensemble_config(m, info.family, opts, meta))
@@ -160,44 +192,103 @@ def _write_variant(stage: Path, model, info: OnnxInfo, opts: BuildOptions, max_p
     return [pre.name, eng.name, post.name, m]
 
 
-def build_repository(onnx_files: list[str | Path], out: str | Path = "model_repository",
-                     opts: BuildOptions = BuildOptions(), max_pixels: int = MAX_PIXELS) -> list[str]:
-    """Write the models of each ONNX file into `out`; returns the model names written.
+def _script(path: Path, comment: str, command: str) -> None:
+    path.write_text(f'#!/bin/sh\n{comment}\nset -e\nHERE="$(cd "$(dirname "$0")" && pwd)"\n{command}\n')
+    path.chmod(0o755)
 
-    Each variant is staged in a temp directory next to `out` and moved in only when complete, so an
-    error never leaves a half-written model that Triton would try to load. Existing models of the same
-    name are replaced; others are left alone."""
+
+def _existing_versions(out: Path, m: str) -> tuple[dict[str, str], dict[str, str]]:
+    """(shared parameters, engine version -> weights) of model `m` already in `out` ({} , {} if none)."""
+    path = out / m / "config.pbtxt"
+    if not path.is_file():
+        return {}, {}
+    params = {k: v.string_value for k, v in read_config(path).parameters.items()}
+    on_disk = sorted(int(d.name) for d in (out / f"{m}_engine").glob("*") if d.is_dir() and d.name.isdigit())
+    recorded = json.loads(params.get("versions", "{}")) or {"1": params.get("weights", "unknown")}
+    return params, {str(v): recorded.get(str(v), "unknown") for v in on_disk}
+
+
+def _plan(out: Path, m: str, info: OnnxInfo, opts: BuildOptions, version: int, replace: bool
+          ) -> tuple[dict[str, str], str]:
+    """Which engine versions `m` holds after this build (version -> weights) and which weights it replaces.
+    UserError when the build would silently replace other weights, or mix incompatible versions."""
+    params, versions = _existing_versions(out, m)
+    new = {"family": info.family, "input_hw": f"{info.input_hw[0]},{info.input_hw[1]}",
+           "category_ids": json.dumps(info.category_ids), "engine": opts.engine}
+    clash = [k for k in SHARED if params and params.get(k) != new[k]]
+    if clash:
+        if not replace:
+            raise UserError(f"{out / m} holds a model with another {', '.join(clash)} ({params.get('variant')}, "
+                            f"weights {params.get('weights')}); versions of one name share the preprocess and "
+                            f"postprocess: pass --name to build this one beside it, or --replace")
+        return {str(version): info.weights}, params.get("weights", "")
+    old = versions.get(str(version), "")
+    if old and old != info.weights and not replace:
+        raise UserError(f"{out / m} version {version} holds weights {old!r}, this ONNX has {info.weights!r}: pass "
+                        f"--name to serve both side by side (A/B), --version N to add it as another version, or "
+                        f"--replace")
+    return {**versions, str(version): info.weights}, (old if old != info.weights else "")
+
+
+def _load(path: str | Path):
     import onnx
 
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"ONNX file not found: {path}")
+    try:
+        return onnx.load(str(path))
+    except Exception as err:
+        raise UserError(f"{path} is not a readable ONNX file: {err}") from None
+
+
+def build_repository(onnx_files: list[str | Path], out: str | Path = "model_repository",
+                     opts: BuildOptions = BuildOptions(), max_pixels: int = MAX_PIXELS, *, name: str | None = None,
+                     version: int = 1, replace: bool = False) -> list[Built]:
+    """Write the models of each ONNX file into `out`; returns what was built.
+
+    name: the model name (one file only; default: the variant with underscores). version: the engine
+    version this graph becomes; the other versions of that name stay. A name that holds other weights at
+    that version is only replaced with `replace`. Each variant is staged in a temp directory next to
+    `out` and moved in only when complete, so an error never leaves a half-written model that Triton
+    would try to load. Models of other names are left alone."""
     if opts.max_batch_size < 1 or opts.max_detections < 1 or min(opts.preprocess_instances, opts.engine_instances, opts.postprocess_instances) < 1 or opts.ort_threads < 0:
         raise UserError("max batch size, max detections and instance counts must be >= 1, ORT threads >= 0")
     if opts.engine not in ("onnxruntime", "tensorrt"):
         raise UserError(f"unknown engine kind {opts.engine!r}; use onnxruntime or tensorrt")
+    if opts.precision not in ("fp16", "fp32"):
+        raise UserError(f"unknown precision {opts.precision!r}; use fp16 or fp32")
+    if version < 1:
+        raise UserError(f"--version must be >= 1, got {version}")
+    if name is not None:
+        if len(onnx_files) != 1:
+            raise UserError(f"--name names one model: pass one --onnx file, not {len(onnx_files)}")
+        if not MODEL_NAME.fullmatch(name) or name.endswith(STEP_SUFFIXES):
+            raise UserError(f"--name {name!r}: use letters, digits, '_' and '-', not ending in {'/'.join(STEP_SUFFIXES)}")
     out = Path(out)
+    names = [name or read_onnx_info(_load(f)).model_name for f in onnx_files]  # every file checked before any write
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UserError(f"several --onnx files would be model(s) {twice}; build them one at a time with --name")
     out.mkdir(parents=True, exist_ok=True)
-    models = []
-    for f in onnx_files:
-        if not Path(f).is_file():
-            raise FileNotFoundError(f"ONNX file not found: {f}")
-        try:
-            model = onnx.load(str(f))
-        except Exception as err:
-            raise UserError(f"{f} is not a readable ONNX file: {err}") from None
+    built: list[Built] = []
+    for f, m in zip(onnx_files, names):
+        model = _load(f)
         info = read_onnx_info(model)
+        versions, replaced = _plan(out, m, info, opts, version, replace)
         stage = Path(tempfile.mkdtemp(prefix=".stage-", dir=out.parent))
         try:
-            names = _write_variant(stage, model, info, opts, max_pixels)
-            for name in names:
-                if (out / name).exists():
-                    shutil.rmtree(out / name)
-                os.replace(stage / name, out / name)
+            names = _write_variant(stage, model, info, opts, max_pixels, m, version, versions)
+            for v in versions:  # the other versions of the engine move over as they are
+                if v != str(version):
+                    shutil.copytree(out / f"{m}_engine" / v, stage / f"{m}_engine" / v)
+            for step in names:
+                if (out / step).exists():
+                    shutil.rmtree(out / step)
+                os.replace(stage / step, out / step)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
-        models.append(info.model_name)
+        built.append(Built(m, version, tuple(sorted(int(v) for v in versions)), info.weights, replaced))
     if opts.engine == "tensorrt":
-        script = out / "build_engines.sh"
-        script.write_text('#!/bin/sh\n# Builds every tensorrt engine of this repository (run on the GPU host).\n'
-                          'set -e\nHERE="$(cd "$(dirname "$0")" && pwd)"\n'
-                          'for s in "$HERE"/*_engine/build_engine.sh; do sh "$s"; done\n')
-        script.chmod(0o755)
-    return models
+        _script(out / "build_engines.sh", "# Builds every tensorrt engine of this repository (run on the GPU host).",
+                'for s in "$HERE"/*_engine/build_engine.sh; do sh "$s"; done')
+    return built

@@ -9,84 +9,123 @@ from pathlib import Path
 
 from tdet.client.errors import UserError
 
+from .options import BuildOptions, VersionPolicy
+
+_D = BuildOptions()  # the defaults the flags show
+
+
+def _policy(text: str) -> VersionPolicy:
+    try:
+        return VersionPolicy.parse(text)
+    except UserError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     repo = sub.add_parser("repo", help="build the Triton model repository",
                           description="Triton model repository commands.")
     rsub = repo.add_subparsers(dest="repo_command", metavar="SUBCOMMAND", required=True)
     p = rsub.add_parser("build", help="exported ONNX files -> preprocess/engine/postprocess/ensemble models",
-                        description="For each ONNX file from `tdet export`, write M_preprocess, M_engine, "
-                                    "M_postprocess and the M ensemble (M = variant with underscores).")
+                        description="For each ONNX file from `tdet export`, write NAME_preprocess, NAME_engine, "
+                                    "NAME_postprocess and the NAME ensemble (NAME: --name, else the variant with "
+                                    "underscores). A model of that name built from other weights is not replaced "
+                                    "unless --replace: use --name to serve both side by side (A/B), or --version "
+                                    "to add the checkpoint as a new engine version of that name.")
     p.add_argument("--onnx", nargs="+", type=Path, required=True, help="ONNX files from `tdet export`")
     p.add_argument("--out", type=Path, default=Path("model_repository"), help="repository folder")
-    p.add_argument("--engine", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
+    p.add_argument("--name", help="model name (one --onnx file only; default: the variant, e.g. damo_yolo_t)")
+    p.add_argument("--version", type=int, default=1,
+                   help="Triton version of the engine: N/ holds this checkpoint; other versions already there are "
+                        "kept (same family, input size and classes required)")
+    p.add_argument("--version-policy", type=_policy, default=_D.version_policy,
+                   help="which engine versions Triton loads: latest[:N] (the newest N), all, or specific:1,3; the "
+                        "ensemble uses the newest loaded one")
+    p.add_argument("--replace", action="store_true", help="replace a model of the same name built from other weights")
+    p.add_argument("--engine", choices=["onnxruntime", "tensorrt"], default=_D.engine,
                    help="onnxruntime: model.onnx (CPU here, or Triton's ORT backend); tensorrt: model.plan built "
-                        "on the GPU host by <M>_engine/build_engine.sh (docker compose run engine-builder)")
-    p.add_argument("--max-batch-size", type=int, default=16)
-    p.add_argument("--max-detections", type=int, default=100, help="K: detections per image")
-    p.add_argument("--score-threshold", type=float, default=0.05, help="DAMO-YOLO candidate score threshold")
-    p.add_argument("--iou-threshold", type=float, default=0.7, help="DAMO-YOLO class-aware NMS IoU")
-    p.add_argument("--queue-delay-us", type=int, default=1000, help="dynamic batching max queue delay")
-    p.add_argument("--preprocess-instances", type=int, default=2)
-    p.add_argument("--engine-instances", type=int, default=1)
-    p.add_argument("--postprocess-instances", type=int, default=1)
-    p.add_argument("--ort-threads", type=int, default=2, help="ONNX Runtime intra-op threads per engine instance "
-                                                                 "(0: ORT default, all cores)")
-    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="onnxruntime engine instance kind")
+                        "on the GPU host by NAME_engine/build_engine.sh (docker compose run engine-builder)")
+    p.add_argument("--precision", choices=["fp16", "fp32"], default=_D.precision,
+                   help="TensorRT engine precision (--engine tensorrt)")
+    p.add_argument("--max-batch-size", type=int, default=_D.max_batch_size, help="rows per request and per batch")
+    p.add_argument("--max-detections", type=int, default=_D.max_detections,
+                   help="K: the output size, the most detections per image (a request's max_det may lower it)")
+    p.add_argument("--score-threshold", type=float, default=_D.score_threshold,
+                   help="default conf: detections with score > this are returned, both families (a request's "
+                        "conf overrides it)")
+    p.add_argument("--iou-threshold", type=float, default=_D.iou_threshold,
+                   help="default iou: DAMO-YOLO's class-aware NMS IoU (RT-DETRv2 has no NMS)")
+    p.add_argument("--clip", action="store_true", help="clip boxes to the image by default (a request's clip "
+                                                       "overrides it; off: as the official COCO evaluations)")
+    p.add_argument("--queue-delay-us", type=int, default=_D.queue_delay_us,
+                   help="dynamic batching: the longest a request waits for a batch to fill (microseconds)")
+    p.add_argument("--preprocess-instances", type=int, default=_D.preprocess_instances,
+                   help="preprocess processes (image decoding is CPU-bound Python: about one per core)")
+    p.add_argument("--engine-instances", type=int, default=_D.engine_instances, help="engine instances")
+    p.add_argument("--postprocess-instances", type=int, default=_D.postprocess_instances,
+                   help="postprocess processes")
+    p.add_argument("--ort-threads", type=int, default=_D.ort_threads,
+                   help="ONNX Runtime intra-op threads per engine instance (0: ORT's own choice, all cores)")
+    p.add_argument("--device", choices=["cpu", "gpu"], default=_D.device, help="onnxruntime engine instance kind")
     p.set_defaults(func=cmd_repo_build)
 
     p = sub.add_parser("serve", help="start the local tritonserver (CPU) on a repository",
                        description="Start the tritonserver bundled in nvidia-pytriton on 127.0.0.1, wait until "
-                                   "every model is READY, print the endpoints; Ctrl-C stops it.")
-    p.add_argument("--repository", type=Path, default=Path("model_repository"))
-    p.add_argument("--http-port", type=int, default=8000)
-    p.add_argument("--grpc-port", type=int, default=8001)
-    p.add_argument("--metrics-port", type=int, default=8002)
+                                   "every model is READY, print the endpoints; Ctrl-C stops it. Several servers "
+                                   "may run side by side on other ports.")
+    p.add_argument("--repository", type=Path, default=Path("model_repository"), help="the model repository")
+    p.add_argument("--http-port", type=int, default=8000, help="HTTP/REST port (0: any free port)")
+    p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (0: any free port)")
+    p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port (0: any free port)")
     p.add_argument("--detach", action="store_true", help="leave it running in the background (stop: tdet stop)")
+    p.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default="none",
+                   help="Triton's: poll loads models built into the repository later (and reloads changed ones)")
     p.add_argument("--timeout", type=float, default=300, help="seconds to wait for READY")
     p.add_argument("--verbose", action="store_true", help="verbose server log")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("stop", help="stop a server started with `tdet serve --detach`")
+    p = sub.add_parser("stop", help="stop servers started with `tdet serve --detach`",
+                       description="Stop a detached server: the only one running, or the one named by --http-port "
+                                   "or --pid, or --all. Nothing to stop is not an error (exit 0).")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--http-port", type=int, help="the server on this HTTP port")
+    which.add_argument("--pid", type=int, help="the server with this process id")
+    which.add_argument("--all", action="store_true", help="every detached server")
     p.set_defaults(func=cmd_stop)
 
 
 def cmd_repo_build(args: argparse.Namespace) -> int:
-    from .builder import BuildOptions, build_repository
+    from .builder import build_repository
 
     opts = BuildOptions(engine=args.engine, max_batch_size=args.max_batch_size, max_detections=args.max_detections,
-                        score_threshold=args.score_threshold, iou_threshold=args.iou_threshold,
+                        score_threshold=args.score_threshold, iou_threshold=args.iou_threshold, clip=args.clip,
                         queue_delay_us=args.queue_delay_us, preprocess_instances=args.preprocess_instances,
                         engine_instances=args.engine_instances, postprocess_instances=args.postprocess_instances,
-                        ort_threads=args.ort_threads, device=args.device)
-    for name in build_repository(args.onnx, args.out, opts):
-        print(f"built {name} ({name}_preprocess -> {name}_engine [{args.engine}] -> {name}_postprocess) in {args.out}")
+                        ort_threads=args.ort_threads, device=args.device, precision=args.precision,
+                        version_policy=args.version_policy)
+    for b in build_repository(args.onnx, args.out, opts, name=args.name, version=args.version, replace=args.replace):
+        versions = ", ".join(map(str, b.versions))
+        print(f"built {b.name} ({b.name}_preprocess -> {b.name}_engine [{args.engine}, version {b.version}; "
+              f"versions present: {versions}] -> {b.name}_postprocess) in {args.out}  [weights: {b.weights}]"
+              + (f"  (replaced weights {b.replaced})" if b.replaced else ""))
     if args.engine == "tensorrt":
         print("TensorRT: build the plans on the GPU host: docker compose run --rm engine-builder")
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .server import check_repository, read_pidfile, start, stop_process, write_pidfile
+    from .server import check_repository, start, stop_process, write_record
 
     models = check_repository(args.repository)
-    running = read_pidfile()
-    if args.detach and running is not None:
-        try:
-            import os
-            os.kill(running.pid, 0)
-            raise UserError(f"a detached server is already running (pid {running.pid}, http {running.http_url}): "
-                             "tdet stop first")
-        except ProcessLookupError:
-            pass
     proc, info = start(args.repository, http_port=args.http_port, grpc_port=args.grpc_port,
-                       metrics_port=args.metrics_port, timeout_s=args.timeout, verbose=args.verbose)
+                       metrics_port=args.metrics_port, timeout_s=args.timeout, verbose=args.verbose,
+                       model_control_mode=args.model_control_mode)
     print(f"tritonserver READY (pid {info.pid}) with {len(models)} models from {args.repository}\n"
           f"  gRPC     {info.grpc_url}\n  HTTP     {info.http_url}\n  metrics  {info.metrics_url}\n  log      {info.log}")
     if args.detach:
-        write_pidfile(info)
-        print("detached: stop it with `tdet stop`")
+        write_record(info)
+        print(f"detached: stop it with `tdet stop --http-port {info.http_port}` (or `tdet stop` when it is the only one)")
         return 0
+
     def _terminate(signum, frame):  # `kill <tdet serve pid>` must stop the server too, like Ctrl-C
         raise KeyboardInterrupt
 
@@ -104,15 +143,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from .server import is_tritonserver, pidfile, read_pidfile, stop_process
+    """Exit 0 when the named servers are stopped or were not running; 2 when it is ambiguous which one."""
+    from .server import running_servers, stop_process
 
-    info = read_pidfile()
-    if info is None:
-        raise UserError("no detached server recorded (start one with `tdet serve --detach`)")
-    if not is_tritonserver(info.pid):
-        pidfile().unlink(missing_ok=True)
-        raise UserError(f"the recorded server (pid {info.pid}) is not running any more; record removed")
-    stop_process(info.pid)
-    pidfile().unlink(missing_ok=True)
-    print(f"stopped tritonserver pid {info.pid}")
+    running = running_servers()
+    if args.http_port is not None:
+        chosen = [r for r in running if r[1].http_port == args.http_port]
+        nothing = f"no detached server is running on http port {args.http_port}"
+    elif args.pid is not None:
+        chosen = [r for r in running if r[1].pid == args.pid]
+        nothing = f"no detached server with pid {args.pid} is running"
+    else:
+        chosen, nothing = running, "no detached server is running"
+        if len(running) > 1 and not args.all:
+            listed = "; ".join(f"http port {i.http_port} (pid {i.pid}, {i.repository})" for _, i in running)
+            raise UserError(f"{len(running)} detached servers are running: {listed}. "
+                            "Pass --http-port PORT, --pid PID or --all")
+    if not chosen:
+        print(f"{nothing}: nothing to stop")
+        return 0
+    for path, info in chosen:
+        stop_process(info.pid)
+        path.unlink(missing_ok=True)
+        print(f"stopped tritonserver pid {info.pid} (http port {info.http_port})")
     return 0

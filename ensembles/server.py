@@ -126,9 +126,19 @@ def server_env() -> dict[str, str]:
     return env
 
 
+MODEL_CONTROL_MODES = ("none", "poll", "explicit")
+
+
 def start(repository: Path, *, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
-          log: Path | None = None, timeout_s: float = 180.0, verbose: bool = False) -> tuple[subprocess.Popen, ServerInfo]:
-    """Start tritonserver on 127.0.0.1 and wait until it is READY. Raises with the log tail on failure."""
+          log: Path | None = None, timeout_s: float = 180.0, verbose: bool = False,
+          model_control_mode: str = "none") -> tuple[subprocess.Popen, ServerInfo]:
+    """Start tritonserver on 127.0.0.1 and wait until it is READY. Raises with the log tail on failure.
+
+    model_control_mode: Triton's. "none": the repository as it is at start; "poll": models added,
+    changed or removed later (e.g. by `tdet repo build` into it) are loaded/unloaded within seconds;
+    "explicit": every model is loaded at start, later ones through the load/unload API."""
+    if model_control_mode not in MODEL_CONTROL_MODES:
+        raise UserError(f"--model-control-mode must be one of {MODEL_CONTROL_MODES}, got {model_control_mode!r}")
     repository = repository.resolve()
     check_repository(repository)
     # 0 means any free port (tests, several servers side by side)
@@ -143,7 +153,12 @@ def start(repository: Path, *, http_port: int = 8000, grpc_port: int = 8001, met
            f"--metrics-port={metrics_port}", "--http-address=127.0.0.1", "--grpc-address=127.0.0.1",
            "--metrics-address=127.0.0.1", "--strict-readiness=true", "--exit-on-error=true",
            "--backend-config=python,shm-default-byte-size=16777216",
-           "--backend-config=python,shm-growth-byte-size=16777216", f"--log-verbose={1 if verbose else 0}"]
+           "--backend-config=python,shm-growth-byte-size=16777216", f"--log-verbose={1 if verbose else 0}",
+           f"--model-control-mode={model_control_mode}"]
+    if model_control_mode == "explicit":
+        cmd.append("--load-model=*")
+    elif model_control_mode == "poll":
+        cmd.append("--repository-poll-secs=2")
     with open(log, "wb") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True)
     info = ServerInfo(proc.pid, http_port, grpc_port, metrics_port, str(repository), str(log))
@@ -175,26 +190,38 @@ def wait_ready(info: ServerInfo, proc: subprocess.Popen | None, timeout_s: float
 
 
 _FAILED_LOAD = re.compile(r"failed to load '([^']+)' version \d+: (.*)")
+_POLL_FAILED = re.compile(r"Poll failed for model directory '([^']+)': ([^\"]*)")
+_PROTOBUF = re.compile(r"Error parsing text-format inference\.ModelConfig: (.*)")
+# start-up lines of a CPU-only machine, not the cause of anything
+_NOISE = ("CudaDriverHelper", "NVML", "DCGM", "failed to load all models", "Unable to find shared library",
+          "pinned memory pool")
 
 
 def load_errors(log: str, lines: int = 25) -> str:
-    """What went wrong while loading, from the server log: one line per model that failed to load with
-    the model's own error (e.g. "m_engine: InvalidProtobuf: ... Protobuf parsing failed."), without the
-    stub's traceback; else the log's error lines (a repository Triton could not parse, a port...)."""
+    """What went wrong while loading, from the server log, the models' own errors first: one line per
+    model that failed to load (e.g. "m_engine: InvalidProtobuf: ... Protobuf parsing failed.", without the
+    stub's traceback) or whose config.pbtxt does not parse (with the parser's message); then the other
+    error lines, without the GPU/driver start-up noise of a CPU-only machine."""
     try:
         text = Path(log).read_text(errors="replace").splitlines()
     except OSError:
         return "(no log)"
     failed: dict[str, str] = {}
+    parse_error = ""
     for line in text:
-        m = _FAILED_LOAD.search(line)
-        if m:
+        if m := _PROTOBUF.search(line):
+            parse_error = m.group(1).strip()
+        if m := _POLL_FAILED.search(line):
+            why = m.group(2).strip()
+            failed.setdefault(m.group(1), f"{why}: {parse_error}" if parse_error else why)
+            parse_error = ""
+        elif m := _FAILED_LOAD.search(line):
             # the log escapes newlines: the first line is the error, "\n\nAt:\n..." the stub's traceback
             first = m.group(2).rstrip('"').split("\\n")[0].strip()
             failed.setdefault(m.group(1), first.removeprefix("Internal: ").removeprefix("Invalid argument: "))
     if failed:
         return "\n".join(f"  model {name!r} failed to load: {why}" for name, why in failed.items())
-    errors = [l for l in text if l[:1] == "E" or "error" in l.lower()]
+    errors = [l for l in text if (l[:1] == "E" or "error" in l.lower()) and not any(n in l for n in _NOISE)]
     return "\n".join((errors or text)[-lines:])
 
 
@@ -229,16 +256,32 @@ def stop_process(pid: int, timeout_s: float = 30.0) -> None:
         pass
 
 
-def pidfile() -> Path:
-    return state_dir() / "server.json"
+def records_dir() -> Path:
+    """One JSON record per detached server (`tdet serve --detach`), named by its HTTP port."""
+    return state_dir() / "servers"
 
 
-def write_pidfile(info: ServerInfo) -> None:
-    pidfile().write_text(json.dumps(asdict(info)))
+def write_record(info: ServerInfo) -> Path:
+    path = records_dir() / f"{info.http_port}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(asdict(info)))
+    return path
 
 
-def read_pidfile() -> ServerInfo | None:
-    try:
-        return ServerInfo(**json.loads(pidfile().read_text()))
-    except (OSError, ValueError, TypeError):
-        return None
+def running_servers() -> list[tuple[Path, ServerInfo]]:
+    """The recorded detached servers that are still running, by HTTP port; records of servers that are
+    gone (or whose pid now belongs to something else) are removed. Reads the single record older
+    versions wrote (state_dir()/server.json) too."""
+    paths = sorted(records_dir().glob("*.json")) if records_dir().is_dir() else []
+    paths += [p for p in [state_dir() / "server.json"] if p.is_file()]
+    out = []
+    for path in paths:
+        try:
+            info = ServerInfo(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            info = None
+        if info is None or not is_tritonserver(info.pid):
+            path.unlink(missing_ok=True)
+            continue
+        out.append((path, info))
+    return sorted(out, key=lambda r: r[1].http_port)

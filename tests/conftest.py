@@ -83,12 +83,15 @@ def repository(exported, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def served(exported, repository, tmp_path_factory) -> Served:
-    """One tritonserver (from the nvidia-pytriton wheel) serving damo_yolo_t and rtdetrv2_s on free ports."""
+    """One tritonserver (from the nvidia-pytriton wheel) serving damo_yolo_t and rtdetrv2_s on free ports.
+
+    Explicit model control (every model loaded at start): a test may build more models into
+    `repository` and load them into this server (load_model) instead of starting another one."""
     from tdet.ensembles.server import free_port, start, stop_process
 
     log = tmp_path_factory.mktemp("server") / "tritonserver.log"
     proc, info = start(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                       log=log, timeout_s=240)
+                       log=log, timeout_s=240, model_control_mode="explicit")
     try:
         yield Served(info.grpc_url, info.http_url, info.metrics_url, ("damo_yolo_t", "rtdetrv2_s"),
                      dict(exported), repository, log, proc.pid)

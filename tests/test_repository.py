@@ -139,11 +139,17 @@ def test_tensorrt_kind_writes_config_and_build_script(exported, tmp_path):
     cfg = _config(repo / "damo_yolo_t_engine" / "config.pbtxt")
     assert cfg.platform == "tensorrt_plan" and cfg.default_model_filename == "model.plan"
     assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
-    script = (repo / "damo_yolo_t_engine" / "build_engine.sh").read_text()
+    script = (repo / "damo_yolo_t_engine" / "1" / "build_plan.sh").read_text()
     assert "--fp16" in script and "--minShapes=images:1x3x640x640" in script
     assert "--maxShapes=images:8x3x640x640" in script and "model.plan" in script
-    assert (repo / "damo_yolo_t_engine" / "model.uint8.onnx").is_file() and (repo / "build_engines.sh").is_file()
+    assert (repo / "damo_yolo_t_engine" / "1" / "model.uint8.onnx").is_file() and (repo / "build_engines.sh").is_file()
+    assert "*/build_plan.sh" in (repo / "damo_yolo_t_engine" / "build_engine.sh").read_text()
     assert not (repo / "damo_yolo_t_engine" / "1" / "model.plan").exists()  # built on the GPU host, never faked
+    # fp32 as version 2 of the same engine: its own plan script without --fp16; version 1's stays
+    build_repository([exported["damo-yolo-t"]], repo, BuildOptions(engine="tensorrt", max_batch_size=8,
+                                                                   precision="fp32"), version=2)
+    assert "--fp16" not in (repo / "damo_yolo_t_engine" / "2" / "build_plan.sh").read_text()
+    assert "--fp16" in (repo / "damo_yolo_t_engine" / "1" / "build_plan.sh").read_text()
 
 
 def test_tensorrt_engine_builds_where_trtexec_exists(exported, tmp_path):
@@ -171,6 +177,6 @@ def test_builder_rejects_a_foreign_onnx_and_leaves_nothing(tmp_path):
     repo = tmp_path / "repo"
     with pytest.raises(ValueError, match="tdet export"):
         build_repository([path], repo)
-    assert list(repo.iterdir()) == [] and not list(tmp_path.glob(".stage-*"))
+    assert not (repo.exists() and list(repo.iterdir())) and not list(tmp_path.glob(".stage-*"))
     with pytest.raises(FileNotFoundError):
         build_repository([tmp_path / "missing.onnx"], repo)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -154,7 +153,8 @@ def test_infer_command_writes_annotated_images_and_json(served, images, tmp_path
         annotated = cv2.imread(str(out / f"{stem}.jpg"))
         assert annotated is not None and annotated.shape[:2] == (h, w)
         row = json.loads((out / f"{stem}.json").read_text())
-        assert (row["height"], row["width"]) == (h, w) and len(row["detections"]) == 100
+        assert (row["height"], row["width"]) == (h, w) and len(row["detections"]) > 0
+        assert all(d["score"] > 0.25 for d in row["detections"])  # infer's default --conf, applied by the server
         assert {"box", "score", "category_id", "class_name"} <= set(row["detections"][0])
     assert len(json.loads((out / "detections.json").read_text())) == 2
 
@@ -182,24 +182,8 @@ def test_serve_refuses_an_invalid_repository(tmp_path):
     res = _tdet("serve", "--repository", str(tmp_path), "--http-port", "0", "--grpc-port", "0",
                 "--metrics-port", "0", timeout=120)
     assert res.returncode == 2 and "exited" in res.stderr and "Traceback" not in res.stderr
-
-
-def test_serve_detach_then_stop(exported, tmp_path):
-    """`tdet serve --detach` leaves a READY server behind; `tdet stop` ends it and its stubs."""
-    from tdet.ensembles.builder import build_repository
-
-    repo = tmp_path / "repo"
-    build_repository([exported["damo-yolo-t"]], repo)
-    env = {**os.environ, "TDET_CACHE": str(tmp_path / "cache")}  # its own pidfile, not the user's
-    res = _tdet("serve", "--repository", str(repo), "--detach", "--http-port", "0", "--grpc-port", "0",
-                "--metrics-port", "0", env=env)
-    assert res.returncode == 0, res.stderr
-    info = json.loads((tmp_path / "cache" / "triton" / "server.json").read_text())
-    try:
-        ready = urllib.request.urlopen(f"http://127.0.0.1:{info['http_port']}/v2/health/ready", timeout=5)
-        assert ready.status == 200
-    finally:
-        res = _tdet("stop", env=env, timeout=60)
-    assert res.returncode == 0, res.stderr
-    with pytest.raises(ProcessLookupError):
-        os.killpg(info["pid"], 0)
+    # the model's own error first, without the driver/DCGM start-up noise of a CPU-only machine
+    lines = res.stderr.splitlines()
+    assert lines[1].startswith("  model 'broken' failed to load: failed to read text proto"), res.stderr
+    assert 'has no field named "this"' in lines[1]
+    assert not any(n in res.stderr for n in ("NVML", "DCGM", "CudaDriverHelper")), res.stderr
