@@ -28,6 +28,42 @@ AREAS = (
 )
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default ("(default: 8001)"), unless the default is None, False or
+    suppressed, or the help already says it; descriptions keep their line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or default is None or default is False or default == argparse.SUPPRESS
+                or "%(default)" in text or "(default" in text):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with tdet's help formatter, handed down to every subcommand's parser."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def version() -> str:
+    try:
+        from importlib.metadata import PackageNotFoundError, version as dist_version
+
+        return dist_version("tdet")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
+def command_name(args: argparse.Namespace) -> str:
+    """"data synth", "repo build", "infer": the subcommand path the user typed, for error lines."""
+    parts = [args.command] + [v for k, v in sorted(vars(args).items()) if k.endswith("_command") and v]
+    return " ".join(parts)
+
+
 USER_ERRORS = (UserError, InferenceError, FileNotFoundError, FileExistsError, NotADirectoryError,
                IsADirectoryError, PermissionError, ConnectionError, TimeoutError)
 
@@ -42,11 +78,13 @@ def make_reference(variant: str, weights: str | None) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="tdet",
         description="DAMO-YOLO and RT-DETRv2 from checkpoint to Triton: info, export, repository, serving, "
-                    "inference, evaluation and load testing.",
+                    "inference, evaluation and load testing. `tdet COMMAND --help` shows each command's "
+                    "options with their defaults.",
     )
+    parser.add_argument("--version", action="version", version=f"tdet {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for area in AREAS:
         try:
@@ -63,17 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    name = command_name(args)
     try:
         result = args.func(args)
     except USER_ERRORS as err:
-        print(f"tdet {args.command}: error: {err}", file=sys.stderr)
+        print(f"tdet {name}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"tdet {args.command}: interrupted", file=sys.stderr)
+        print(f"tdet {name}: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - a bug: the traceback is what a report needs
         traceback.print_exc()
-        print(f"tdet {args.command}: internal error ({type(err).__name__}); the traceback above is a bug in tdet, "
+        print(f"tdet {name}: internal error ({type(err).__name__}); the traceback above is a bug in tdet, "
               "please report it", file=sys.stderr)
         return 1
     return int(result or 0)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from .errors import UserError
-from .triton import DEFAULT_RETRIES, add_connection_args
+from .triton import DEFAULT_RETRIES, add_connection_args, add_url_args, server_url
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -30,8 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = dsub.add_parser("synth", help="generate a learnable COCO-format detection dataset",
                         description="Write DIR/images/*.jpg and DIR/annotations.json (COCO format): six shape kinds "
                                     "(rectangle, ellipse, triangle, star, cross, ring; category ids 1-6), the class "
-                                    "is what is drawn. Train and val splits come from different seeds.",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                    "is what is drawn. Train and val splits come from different seeds.")
     p.add_argument("--out", type=Path, required=True, help="dataset folder")
     p.add_argument("--num", type=int, default=16, help="number of images")
     p.add_argument("--seed", type=int, default=0, help="seed (with --split, picks the images)")
@@ -47,11 +46,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     _server_args(p)
     p.add_argument("--coco", type=Path, required=True, help="COCO annotations JSON")
     p.add_argument("--images", type=Path, required=True, help="folder with the annotated images")
-    p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--out", type=Path, help="output folder (default build/eval/MODEL)")
+    p.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+    p.add_argument("--out", type=Path, help="output folder (default: build/eval/MODEL)")
+    p.add_argument("--conf", type=float, help="score threshold sent with every request (default: the family's "
+                                              "official COCO protocol: 0.05 DAMO-YOLO, none (0) RT-DETRv2)")
+    p.add_argument("--iou", type=float, help="DAMO-YOLO NMS IoU sent with every request (default: the official 0.7)")
     p.add_argument("--reference", metavar="VARIANT", help="also run VARIANT in-process (PyTorch, needs the train "
                                                           "extra) and report the delta")
-    p.add_argument("--weights", help="checkpoint for --reference (default: the same seeded init as export)")
+    p.add_argument("--weights", help="checkpoint for --reference (default: the weights the served model was "
+                                     "exported with)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("loadtest", help="Locust load test with throughput/latency report",
@@ -59,24 +62,26 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "latencies, Triton batch/queue/compute per step, CSV + JSON + PNG/HTML report. "
                                    "Stops early, with what it measured, if the server goes away.")
     _server_args(p, retries=0)  # a load test counts failures; retries would hide them
-    p.add_argument("--users", type=int, default=4)
-    p.add_argument("--spawn-rate", type=float, default=4)
-    p.add_argument("--duration", type=float, default=30, help="seconds")
-    p.add_argument("--images", type=Path, required=True, help="image file or folder to rotate through")
-    p.add_argument("--out", type=Path, default=Path("build/loadtest"))
-    p.add_argument("--metrics-url", help="Triton metrics, e.g. http://127.0.0.1:8002/metrics")
-    p.add_argument("--sweep", type=_ints, help="concurrency sweep, e.g. 1,2,4,8,16")
+    p.add_argument("--users", type=int, default=4, help="concurrent users (closed loop: one request in flight each)")
+    p.add_argument("--spawn-rate", type=float, default=4, help="users started per second")
+    p.add_argument("--duration", type=float, default=30, help="seconds of load per run")
+    p.add_argument("--images", type=Path, required=True, help="image file or folder (searched recursively) to "
+                                                               "rotate through")
+    p.add_argument("--out", type=Path, default=Path("build/loadtest"), help="report folder")
+    p.add_argument("--metrics-url", help="Triton's Prometheus metrics (default: http://HOST:8002/metrics, HOST from "
+                                         "--url; skipped with a warning if nothing answers there; '' to skip)")
+    p.add_argument("--sweep", type=_ints, help="concurrency sweep, e.g. 1,2,4,8,16: one run per level, --users "
+                                               "and --spawn-rate ignored")
     p.set_defaults(func=cmd_loadtest)
 
     p = sub.add_parser("compare", help="the DAMO-YOLO vs RT-DETRv2 table, measured through the server",
                        description="For each served model: mAP, single-stream p50 latency, saturated throughput, "
                                    "params, GFLOPs; writes compare.md, compare.json and compare.png.")
     p.add_argument("--models", required=True, help="comma-separated served models, e.g. damo_yolo_t,rtdetrv2_s")
-    p.add_argument("--url", help="host:port (default 127.0.0.1:8001 for gRPC, 127.0.0.1:8000 for HTTP)")
-    p.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
-    p.add_argument("--coco", type=Path, required=True)
-    p.add_argument("--images", type=Path, required=True)
-    p.add_argument("--out", type=Path, default=Path("build/compare"))
+    add_url_args(p)
+    p.add_argument("--coco", type=Path, required=True, help="COCO annotations JSON")
+    p.add_argument("--images", type=Path, required=True, help="folder with the annotated images")
+    p.add_argument("--out", type=Path, default=Path("build/compare"), help="output folder")
     p.add_argument("--seconds", type=float, default=10, help="saturation run length per model")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight at saturation")
     add_connection_args(p)
@@ -85,16 +90,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _server_args(p: argparse.ArgumentParser, *, retries: int = DEFAULT_RETRIES) -> None:
     p.add_argument("--model", required=True, help="served ensemble, e.g. damo_yolo_t")
-    p.add_argument("--url", help="host:port (default 127.0.0.1:8001 for gRPC, 127.0.0.1:8000 for HTTP)")
-    p.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
+    add_url_args(p)
     add_connection_args(p, retries=retries)
-
-
-def _url(args: argparse.Namespace) -> str:
-    """--url, or the local server's default port for --protocol (an HTTP client on the gRPC port fails obscurely)."""
-    from .triton import DEFAULT_PORTS
-
-    return args.url or f"127.0.0.1:{DEFAULT_PORTS[args.protocol]}"
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -112,7 +109,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError("--weights goes with --reference VARIANT")
     # the in-process run lives in training/; the CLI front (tdet.client.cli) hands over its constructor
     reference = args.make_reference(args.reference, args.weights) if args.reference else None
-    res = evaluate(args.model, _url(args), args.coco, args.images, protocol=args.protocol,
+    res = evaluate(args.model, server_url(args), args.coco, args.images, protocol=args.protocol,
                    concurrency=args.concurrency, out=args.out, reference=reference, timeout_s=args.timeout,
                    retries=args.retries)
     print(format_metrics(res))
@@ -130,10 +127,10 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     kw = dict(protocol=args.protocol, duration_s=args.duration, images=args.images, metrics_url=args.metrics_url,
               timeout_s=args.timeout, retries=args.retries)
     if args.sweep:
-        runs = sweep(args.model, _url(args), args.sweep, out=args.out, **kw)
+        runs = sweep(args.model, server_url(args), args.sweep, out=args.out, **kw)
         report = f"sweep report: {args.out / 'sweep.csv'}, {args.out / 'sweep.png'}, {args.out / 'report.html'}"
     else:
-        runs = [run_once(args.model, _url(args), users=args.users, spawn_rate=args.spawn_rate, out=args.out, **kw)]
+        runs = [run_once(args.model, server_url(args), users=args.users, spawn_rate=args.spawn_rate, out=args.out, **kw)]
         report = f"report: {args.out / 'summary.json'}, {args.out / 'latencies.csv'}, {args.out / 'report.png'}"
     for r in runs:
         print(format_summary(r))
@@ -148,7 +145,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare, markdown_table
 
-    rows = compare([m for m in args.models.split(",") if m], _url(args), args.coco, args.images, out=args.out,
+    rows = compare([m for m in args.models.split(",") if m], server_url(args), args.coco, args.images, out=args.out,
                    protocol=args.protocol, seconds=args.seconds, concurrency=args.concurrency,
                    timeout_s=args.timeout, retries=args.retries)
     print(markdown_table(rows))

@@ -1,17 +1,68 @@
-"""The `tdet` front: every subcommand has --help, and user errors exit 2 with one line, no traceback."""
+"""The `tdet` front: every subcommand has --help showing every option's help and default, the README's CLI
+reference matches the parser, --version, and user errors exit 2 with one line naming the command."""
 
+import argparse
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tdet.client.cli import build_parser
+from tdet.client.cli_reference import BEGIN, END, _subparsers, reference
+
+README = Path(__file__).parents[1] / "README.md"
 
 
 def _subcommands() -> list[str]:
     parser = build_parser()
     action = next(a for a in parser._actions if a.dest == "command")
     return sorted(action.choices)
+
+
+def _leaves() -> list[str]:
+    return [path.removeprefix("tdet ") for path, _ in _subparsers(build_parser(), "tdet")]
+
+
+@pytest.mark.parametrize("command", _leaves())
+def test_every_option_has_help_and_shows_its_default(command):
+    parser = dict(_subparsers(build_parser(), "tdet"))[f"tdet {command}"]
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        text = formatter._expand_help(action)
+        assert action.help and text.strip(), f"tdet {command} {action.option_strings or action.dest}: no help text"
+        meaningful = action.option_strings and action.default not in (None, False, argparse.SUPPRESS)
+        if meaningful:
+            assert "default" in text, f"tdet {command} {action.option_strings}: the default is not shown: {text!r}"
+
+
+def test_readme_cli_reference_matches_the_parser():
+    text = README.read_text()
+    block = text[text.index(BEGIN): text.index(END) + len(END)] + "\n"
+    assert block == reference(build_parser()), \
+        "README's CLI reference is stale: run `python -m tdet.client.cli_reference --write`"
+
+
+def test_version_and_help_defaults_on_the_command_line():
+    out = subprocess.run([sys.executable, "-m", "tdet.client.cli", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("tdet ")
+    out = subprocess.run([sys.executable, "-m", "tdet.client.cli", "infer", "--help"], capture_output=True, text=True,
+                         env={**os.environ, "COLUMNS": "200"})
+    assert "127.0.0.1:8001 for gRPC" in out.stdout and "(default: 0.25)" in out.stdout
+    assert "(default: build/infer/MODEL)" in out.stdout and "(default: 60.0)" in out.stdout
+
+
+def test_errors_name_the_whole_command(tmp_path, capsys):
+    from tdet.client.cli import main
+
+    (tmp_path / "file").write_text("")
+    assert main(["data", "synth", "--out", str(tmp_path / "file" / "sub"), "--num", "1"]) == 2
+    assert capsys.readouterr().err.startswith("tdet data synth: error: ")
+    assert main(["repo", "build", "--onnx", str(tmp_path / "missing.onnx"), "--out", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.startswith("tdet repo build: error: ONNX file not found")
 
 
 def test_core_subcommands_registered():
@@ -30,7 +81,18 @@ def test_unknown_variant_is_a_clean_error(tmp_path):
                           str(tmp_path / "x.onnx")], capture_output=True, text=True)
     assert out.returncode == 2
     assert "unknown variant 'yolo-nope'" in out.stderr and "Traceback" not in out.stderr
+    assert "RANDOM" not in out.stdout  # arguments are checked before the random-init warning
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_export_names_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
+    from tdet.client.cli import main
+
+    (tmp_path / "notes.pth").write_text("hello, this is text")
+    assert main(["export", "damo-yolo-t", "--weights", str(tmp_path / "notes.pth"), "--out", str(tmp_path / "x.onnx")]) == 2
+    out = capsys.readouterr()
+    assert "is not a PyTorch checkpoint" in out.err and "KeyError" not in out.err
+    assert "RANDOM" not in out.out and not (tmp_path / "x.onnx").exists()
 
 
 def test_info_json_lists_variants_with_sizes():
@@ -42,8 +104,25 @@ def test_info_json_lists_variants_with_sizes():
     rows = {r["name"]: r for r in json.loads(out.stdout)}
     assert rows["damo-yolo-t"]["family"] == "damo-yolo" and rows["rtdetrv2-s"]["family"] == "rtdetrv2"
     assert rows["damo-yolo-t"]["input_size"] == [640, 640]
-    assert abs(rows["damo-yolo-t"]["params_m"] - 8.48) < 0.01 and abs(rows["rtdetrv2-s"]["gflops"] - 60.1) < 0.6
+    # the published tables (DAMO-YOLO README: 8.5 M; RT-DETRv2 README: 60 GFLOPs)
+    assert abs(rows["damo-yolo-t"]["params_m"] - 8.5) < 0.05 and abs(rows["rtdetrv2-s"]["gflops"] - 60) < 0.6
     assert rows["rtdetrv2-s"]["weights_url"].startswith("https://github.com/lyuwenyu/storage/releases/")
+
+
+def test_the_shipped_info_table_is_what_the_code_measures(no_grad):
+    """tdet info reads training/variants.json (no torch, instant); it must list exactly the registered
+    variants with their official weights, and two re-measured variants must give its figures."""
+    from tdet.training.info import all_info, shipped
+    from tdet.training.registry import family_of, variant_names
+
+    table = {r.name: r for r in shipped()}
+    assert list(table) == variant_names()
+    for name, row in table.items():
+        w = family_of(name).WEIGHTS.get(name)
+        assert (row.weights_url, row.published_map) == ((w.url, w.map_coco) if w else (None, None)), name
+        assert row.weights_file == (str(Path(row.weights_file).parent / w.filename) if w else None)
+    for measured in all_info(["damo-yolo-t", "rtdetrv2-s"], measured=True):
+        assert measured == table[measured.name], "stale variants.json: python -m tdet.training.info --write"
 
 
 def test_info_lists_every_registered_variant():
@@ -70,3 +149,17 @@ def test_internal_errors_show_the_traceback_user_errors_one_line(monkeypatch, ca
     assert err == "tdet eval: error: --weights goes with --reference VARIANT\n"
     assert main(["infer", str(tmp_path / "missing.jpg"), "--model", "m", "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.strip().endswith("no such image or folder: " + str(tmp_path / "missing.jpg"))
+
+
+def test_export_check_gives_a_verdict_and_fails_beyond_the_tolerance(tmp_path, monkeypatch, capsys):
+    """--check passes within 1e-3 of each output's magnitude (measured ~1e-6); with a zero tolerance the same
+    export must say FAILED and exit 1."""
+    pytest.importorskip("torch")
+    import tdet.training.export as export
+    from tdet.client.cli import main
+
+    assert export.CheckResult(1e-4, 1e-3).ok and not export.CheckResult(2e-3, 1e-3).ok
+    monkeypatch.setattr(export, "CHECK_RTOL", 0.0)
+    assert main(["export", "damo-yolo-t", "--out", str(tmp_path / "x.onnx"), "--check"]) == 1
+    out = capsys.readouterr()
+    assert "check FAILED" in out.err and "max abs diff" in out.out and (tmp_path / "x.onnx").is_file()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from tdet.client.errors import UserError
 
@@ -14,9 +15,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="list variants with params and GFLOPs (deploy form, 640x640)",
                        description="List every registered variant: family, input size, params (M) and "
                                    "GFLOPs (2 x MACs, torch flop counter) at 1x3x640x640 in deploy form, "
-                                   "the published COCO AP and the official weights URL.")
+                                   "the published COCO AP and the official weights URL. The figures were "
+                                   "measured by this code and ship with it (no torch needed); --measure "
+                                   "measures them again.")
     p.add_argument("variants", nargs="*", help="only these variants (default: all)")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    p.add_argument("--measure", action="store_true", help="build the models and measure now (torch; ~5 s a "
+                                                          "variant) instead of showing the shipped figures")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("export", help="export a variant to ONNX (dynamic batch, named outputs)",
@@ -28,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", help="checkpoint path, or 'official' to download the release file; "
                                      "omitted: a seeded random init (NOT a trained model)")
     p.add_argument("--out", required=True, help="output .onnx file")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17, default 17)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random init when --weights is omitted")
     p.add_argument("--check", action="store_true", help="run ONNX Runtime on the result and print the max "
                                                         "difference from PyTorch at batch 2")
@@ -37,14 +42,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     register_train(sub)
 
 
+def _require_train_extra(command: str) -> None:
+    """A client-only install (no torch) gets the one line that says what to install, not a traceback."""
+    import importlib.util
+
+    def absent(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is None
+        except ValueError:  # set to None in sys.modules: blocked, as good as absent
+            return True
+
+    missing = [m for m in ("torch", "onnx") if absent(m)]
+    if missing:
+        raise UserError(f"tdet {command} needs the train extra ({', '.join(missing)} not installed): "
+                        "pip install 'tdet[train]'")
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .info import all_info
-    from .registry import variant_names
 
-    unknown = [v for v in args.variants if v not in variant_names()]
-    if unknown:
-        raise UserError(f"unknown variant(s) {unknown}; known: {', '.join(variant_names())}")
-    rows = all_info(args.variants or None)
+    if args.measure:
+        _require_train_extra("info --measure")
+    rows = all_info(args.variants or None, measured=args.measure)
     if args.json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))
         return 0
@@ -59,15 +78,25 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_onnx
+    """Exit 0; 1 when --check finds ONNX Runtime and PyTorch apart; 2 for bad arguments."""
+    _require_train_extra("export")
+    from .export import check_export_args, export_onnx
 
+    check_export_args(args.variant, args.out, opset=args.opset, weights=args.weights)
     if args.weights is None:
         print(f"WARNING: no --weights given: exporting {args.variant} with a seeded RANDOM init "
               f"(seed={args.seed}). Detections will be meaningless; use --weights PATH or --weights official.")
     res = export_onnx(args.variant, args.out, weights=args.weights, opset=args.opset, seed=args.seed,
                       check=args.check)
     print(f"exported {res.variant} ({res.family}) -> {res.path}  [weights: {res.weights}]")
-    if res.max_abs_diff is not None:
-        print("ONNX Runtime vs PyTorch, batch 2, max abs diff: "
-              + ", ".join(f"{k} {v:.2e}" for k, v in res.max_abs_diff.items()))
+    if res.check is None:
+        return 0
+    print("ONNX Runtime vs PyTorch, batch 2: " + ", ".join(
+        f"{k} max abs diff {c.max_abs_diff:.2e} (tolerance {c.tolerance:.2e})" for k, c in res.check.items()))
+    failed = [k for k, c in res.check.items() if not c.ok]
+    if failed:
+        print(f"check FAILED: {', '.join(failed)} differ by more than the tolerance "
+              f"({res.check[failed[0]].rule})", file=sys.stderr)
+        return 1
+    print("check passed: ONNX Runtime matches PyTorch within the tolerance")
     return 0

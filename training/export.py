@@ -22,6 +22,20 @@ from .registry import build_model, family_of
 from .weights import checkpoint_meta, resolve
 
 MIN_OPSET = 17  # opset 17 keeps LayerNorm one op (fp16 TensorRT engines break on the decomposed form)
+CHECK_RTOL = 1e-3  # --check: max |ORT - PyTorch| allowed, relative to the output's largest magnitude
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """`--check` for one output: ONNX Runtime vs PyTorch at batch 2."""
+
+    max_abs_diff: float
+    tolerance: float  # CHECK_RTOL x max |PyTorch output| (float noise scales with the values)
+    rule: str = f"max |ORT - PyTorch| <= {CHECK_RTOL:g} x max |PyTorch|"
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= self.tolerance
 
 
 @dataclass(frozen=True)
@@ -30,7 +44,25 @@ class ExportResult:
     variant: str
     family: str
     weights: str  # what the graph's weights are: a path, or "random-init(seed=N)"
-    max_abs_diff: dict[str, float] | None = None  # ORT vs PyTorch, when checked
+    check: dict[str, CheckResult] | None = None  # ORT vs PyTorch per output, when checked
+
+
+def check_export_args(variant: str, out: str | Path, *, opset: int = MIN_OPSET, weights: str | Path | None = None,
+                      overwrite: bool = True):
+    """Refuse bad arguments before anything is built or printed; returns the variant's family package."""
+    out = Path(out)
+    fam = family_of(variant)  # UserError for unknown names
+    if out.suffix != ".onnx":
+        raise UserError(f"--out must end in .onnx, got {out}")
+    if opset < MIN_OPSET:
+        raise UserError(f"--opset must be >= {MIN_OPSET} (got {opset}): lower opsets split LayerNorm")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a directory")
+    if weights is not None and str(weights) != "official" and not Path(weights).is_file():
+        raise FileNotFoundError(f"weights file not found: {weights}")
+    return fam
 
 
 def export_onnx(variant: str, out: str | Path, *, weights: str | Path | None = None, opset: int = MIN_OPSET,
@@ -42,15 +74,7 @@ def export_onnx(variant: str, out: str | Path, *, weights: str | Path | None = N
     import torch
 
     out = Path(out)
-    fam = family_of(variant)  # ValueError for unknown names
-    if out.suffix != ".onnx":
-        raise UserError(f"--out must end in .onnx, got {out}")
-    if opset < MIN_OPSET:
-        raise UserError(f"--opset must be >= {MIN_OPSET} (got {opset}): lower opsets split LayerNorm")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists")
-    if out.is_dir():
-        raise UserError(f"--out {out} is a directory")
+    fam = check_export_args(variant, out, opset=opset, weights=weights, overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
 
     path = resolve(weights, fam.WEIGHTS, variant)
@@ -103,8 +127,8 @@ def export_onnx(variant: str, out: str | Path, *, weights: str | Path | None = N
     return ExportResult(out, variant, fam.FAMILY, weights_desc, diffs)
 
 
-def _check_against_torch(path: str, wrapper, dummy, output_names: list[str]) -> dict[str, float]:
-    """Max |ORT - PyTorch| per output at batch 2 (different images per row)."""
+def _check_against_torch(path: str, wrapper, dummy, output_names: list[str]) -> dict[str, CheckResult]:
+    """ORT vs PyTorch per output at batch 2 (different images per row)."""
     import numpy as np
     import torch
 
@@ -114,4 +138,5 @@ def _check_against_torch(path: str, wrapper, dummy, output_names: list[str]) -> 
     with torch.no_grad():
         ref = [t.numpy() for t in wrapper(x)]
     got = ort_session(path).run(output_names, {specs.EXPORT_INPUT: x.numpy()})
-    return {n: float(np.abs(a - b).max()) for n, a, b in zip(output_names, got, ref)}
+    return {n: CheckResult(float(np.abs(a - b).max()), CHECK_RTOL * max(float(np.abs(b).max()), 1e-6))
+            for n, a, b in zip(output_names, got, ref)}

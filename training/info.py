@@ -1,16 +1,26 @@
 """`tdet info`: every registered variant with its input size, params and GFLOPs (deploy form, 640x640).
 
-FLOPs come from torch's flop counter, which counts 2 x MACs (the convention of the papers' tables).
+The figures are measured by this code (torch's flop counter, which counts 2 x MACs, the convention of
+the papers' tables), but measuring builds every model (~60 s for all 13 on 2 cores), so they are
+measured once and shipped in `variants.json` next to this file: `tdet info` reads that table, needs no
+torch, and answers at once. `tdet info --measure` builds the models and measures again;
+`python -m tdet.training.info --write` regenerates the table (a test checks it against the registry
+and re-measures two variants).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import json
+import sys
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 from tdet.client import specs
+from tdet.client.errors import UserError
 
-from .registry import build_model, families
 from .weights import cache_dir
+
+TABLE = Path(__file__).with_name("variants.json")
 
 
 @dataclass(frozen=True)
@@ -41,8 +51,9 @@ def count_gflops(model, input_hw: tuple[int, int]) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def variant_info(name: str) -> VariantInfo:
-    from .registry import family_of
+def measure(name: str) -> VariantInfo:
+    """Build `name` (torch) and measure params and GFLOPs, unfused and fused."""
+    from .registry import build_model, family_of
 
     fam = family_of(name)
     hw = specs.PREPROCESS[fam.FAMILY].size_hw
@@ -61,9 +72,58 @@ def variant_info(name: str) -> VariantInfo:
     )
 
 
-def all_info(names: list[str] | None = None) -> list[VariantInfo]:
+def shipped() -> list[VariantInfo]:
+    """The shipped table (no torch); weights_file is resolved against this machine's cache."""
+    rows = json.loads(TABLE.read_text())
+    names = {f.name for f in fields(VariantInfo)}
+    out = []
+    for row in rows:
+        filename = row.pop("weights_filename", None)
+        row = {k: v for k, v in row.items() if k in names}
+        out.append(VariantInfo(**{**row, "input_size": tuple(row["input_size"]),
+                                  "weights_file": str(cache_dir() / filename) if filename else None}))
+    return out
+
+
+def all_info(names: list[str] | None = None, *, measured: bool = False) -> list[VariantInfo]:
+    """The rows of `names` (default: all, in registry order), from the shipped table, or measured now."""
+    table = shipped()
+    known = [r.name for r in table]
+    unknown = [n for n in names or [] if n not in known]
+    if unknown:
+        raise UserError(f"unknown variant(s) {unknown}; known: {', '.join(known)}")
+    wanted = names or known
+    if not measured:
+        by_name = {r.name: r for r in table}
+        return [by_name[n] for n in wanted]
+    try:
+        import torch
+    except ModuleNotFoundError:
+        raise UserError("measuring builds the models and needs the train extra (torch): pip install 'tdet[train]'; "
+                        "without --measure, tdet info shows the shipped figures") from None
+    with torch.no_grad():  # not set_grad_enabled(False): a caller (a test session) keeps its grad mode
+        return [measure(n) for n in wanted]
+
+
+def write_table(path: Path = TABLE) -> list[VariantInfo]:
+    """Measure every registered variant and write the shipped table (run after adding a variant)."""
     import torch
 
-    wanted = names or [n for fam in families() for n in fam.VARIANTS]
-    with torch.no_grad():  # not set_grad_enabled(False): a caller (a test session) keeps its grad mode
-        return [variant_info(n) for n in wanted]
+    from .registry import variant_names
+
+    with torch.no_grad():
+        rows = [measure(n) for n in variant_names()]
+    data = []
+    for r in rows:
+        row = r.as_dict()
+        row["weights_filename"] = Path(row.pop("weights_file")).name if r.weights_file else None
+        data.append(row)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--write"]:
+        sys.exit("usage: python -m tdet.training.info --write   (re-measures every variant into variants.json)")
+    for r in write_table():
+        print(r.name, r.params_m, r.gflops, r.gflops_unfused)

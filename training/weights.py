@@ -81,10 +81,18 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (torch >= 1.6) or, in the legacy format, a pickle (protocol byte 0x80);
+    # anything else would fail inside the unpickler with an opaque "KeyError: 101"
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
+        raise UserError(f"{path} is not a PyTorch checkpoint (a .pth/.pt file written by torch.save); it starts "
+                        f"with {head!r}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors, zip errors, weights_only refusals
-        raise UserError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
+        raise UserError(f"cannot read checkpoint {path} (not a PyTorch checkpoint, or a damaged one): "
+                        f"{type(err).__name__}: {err}") from None
     if not isinstance(ckpt, dict):
         raise UserError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a state dict")
     return ckpt
