@@ -114,7 +114,8 @@ def test_server_killed_during_loadtest_stops_with_what_it_measured(doomed, tmp_p
                 "--duration", "300", "--images", str(tmp_path / "data/images"), "--out", str(out),
                 "--metrics-url", info.metrics_url)
     with connect(info.grpc_url, MODEL) as client:  # the run is under way: the server has answered some
-        _wait_for(lambda: int(client.statistics().get("inference_count", 0)) >= 5, "5 load-test requests")
+        # 1 probe request before the load (the first image must be accepted), then 5 of the load
+        _wait_for(lambda: int(client.statistics().get("inference_count", 0)) >= 6, "5 load-test requests")
     _kill(proc)
     t0 = time.monotonic()
     stdout, err = run.communicate(timeout=120)  # hang guard (the run was asked for 300 s)

@@ -33,20 +33,49 @@ def test_ten_second_loadtest_completes_with_reports(served, images, tmp_path, pr
     assert summary["latency_ms"]["p50"] > 0 and summary["latency_ms"]["max"] >= summary["latency_ms"]["p99"]
     with open(out / "latencies.csv") as f:
         assert sum(1 for _ in csv.DictReader(f)) == summary["requests"]
+    with open(out / "locust_stats.csv") as f:  # Locust's own count agrees (written after the users stopped)
+        total = next(r for r in csv.DictReader(f) if r["Name"] == "Aggregated")
+    assert int(total["Request Count"]) == summary["requests"] and int(total["Failure Count"]) == 0
     engine = summary["triton"]["damo_yolo_t_engine"]
     assert engine["requests"] >= summary["requests"] and engine["avg_batch_size"] >= 1
-    for name in ("report.png", "report.html", "locust_stats.csv"):
-        assert (out / name).stat().st_size > 0
+    page = (out / "report.html").read_text()
+    assert page.count("<table>") >= 3 and "damo_yolo_t_engine" in page and "data:image/png;base64," in page
+    assert f"<td>{summary['requests']}</td>" in page and f"{summary['latency_ms']['p95']:.1f}" in page
+    assert (out / "report.png").stat().st_size > 0
 
 
-def test_failures_are_counted_not_hidden(served, tmp_path):
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    (bad / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    s = run_once("damo_yolo_t", served.grpc_url, users=1, spawn_rate=1, duration_s=2, images=bad, out=tmp_path / "o")
-    assert s.requests > 0 and s.failures == s.requests
+def test_failures_are_counted_not_hidden(served, images, tmp_path):
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "a_good.jpg").write_bytes(next(images.glob("*.jpg")).read_bytes())
+    (mixed / "b_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    s = run_once("damo_yolo_t", served.grpc_url, users=1, spawn_rate=1, duration_s=2, images=mixed, out=tmp_path / "o",
+                 metrics_url="")
+    assert s.requests >= 2 and 0 < s.failures < s.requests  # the user alternates: good, broken, good, ...
     assert any("not a decodable image" in e or "corrupt" in e for e in s.errors)
     assert sum(s.errors.values()) == s.failures  # every failure is attributed to a message
+
+
+def test_a_refused_first_image_stops_the_run_before_the_load(served, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "broken.jpg").write_bytes(b"not an image at all")
+    res = subprocess.run([sys.executable, "-m", "tdet.client.cli", "loadtest", "--model", "damo_yolo_t", "--url",
+                          served.grpc_url, "--duration", "30", "--images", str(bad), "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert f"the server refuses the first image, {bad / 'broken.jpg'}" in res.stderr
+    assert not (tmp_path / "o" / "latencies.csv").exists()  # no load was started
+
+
+def test_metrics_default_to_the_servers_host_on_port_8002():
+    from tdet.client.loadtest.runner import _metrics_before, default_metrics_url
+
+    assert default_metrics_url("10.0.0.7:8001") == "http://10.0.0.7:8002/metrics"
+    assert default_metrics_url("grpc://gpu-box:9001") == "http://gpu-box:8002/metrics"
+    assert _metrics_before("", "127.0.0.1:8001", "m") == ("", {})
+    with pytest.raises(ConnectionError):  # an explicit URL must answer
+        _metrics_before("http://127.0.0.1:9/metrics", "127.0.0.1:8001", "m")
 
 
 def test_bad_images_argument_is_one_clear_error(served, images, tmp_path):

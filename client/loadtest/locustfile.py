@@ -5,6 +5,11 @@ exact per-request latencies (Locust rounds them above 100 ms) in a CSV written a
 If the server stays unavailable for TDET_ABORT_AFTER_S (no successful request meanwhile), the run stops
 early: the reason goes to TDET_STATUS_FILE and the latencies measured so far are written as usual.
 
+Locust's own CSVs (TDET_LOCUST_CSV_PREFIX + _stats.csv / _failures.csv / _exceptions.csv) are written here
+too, once, after the users stopped: Locust's `--csv` writer rewrites them every second and is not run
+again at exit, so it misses the requests of the last second and those in flight at the stop. Written at
+the end, its request count is the count of latencies.csv and summary.json.
+
 gevent: gRPC's C core blocks the hub unless grpc's gevent support is on before any channel exists,
 and the clients must be closed in on_stop or the process hangs at exit.
 """
@@ -13,6 +18,7 @@ import grpc.experimental.gevent as grpc_gevent
 
 grpc_gevent.init_gevent()
 
+import csv  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
@@ -21,6 +27,7 @@ from pathlib import Path  # noqa: E402
 
 import gevent  # noqa: E402
 from locust import User, constant, events, task  # noqa: E402
+from locust.stats import PERCENTILES_TO_REPORT, StatsCSV  # noqa: E402
 
 from tdet.client.errors import ServerUnavailableError  # noqa: E402
 from tdet.client.files import collect_images  # noqa: E402
@@ -31,6 +38,7 @@ MODEL = os.environ.get("TDET_MODEL", "damo_yolo_t")
 BLOBS = [p.read_bytes() for p in collect_images(Path(os.environ.get("TDET_IMAGES", ".")), recursive=True)]
 LATENCY_FILE = os.environ.get("TDET_LATENCY_FILE", "")
 STATUS_FILE = os.environ.get("TDET_STATUS_FILE", "")
+LOCUST_CSV_PREFIX = os.environ.get("TDET_LOCUST_CSV_PREFIX", "")
 TIMEOUT_S = float(os.environ.get("TDET_TIMEOUT_S", "60"))
 RETRIES = int(os.environ.get("TDET_RETRIES", "0"))
 ABORT_AFTER_S = float(os.environ.get("TDET_ABORT_AFTER_S", "3"))
@@ -107,6 +115,12 @@ def _write_results(environment, **_kw) -> None:
             f.write("start_unix_s,latency_ms,ok,error\n")
             for start, ms, ok, err in list(_records):
                 f.write(f"{start:.6f},{ms:.3f},{int(ok)},\"{err.replace(chr(34), chr(39))}\"\n")
+    if LOCUST_CSV_PREFIX:
+        stats_csv = StatsCSV(environment, PERCENTILES_TO_REPORT)
+        for suffix, write in (("stats", stats_csv.requests_csv), ("failures", stats_csv.failures_csv),
+                              ("exceptions", stats_csv.exceptions_csv)):
+            with open(f"{LOCUST_CSV_PREFIX}_{suffix}.csv", "w", newline="") as f:
+                write(csv.writer(f))
     if STATUS_FILE:
         with open(STATUS_FILE, "w") as f:
             json.dump({"aborted": _health["aborted"]}, f)

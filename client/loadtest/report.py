@@ -1,11 +1,10 @@
-"""Load-test plots (matplotlib, Agg) and a small self-contained HTML page."""
+"""Load-test plots (matplotlib, Agg) and the report page (one self-contained HTML file: tables and plots)."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import html
-import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +53,64 @@ def plot_sweep(runs: list[Any], out: Path) -> None:
     plt.close(fig)
 
 
-def write_html(summary: Any, out: Path, images: list[str]) -> None:
-    imgs = "".join(f'<p><img src="{html.escape(i)}"></p>' for i in images)
-    body = html.escape(json.dumps(asdict(summary), indent=1))
-    out.write_text(f"<!doctype html><meta charset=utf-8><title>tdet loadtest {html.escape(summary.model)}</title>"
-                   f"<h1>{html.escape(summary.model)} load test</h1>{imgs}<pre>{body}</pre>\n")
+def _table(head: list[str], rows: list[list[Any]]) -> str:
+    cells = lambda tag, row: "".join(f"<{tag}>{html.escape(str(c))}</{tag}>" for c in row)  # noqa: E731
+    return (f"<table><tr>{cells('th', head)}</tr>" + "".join(f"<tr>{cells('td', r)}</tr>" for r in rows)
+            + "</table>")
+
+
+def _img(path: Path) -> str:
+    """The plot inlined (base64), so the page is one self-contained file."""
+    data = base64.b64encode(path.read_bytes()).decode() if path.is_file() else ""
+    return f'<p><img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}"></p>' if data else ""
+
+
+def _run_section(s: Any) -> str:
+    lat = s.latency_ms
+    share = f"{100 * s.failures / s.requests:.1f}%" if s.requests else "-"
+    parts = [_table(["requests", "failures", "failed", "images/s", "users", "protocol", "duration (s)"],
+                    [[s.requests, s.failures, share, f"{s.images_per_s:.2f}", s.users, s.protocol,
+                      f"{s.duration_s:g}"]])]
+    parts.append("<h3>Latency (ms), answered requests</h3>" + _table(
+        ["p50", "p90", "p95", "p99", "max", "mean"],
+        [[f"{lat[k]:.1f}" for k in ("p50", "p90", "p95", "p99", "max", "mean")]]))
+    if s.errors:
+        parts.append("<h3>Failures</h3>" + _table(["requests", "error"], [[n, e] for e, n in s.errors.items()]))
+    if s.triton:
+        parts.append("<h3>Triton, per step (Prometheus counters over the run; ms per request)</h3>" + _table(
+            ["step", "requests", "executions", "avg batch", "queue", "compute input", "compute infer",
+             "compute output", "request total"],
+            [[step, f"{t['requests']:.0f}", f"{t['executions']:.0f}", f"{t['avg_batch_size']:.2f}",
+              f"{t['queue_ms']:.1f}", f"{t['compute_input_ms']:.1f}", f"{t['compute_infer_ms']:.1f}",
+              f"{t['compute_output_ms']:.1f}", f"{t['request_ms']:.1f}"] for step, t in s.triton.items()]))
+    if s.aborted:
+        parts.append(f'<p class="bad">Stopped early: {html.escape(s.aborted)}</p>')
+    return "\n".join(parts)
+
+
+STYLE = ("body{font-family:sans-serif;max-width:70em;margin:2em auto;color:#222}"
+         "table{border-collapse:collapse;margin:.5em 0 1em}td,th{border:1px solid #ccc;padding:.25em .6em;"
+         "text-align:right}th{background:#f2f2f2}td:last-child{text-align:left}.bad{color:#b00}"
+         "img{max-width:100%}")
+COUNTS = ("<p><small>requests: every request sent during the run that was answered or failed, counted once: the "
+          "rows of latencies.csv, summary.json's <code>requests</code> and Locust's locust_stats.csv agree. "
+          "images/s: answered requests / (last answer - first request). Latencies are measured by the client "
+          "around each call, unrounded.</small></p>")
+
+
+def write_html(runs: list[Any], out: Path, plots: list[Path]) -> None:
+    """A readable report: tables of throughput, latency percentiles, failures and the per-step Triton
+    breakdown for each run (a sweep: one row per concurrency first), then the plots, inlined."""
+    first = runs[0]
+    title = f"{first.model} load test ({first.protocol})"
+    body = [f"<h1>{html.escape(title)}</h1>", COUNTS]
+    if len(runs) > 1:
+        body.append("<h2>Sweep</h2>" + _table(
+            ["users", "requests", "failures", "images/s", "p50 ms", "p95 ms", "p99 ms"],
+            [[r.users, r.requests, r.failures, f"{r.images_per_s:.2f}", f"{r.latency_ms['p50']:.1f}",
+              f"{r.latency_ms['p95']:.1f}", f"{r.latency_ms['p99']:.1f}"] for r in runs]))
+    for r in runs:
+        body.append(f"<h2>{r.users} users</h2>" + _run_section(r))
+    body += [_img(p) for p in plots]
+    out.write_text(f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title>"
+                   f"<style>{STYLE}</style>\n" + "\n".join(body) + "\n")

@@ -1,9 +1,13 @@
 """`tdet loadtest`: Locust in headless mode against a served detector, bounded in time, with exact
 latencies, Triton's own view of the run (batch sizes, queue vs compute per step), and a report.
 
-A run writes <out>/: latencies.csv (every request), locust_*.csv (Locust's own), summary.json, and
-report.png + report.html. `--sweep 1,2,4` runs one such run per concurrency into <out>/c<N>/ and adds
-sweep.csv / sweep.json / sweep.png (throughput and p95 vs concurrency).
+A run writes <out>/: latencies.csv (every request), locust_stats.csv / locust_failures.csv (Locust's own,
+written when the users have stopped, so they count what latencies.csv counts), summary.json, and
+report.png + report.html (tables and plots). `--sweep 1,2,4` runs one such run per concurrency into
+<out>/c<N>/ and adds sweep.csv / sweep.json / sweep.png (throughput and p95 vs concurrency).
+
+Before the load starts, one request with the first image must succeed: a file the server refuses would
+make the run measure nothing but failures.
 
 If the server goes away during a run, the users stop after a few seconds without an answer; the run
 still writes what it measured, with `aborted` saying why (and a sweep stops there).
@@ -25,13 +29,14 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import InvalidInputError, UserError
 from ..files import atomic_write, collect_images
 from ..triton import DEFAULT_TIMEOUT_S
 from . import metrics as triton_metrics
 from .report import plot_run, plot_sweep, write_html
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+METRICS_PORT = 8002  # Triton's default metrics port
 ABORT_AFTER_S = 3.0  # no answer from the server for this long: the users stop
 
 
@@ -55,34 +60,70 @@ def _host(url: str) -> str:
     return (urlparse(url if "//" in url else f"//{url}").hostname or "").lower()
 
 
+def default_metrics_url(url: str) -> str:
+    """Triton's metrics endpoint on the server's host: http://HOST:8002/metrics."""
+    host = _host(url) or "127.0.0.1"
+    return f"http://{f'[{host}]' if ':' in host else host}:{METRICS_PORT}/metrics"
+
+
+def _metrics_before(metrics_url: str | None, url: str, model: str) -> tuple[str, dict]:
+    """(the metrics URL to use, or "" for none; the first scrape). An explicit URL must answer; the
+    default one (metrics_url None) is skipped with a warning when nothing answers there, or when what
+    answers does not serve `model` (another server on that host)."""
+    if metrics_url == "":
+        return "", {}
+    explicit = metrics_url is not None
+    metrics_url = metrics_url or default_metrics_url(url)
+    try:
+        before = triton_metrics.scrape(metrics_url)
+    except ConnectionError as err:
+        if explicit:
+            raise
+        why = str(err)
+    else:
+        if explicit or model in before:
+            return metrics_url, before
+        why = f"it does not report {model}: another server's?"
+    print(f"warning: no Triton metrics at {metrics_url} ({why}); the report has no per-step breakdown "
+          "(pass --metrics-url)", file=sys.stderr)
+    return "", {}
+
+
 def run_once(model: str, url: str, *, protocol: str = "grpc", users: int = 4, spawn_rate: float = 4,
              duration_s: float = 10, images: Path, out: Path, metrics_url: str | None = None,
              local_only: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S, retries: int = 0) -> RunSummary:
     """One bounded Locust run. Every failed request is counted in `failures` and listed in `errors`;
     a server that goes away ends the run early with `aborted` set (the summary holds what was measured).
-    timeout_s / retries: each user's request timeout and retries when unavailable (0: failures count)."""
+    timeout_s / retries: each user's request timeout and retries when unavailable (0: failures count).
+    metrics_url: Triton's metrics; None: the server's host on port 8002, skipped if nothing answers;
+    "": none. UserError before any load when the server refuses the first image."""
     if protocol not in ("grpc", "http"):
         raise UserError(f"--protocol must be grpc or http, got {protocol!r}")
     if users < 1 or spawn_rate <= 0 or duration_s < 1:
         raise UserError("--users and --spawn-rate must be positive and --duration at least 1 s")
-    collect_images(images, recursive=True)  # here, so a bad --images is one clear error, not a Locust traceback
+    first = collect_images(images, recursive=True)[0]  # here, so a bad --images is one clear error, not a Locust traceback
     if local_only and _host(url) not in LOOPBACK:
         raise UserError(f"refusing to load-test {url}: only loopback targets are allowed here")
     out.mkdir(parents=True, exist_ok=True)
     from tdet.client.triton import connect
 
-    with connect(url, model, protocol, timeout_s=timeout_s, retries=retries):  # fails fast if the model is not served
-        pass
-    before = triton_metrics.scrape(metrics_url) if metrics_url else {}
+    with connect(url, model, protocol, timeout_s=timeout_s, retries=retries) as client:  # fails fast: no model
+        try:
+            client.infer(first.read_bytes())
+        except InvalidInputError as err:
+            raise UserError(f"the server refuses the first image, {first}: {err}; the load test would measure "
+                            "only failures (remove the file or pass other --images)") from None
+    metrics_url, before = _metrics_before(metrics_url, url, model)
     status_file = out / "locust_status.json"
     status_file.unlink(missing_ok=True)
     env = dict(os.environ, TDET_URL=url, TDET_MODEL=model, TDET_IMAGES=str(images),
                TDET_LATENCY_FILE=str(out / "latencies.csv"), TDET_STATUS_FILE=str(status_file),
+               TDET_LOCUST_CSV_PREFIX=str(out / "locust"),
                TDET_TIMEOUT_S=str(timeout_s), TDET_RETRIES=str(retries), TDET_ABORT_AFTER_S=str(ABORT_AFTER_S))
     locustfile = resources.files("tdet.client.loadtest") / "locustfile.py"
     user_class = "TritonGrpcUser" if protocol == "grpc" else "TritonHttpUser"
     cmd = [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "-u", str(users),
-           "-r", str(spawn_rate), "-t", f"{max(1, round(duration_s))}s", "--stop-timeout", "10", "--csv", str(out / "locust"),
+           "-r", str(spawn_rate), "-t", f"{max(1, round(duration_s))}s", "--stop-timeout", "10",
            "--only-summary", "--loglevel", "WARNING", user_class]
     t0 = time.monotonic()
     with open(out / "locust.log", "w") as log:
@@ -110,7 +151,7 @@ def run_once(model: str, url: str, *, protocol: str = "grpc", users: int = 4, sp
         summary.triton = triton_metrics.per_model(before, after, steps)
     atomic_write(out / "summary.json", json.dumps(asdict(summary), indent=1))
     plot_run(out / "latencies.csv", summary, out / "report.png")
-    write_html(summary, out / "report.html", ["report.png"])
+    write_html([summary], out / "report.html", [out / "report.png"])
     return summary
 
 
@@ -147,7 +188,7 @@ def sweep(model: str, url: str, concurrencies: list[int], *, out: Path, **kw) ->
                         f"{r.latency_ms['p95']:.2f}", f"{r.latency_ms['p99']:.2f}"])
     (out / "sweep.json").write_text(json.dumps([asdict(r) for r in runs], indent=1))
     plot_sweep(runs, out / "sweep.png")
-    write_html(runs[-1], out / "report.html", ["sweep.png"] + [f"c{r.users}/report.png" for r in runs])
+    write_html(runs, out / "report.html", [out / "sweep.png"] + [out / f"c{r.users}" / "report.png" for r in runs])
     return runs
 
 
