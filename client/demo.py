@@ -61,15 +61,15 @@ def main(argv: list[str] | None = None) -> int:
                  str(val / "images"), "--reference", variant, "--weights", str(args.models / f"{variant}.pth"),
                  "--out", str(work / "eval" / model))
     finally:
-        tdet("stop")
-    print(f"\nheld-out val split ({VAL['num']} synthetic images, seed {VAL['seed']}), COCO box metrics:")
+        tdet("stop", "--http-port", args.http_port)
+    print(f"\nheld-out val split ({VAL['num']} synthetic images, seed {VAL['seed']}), COCO box metrics in percent:")
     print(f"{'model':<14} {'served AP':>10} {'served AP50':>12} {'PyTorch AP':>11} {'PyTorch AP50':>13} {'AP delta':>9}")
     for variant in variants:
         model = variant.replace("-", "_")
         m = json.loads((work / "eval" / model / "metrics.json").read_text())
         s, r = m["metrics"], m["reference"]
-        print(f"{model:<14} {s['AP']:>10.4f} {s['AP50']:>12.4f} {r['AP']:>11.4f} {r['AP50']:>13.4f} "
-              f"{s['AP'] - r['AP']:>+9.4f}")
+        print(f"{model:<14} {100 * s['AP']:>10.2f} {100 * s['AP50']:>12.2f} {100 * r['AP']:>11.2f} "
+              f"{100 * r['AP50']:>13.2f} {100 * (s['AP'] - r['AP']):>+9.2f}")
     print("\nannotated images and detections JSON:")
     for variant in variants:
         folder = work / "detections" / variant.replace("-", "_")
