@@ -26,6 +26,21 @@ def tdet(*args: str) -> None:
     subprocess.run(cmd, check=True)
 
 
+def montage(images: list[Path], out: Path, *, cols: int = 3, cell: tuple[int, int] = (320, 240)) -> Path:
+    """The annotated images in one small PNG, each fitted into a cell of a grid (the README's picture)."""
+    from PIL import Image
+
+    rows = -(-len(images) // cols)
+    sheet = Image.new("RGB", (cols * cell[0], rows * cell[1]), "white")
+    for i, path in enumerate(images):
+        tile = Image.open(path).convert("RGB")
+        tile.thumbnail(cell, Image.LANCZOS)
+        x, y = (i % cols) * cell[0], (i // cols) * cell[1]
+        sheet.paste(tile, (x + (cell[0] - tile.width) // 2, y + (cell[1] - tile.height) // 2))
+    sheet.quantize(colors=128).save(out, optimize=True)  # a palette keeps it small enough to commit
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=Path("build/demo"), help="outputs")
@@ -73,8 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\nannotated images and detections JSON:")
     for variant in variants:
         folder = work / "detections" / variant.replace("-", "_")
-        counts = [row["count"] for row in json.loads((folder / "detections.json").read_text())]
-        print(f"  {folder}/  ({len(counts)} images, detections per image: {counts})")
+        rows = json.loads((folder / "detections.json").read_text())
+        sheet = montage([Path(row["annotated"]) for row in sorted(rows, key=lambda r: r["image"])], work / f"{variant}.png")
+        print(f"  {folder}/  ({len(rows)} images, detections per image: {[row['count'] for row in rows]}); "
+              f"side by side: {sheet}")
     return 0
 
 

@@ -27,6 +27,8 @@ def test_demo_serves_the_trained_model_and_reports_served_and_in_process_map(tmp
     assert len(index) == 6 and sum(row["count"] for row in index) > 0
     annotated = cv2.imread(index[0]["annotated"])
     assert annotated is not None and annotated.shape[2] == 3
+    sheet = cv2.imread(str(tmp_path / "demo/damo-yolo-t.png"))  # the six side by side, as in the README
+    assert sheet is not None and sheet.shape[:2] == (2 * 240, 3 * 320)
     metrics = json.loads((tmp_path / "demo/eval/damo_yolo_t/metrics.json").read_text())
     assert metrics["images"] == 200
     served, reference = metrics["metrics"], metrics["reference"]
