@@ -45,7 +45,7 @@ def register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=S, help="run folder (default: runs/VARIANT)")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
                    help="continue an interrupted run exactly: PATH (default: OUT/last.pth)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default=S, help="(default: cpu)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=S, help="(default: cuda when available, else cpu)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=S,
                    help="mixed precision: fp16 + GradScaler on CUDA, bf16 autocast on CPU (default: the recipe's on "
                         "CUDA, i.e. RT-DETRv2 on, DAMO-YOLO off; off on CPU)")
@@ -84,6 +84,10 @@ def _train_args(args: argparse.Namespace):
     if ("val_data" in given) != ("val_images" in given):
         raise UserError("--val-data and --val-images go together")
     given.setdefault("out", f"runs/{args.variant}")
+    if "device" not in given:  # a resumed run keeps its saved device
+        import torch
+
+        given["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     return TrainArgs(**given), resume
 
 
