@@ -3,7 +3,8 @@
 export (the demo checkpoint in training/demo, `make demo-model` reproduces it) -> repo build -> data synth (the
 held-out val split the model never trained on) -> serve --detach -> infer (annotated images) -> eval through
 Triton with the in-process PyTorch reference of the same checkpoint -> stop, then the served and in-process
-mAP side by side.
+mAP side by side, and the annotated images in one PNG (WORKDIR/<variant>.png; the README shows its copy,
+training/demo/<variant>.demo.png).
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     for variant in variants:
         folder = work / "detections" / variant.replace("-", "_")
         rows = json.loads((folder / "detections.json").read_text())
-        sheet = montage([Path(row["annotated"]) for row in sorted(rows, key=lambda r: r["image"])], work / f"{variant}.png")
+        annotated = [Path(row["annotated"]) for row in sorted(rows, key=lambda r: r["image"])]
+        sheet = montage(annotated, work / f"{variant}.png")
         print(f"  {folder}/  ({len(rows)} images, detections per image: {[row['count'] for row in rows]}); "
               f"side by side: {sheet}")
     return 0
