@@ -111,7 +111,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     reference = args.make_reference(args.reference, args.weights) if args.reference else None
     res = evaluate(args.model, server_url(args), args.coco, args.images, protocol=args.protocol,
                    concurrency=args.concurrency, out=args.out, reference=reference, timeout_s=args.timeout,
-                   retries=args.retries)
+                   retries=args.retries, conf=args.conf, iou=args.iou)
     print(format_metrics(res))
     print(f"results: {res.results_path}  metrics: {res.results_path.parent / 'metrics.json'}")
     return 0

@@ -55,6 +55,30 @@ def test_eval_prints_all_metrics_and_results_round_trip(served, dataset, tmp_pat
     assert not (out / "results.partial.jsonl").exists()
 
 
+def test_eval_conf_is_sent_with_every_request(served, dataset, tmp_path):
+    """--conf replaces the official protocol's 0.05: the server keeps exactly the default run's detections
+    scoring above it (a higher threshold only drops candidates, which suppress nothing above it in NMS)."""
+    ann, images = dataset
+    common = ("eval", "--model", "damo_yolo_t", "--url", served.grpc_url, "--coco", str(ann), "--images", str(images))
+    assert tdet(*common, "--out", str(tmp_path / "default")).returncode == 0
+    default = json.loads((tmp_path / "default/results.json").read_text())
+    # a threshold between two scores near the median, far from both: results.json rounds scores to 1e-5
+    scores = np.unique([r["score"] for r in default])
+    gaps = np.flatnonzero(np.diff(scores) > 1e-3)
+    k = gaps[np.argmin(np.abs(gaps - len(scores) // 2))]
+    conf = float((scores[k] + scores[k + 1]) / 2)
+    res = tdet(*common, "--out", str(tmp_path / "conf"), "--conf", str(conf))
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / "conf/metrics.json").read_text())["parameters"]["conf"] == conf
+    kept = json.loads((tmp_path / "conf/results.json").read_text())
+
+    def rows(results):
+        return sorted((r["image_id"], r["category_id"], r["score"], *r["bbox"]) for r in results)
+
+    assert 0 < len(kept) < len(default)
+    assert rows(kept) == rows([r for r in default if r["score"] > conf])
+
+
 def _pseudo_ground_truth(served, ann, images, model: str, min_score: float, path) -> Path:
     """The COCO file of `ann` with the served model's own detections (score >= min_score) as ground truth
     (xyxy -> xywh here, independently of eval): a set on which a random-init model scores AP ~1, so a
