@@ -17,7 +17,7 @@ import json
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from tqdm import tqdm
 
@@ -25,7 +25,10 @@ from .boxes import xyxy_to_xywh
 from .errors import InferenceError, UserError
 from .files import IMAGE_SUFFIXES, atomic_write
 from .postprocess import COCO_EVAL_PARAMETERS, Detections
-from .specs import config_parameters
+from .specs import RTDETRV2, config_parameters
+
+if TYPE_CHECKING:  # tritonclient is imported when a server is contacted, not with this module
+    from .triton import DetectorClient
 
 # pycocotools' COCOeval.stats order
 METRICS = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
@@ -195,36 +198,25 @@ def eval_parameters(family: str, conf: float | None = None, iou: float | None = 
     out: dict = {**COCO_EVAL_PARAMETERS.get(family, {}), "clip": False}  # COCO scores unclipped boxes
     if conf is not None:
         out["conf"] = conf
-    if iou is not None and family != "rtdetrv2":
+    if iou is not None and family != RTDETRV2:
         out["iou"] = iou
     return out
 
 
-def served_parameters(model: str, url: str, protocol: str, client_kw: dict | None = None,
-                      sent: dict | None = None) -> dict[str, str]:
+def served_parameters(client: DetectorClient, sent: dict | None = None) -> dict[str, str]:
     """The served postprocess parameters (score/IoU thresholds, max detections, input_hw) plus the
     ensemble's `variant` and `weights`: what an in-process reference needs to run the same model.
     sent: the request parameters eval sends, which override the config's thresholds."""
-    from .triton import connect
-
-    with connect(url, model, protocol, **(client_kw or {})) as client:
-        try:
-            post = client.model_config(f"{model}_postprocess")
-        except InferenceError as err:  # an ensemble not built by `tdet repo build`
-            raise UserError(f"--reference needs the parameters of {model}_postprocess: {err}") from None
-        out = config_parameters(post)
-        out.update(variant=client.parameters.get("variant", ""), weights=client.parameters.get("weights", ""))
+    try:
+        post = client.model_config(f"{client.model}_postprocess")
+    except InferenceError as err:  # an ensemble not built by `tdet repo build`
+        raise UserError(f"--reference needs the parameters of {client.model}_postprocess: {err}") from None
+    out = config_parameters(post)
+    out.update(variant=client.parameters.get("variant", ""), weights=client.parameters.get("weights", ""))
     for name, key in (("conf", "score_threshold"), ("iou", "iou_threshold")):
         if sent and name in sent:
             out[key] = str(sent[name])
     return out
-
-
-def _family(model: str, url: str, protocol: str, client_kw: dict) -> str:
-    from .triton import connect
-
-    with connect(url, model, protocol, **client_kw) as client:
-        return client.family
 
 
 def evaluate(model: str, url: str, coco_json: Path, images_dir: Path, *, protocol: str = "grpc",
@@ -241,8 +233,11 @@ def evaluate(model: str, url: str, coco_json: Path, images_dir: Path, *, protoco
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("results.json", "metrics.json", "reference_results.json"):
         (out / stale).unlink(missing_ok=True)
-    sent = eval_parameters(_family(model, url, protocol, client_kw), conf, iou)
-    served = served_parameters(model, url, protocol, client_kw, sent) if reference else {}
+    from .triton import connect
+
+    with connect(url, model, protocol, **client_kw) as client:
+        sent = eval_parameters(client.family, conf, iou)
+        served = served_parameters(client, sent) if reference else {}
     if reference:
         reference.check(model, served)
     results = _served_results(model, url, protocol, paths, concurrency, out / "results.partial.jsonl",

@@ -142,8 +142,8 @@ def postprocess_rtdetrv2(logits: F32, boxes: F32, orig_hw: tuple[int, int], *, s
     top = top[np.argsort(-flat[top], kind="stable")]
     with np.errstate(over="ignore"):  # exp(inf) of a masked-out logit: its score is 0, dropped below
         scores = (1.0 / (1.0 + np.exp(-flat[top]))).astype(np.float32)
-    top = top[scores > score_thr]
-    scores = scores[scores > score_thr]
+    keep = scores > score_thr
+    top, scores = top[keep], scores[keep]
     labels, query = top % num_classes, top // num_classes
     h, w = orig_hw
     xyxy = cxcywh_to_xyxy(boxes[query].astype(np.float32)) * np.array([w, h, w, h], np.float32)

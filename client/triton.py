@@ -35,7 +35,7 @@ import numpy as np
 from .errors import (InferenceError, InvalidInputError, ModelNotFoundError, RequestTimeoutError, ServerError,
                      ServerUnavailableError, UserError)
 from .image_input import ImageInput, encode_image
-from .options import DetectOptions, resolve, to_parameters
+from .options import NAMES, DetectOptions, resolve, to_parameters
 from .postprocess import Detection, Detections, from_wire
 from .specs import config_parameters
 
@@ -192,9 +192,9 @@ class DetectorClient(ABC):
         return self._call(lambda c: self._get_config(c, model or self.model, "" if model else self.version))
 
     def _checked_options(self, options: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(options) - {"conf", "iou", "max_det", "classes", "clip"})
+        unknown = sorted(set(options) - set(NAMES))
         if unknown:
-            raise TypeError(f"unknown detection option(s) {unknown}; known: conf, iou, max_det, classes, clip")
+            raise TypeError(f"unknown detection option(s) {unknown}; known: {', '.join(NAMES)}")
         return {k: v for k, v in options.items() if v is not None}
 
     def request_parameters(self, options: dict[str, Any]) -> dict[str, Any]:
