@@ -14,7 +14,7 @@ import copy
 import hashlib
 import io
 import json
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -24,6 +24,7 @@ from tqdm import tqdm
 from .boxes import xyxy_to_xywh
 from .errors import InferenceError, UserError
 from .files import IMAGE_SUFFIXES, atomic_write
+from .pool import finished_batches
 from .postprocess import COCO_EVAL_PARAMETERS, Detections
 from .specs import RTDETRV2, config_parameters
 
@@ -157,19 +158,13 @@ def _served_results(model: str, url: str, protocol: str, paths: dict[int, Path],
             tqdm(total=len(paths), initial=len(done), desc=f"eval {model}", unit="img", disable=None) as bar:
         if not done:
             log.write(json.dumps({"key": key}) + "\n")
-        # bytes are read in the workers and only a few requests are queued: COCO val is ~800 MB of JPEGs,
-        # and Ctrl-C or a dead server must not wait for thousands of queued requests
-        pending: dict = {}
-        try:
-            while True:
-                while len(pending) < 2 * concurrency and (i := next(todo, None)) is not None:
-                    pending[pool.submit(lambda p: client.infer(p.read_bytes(), **parameters), paths[i])] = i
-                if not pending:
-                    break
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+        # bytes are read in the workers and only a few requests are queued: COCO val is ~800 MB of JPEGs
+        rounds = finished_batches(pool, lambda i: client.infer(paths[i].read_bytes(), **parameters), todo,
+                                  2 * concurrency)
+        with contextlib.closing(rounds):
+            for finished in rounds:
                 failed: tuple[int, InferenceError] | None = None
-                for fut in finished:  # keep every finished image, even when another one failed
-                    image_id = pending.pop(fut)
+                for image_id, fut in finished:  # keep every finished image, even when another one failed
                     try:
                         rows = to_coco_results(image_id, fut.result())
                     except InferenceError as err:
@@ -184,10 +179,6 @@ def _served_results(model: str, url: str, protocol: str, paths: dict[int, Path],
                     raise type(err)(f"{err} [image {paths[image_id].name}]; stopped after {len(done)} of "
                                     f"{len(paths)} images, kept in {partial}: run the same command again to "
                                     f"resume", status=err.status) from None
-        except BaseException:
-            for fut in pending:
-                fut.cancel()
-            raise
     return [r for i in sorted(done) for r in done[i]]
 
 

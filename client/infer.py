@@ -11,10 +11,11 @@ no result ever overwrites another.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import numpy.typing as npt
 
 from .errors import InferenceError, ModelNotFoundError, ServerUnavailableError, UserError
 from .files import atomic_write, collect_images
+from .pool import finished_batches
 from .postprocess import Detections
 from .preprocess import decode_bgr
 from .triton import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, add_connection_args, add_url_args, server_url
@@ -121,34 +123,24 @@ def run_infer(paths: list[Path], model: str, url: str, protocol: str, out: Path,
             dets = client.infer_encoded([blob], parameters)[0]
             return _write_result(images[i], blob, dets, out, names[i], model, parameters)
 
-        todo = iter(range(len(images)))
-        pending: dict = {}
+        rounds = finished_batches(pool, one, range(len(images)), 2 * max(1, concurrency))
         try:
-            while True:  # a few requests in flight, results written as they arrive
-                while len(pending) < 2 * max(1, concurrency) and (i := next(todo, None)) is not None:
-                    pending[pool.submit(one, i)] = i
-                if not pending:
-                    break
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    i = pending.pop(fut)
-                    try:
-                        rows[i] = fut.result()
-                        summary.written += 1
-                        if echo:
-                            bar.write(f"{images[i]}: {rows[i]['count']} detections -> {rows[i]['annotated']}")
-                    except (ServerUnavailableError, ModelNotFoundError) as err:
-                        raise type(err)(f"{err}; stopped after {summary.written} of {len(images)} images "
-                                        f"(written to {out})", status=err.status) from None
-                    except (InferenceError, UserError, OSError) as err:
-                        rows[i] = {"image": str(images[i]), "error": str(err)}
-                        summary.skipped += 1
-                        bar.write(f"warning: skipped {images[i]}: {err}", file=sys.stderr)
-                    bar.update()
-        except BaseException:
-            for fut in pending:
-                fut.cancel()
-            raise
+            with contextlib.closing(rounds):
+                for finished in rounds:  # results written as they arrive
+                    for i, fut in finished:
+                        try:
+                            rows[i] = fut.result()
+                            summary.written += 1
+                            if echo:
+                                bar.write(f"{images[i]}: {rows[i]['count']} detections -> {rows[i]['annotated']}")
+                        except (ServerUnavailableError, ModelNotFoundError) as err:
+                            raise type(err)(f"{err}; stopped after {summary.written} of {len(images)} images "
+                                            f"(written to {out})", status=err.status) from None
+                        except (InferenceError, UserError, OSError) as err:
+                            rows[i] = {"image": str(images[i]), "error": str(err)}
+                            summary.skipped += 1
+                            bar.write(f"warning: skipped {images[i]}: {err}", file=sys.stderr)
+                        bar.update()
         finally:
             summary.rows = [rows[i] for i in sorted(rows)]
             atomic_write(out / INDEX, json.dumps(summary.rows, indent=1))
