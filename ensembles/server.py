@@ -24,6 +24,7 @@ from importlib import resources
 from pathlib import Path
 
 from tdet.client.errors import UserError
+from tdet.client.files import atomic_write
 
 
 @dataclass(frozen=True)
@@ -264,8 +265,7 @@ def records_dir() -> Path:
 def write_record(info: ServerInfo) -> Path:
     path = records_dir() / f"{info.http_port}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(asdict(info)))
-    return path
+    return atomic_write(path, json.dumps(asdict(info)))  # `tdet stop` elsewhere never reads half a record
 
 
 def running_servers() -> list[tuple[Path, ServerInfo]]:
