@@ -55,3 +55,15 @@ def test_compose_rejects_a_broken_file(tmp_path):
     bad.write_text("services:\n  bad:\n    image: x\n    ports: 8000\n")
     res = _config(bad)
     assert "services.bad.ports must be a array" in res.stderr and not res.stdout.strip()
+
+
+def test_compose_cpu_profile_serves_the_same_repository_without_a_gpu():
+    res = subprocess.run([_compose(), "-f", str(ROOT / "docker-compose.yml"), "--profile", "cpu", "config",
+                          "--format", "json"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert res.returncode == 0 and "validating" not in res.stderr and "error" not in res.stderr.lower(), res.stderr
+    services = json.loads(res.stdout)["services"]
+    cpu, gpu = services["tritonserver-cpu"], services["tritonserver"]
+    assert "deploy" not in cpu or not cpu["deploy"].get("resources", {}).get("reservations", {}).get("devices")
+    for key in ("command", "volumes", "ports", "shm_size", "healthcheck", "image"):
+        assert cpu[key] == gpu[key], key
+    assert "engine-builder" not in services and "locust" not in services  # other profiles stay off
