@@ -72,6 +72,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                          "--url; skipped with a warning if nothing answers there; '' to skip)")
     p.add_argument("--sweep", type=_ints, help="concurrency sweep, e.g. 1,2,4,8,16: one run per level, --users "
                                                "and --spawn-rate ignored")
+    p.add_argument("--workers", type=int, default=0, help="Locust distributed mode: a master and this many "
+                                                          "worker processes here (0: one process)")
+    p.add_argument("--remote-workers", action="store_true", help="with --workers: start no local workers, wait "
+                                                                 "for them to join on port 5557 (--master-host)")
+    p.add_argument("--master-host", help="run only a Locust worker that joins the master on this host")
     p.set_defaults(func=cmd_loadtest)
 
     p = sub.add_parser("compare", help="the DAMO-YOLO vs RT-DETRv2 table, measured through the server",
@@ -124,8 +129,13 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 
     from .loadtest.runner import format_summary, run_once, sweep
 
+    if args.master_host:
+        from .loadtest.distributed import join_master
+
+        return join_master(args.master_host, args.model, server_url(args), args.protocol, args.images, args.out,
+                           timeout_s=args.timeout, retries=args.retries)
     kw = dict(protocol=args.protocol, duration_s=args.duration, images=args.images, metrics_url=args.metrics_url,
-              timeout_s=args.timeout, retries=args.retries)
+              timeout_s=args.timeout, retries=args.retries, workers=args.workers, remote_workers=args.remote_workers)
     if args.sweep:
         runs = sweep(args.model, server_url(args), args.sweep, out=args.out, **kw)
         report = f"sweep report: {args.out / 'sweep.csv'}, {args.out / 'sweep.png'}, {args.out / 'report.html'}"

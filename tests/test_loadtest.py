@@ -98,3 +98,21 @@ def test_only_loopback_targets_when_asked(images, tmp_path):
 def test_metrics_scrape_parses_triton_counters(served):
     m = scrape(served.metrics_url)
     assert "damo_yolo_t_engine" in m and "nv_inference_exec_count" in m["damo_yolo_t_engine"]
+
+
+def test_two_workers_sum_their_requests_to_the_servers_count(served, images, tmp_path):
+    out = tmp_path / "w2"
+    res = subprocess.run([sys.executable, "-m", "tdet.client.cli", "loadtest", "--model", "damo_yolo_t", "--url",
+                          served.grpc_url, "--users", "4", "--spawn-rate", "4", "--duration", "8", "--workers", "2",
+                          "--images", str(images), "--out", str(out), "--metrics-url", served.metrics_url],
+                         capture_output=True, text=True, timeout=200)
+    assert res.returncode == 0, res.stdout + res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    with open(out / "latencies.csv") as f:
+        assert sum(1 for _ in csv.DictReader(f)) == summary["requests"] > 0
+    with open(out / "locust_stats.csv") as f:  # the master's stats: it quits before the workers' last reports
+        total = next(r for r in csv.DictReader(f) if r["Name"] == "Aggregated")
+    assert 0 < int(total["Request Count"]) <= summary["requests"]
+    # the server's own count of ensemble requests during the run
+    assert summary["triton"]["damo_yolo_t"]["requests"] == summary["requests"]
+    assert not list(out.glob("latencies.csv.*")) and (out / "locust_workers.log").is_file()

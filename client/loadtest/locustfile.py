@@ -27,6 +27,7 @@ from pathlib import Path  # noqa: E402
 
 import gevent  # noqa: E402
 from locust import User, constant, events, task  # noqa: E402
+from locust.runners import MasterRunner, WorkerRunner  # noqa: E402
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV  # noqa: E402
 
 from tdet.client.errors import ServerUnavailableError  # noqa: E402
@@ -110,11 +111,15 @@ class TritonHttpUser(_DetectorUser):
 
 @events.quitting.add_listener
 def _write_results(environment, **_kw) -> None:
-    if LATENCY_FILE:
-        with open(LATENCY_FILE, "w") as f:
+    # distributed (`--workers`): each worker writes its own latencies, the master Locust's CSVs and the status
+    worker = isinstance(environment.runner, WorkerRunner)
+    if LATENCY_FILE and not isinstance(environment.runner, MasterRunner):
+        with open(f"{LATENCY_FILE}.{os.getpid()}" if worker else LATENCY_FILE, "w") as f:
             f.write("start_unix_s,latency_ms,ok,error\n")
             for start, ms, ok, err in list(_records):
                 f.write(f"{start:.6f},{ms:.3f},{int(ok)},\"{err.replace(chr(34), chr(39))}\"\n")
+    if worker:
+        return
     if LOCUST_CSV_PREFIX:
         stats_csv = StatsCSV(environment, PERCENTILES_TO_REPORT)
         for suffix, write in (("stats", stats_csv.requests_csv), ("failures", stats_csv.failures_csv),

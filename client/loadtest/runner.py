@@ -32,6 +32,7 @@ import numpy as np
 from ..errors import InvalidInputError, UserError
 from ..files import atomic_write, collect_images
 from ..triton import DEFAULT_TIMEOUT_S
+from . import distributed
 from . import metrics as triton_metrics
 from .report import plot_run, plot_sweep, write_html
 
@@ -89,14 +90,29 @@ def _metrics_before(metrics_url: str | None, url: str, model: str) -> tuple[str,
     return "", {}
 
 
+LOCUSTFILE = str(resources.files("tdet.client.loadtest") / "locustfile.py")
+USER_CLASS = {"grpc": "TritonGrpcUser", "http": "TritonHttpUser"}
+
+
+def locust_env(url: str, model: str, images: Path, out: Path, timeout_s: float, retries: int) -> dict:
+    """What locustfile.py reads from its environment."""
+    return dict(os.environ, TDET_URL=url, TDET_MODEL=model, TDET_IMAGES=str(images),
+                TDET_LATENCY_FILE=str(out / "latencies.csv"), TDET_STATUS_FILE=str(out / "locust_status.json"),
+                TDET_LOCUST_CSV_PREFIX=str(out / "locust"),
+                TDET_TIMEOUT_S=str(timeout_s), TDET_RETRIES=str(retries), TDET_ABORT_AFTER_S=str(ABORT_AFTER_S))
+
+
 def run_once(model: str, url: str, *, protocol: str = "grpc", users: int = 4, spawn_rate: float = 4,
              duration_s: float = 10, images: Path, out: Path, metrics_url: str | None = None,
-             local_only: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S, retries: int = 0) -> RunSummary:
+             local_only: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S, retries: int = 0,
+             workers: int = 0, remote_workers: bool = False) -> RunSummary:
     """One bounded Locust run. Every failed request is counted in `failures` and listed in `errors`;
     a server that goes away ends the run early with `aborted` set (the summary holds what was measured).
     timeout_s / retries: each user's request timeout and retries when unavailable (0: failures count).
     metrics_url: Triton's metrics; None: the server's host on port 8002, skipped if nothing answers;
-    "": none. UserError before any load when the server refuses the first image."""
+    "": none. UserError before any load when the server refuses the first image.
+    workers: Locust's distributed mode with that many worker processes here (remote_workers: the master
+    waits for them to join from other machines on port 5557 instead)."""
     if protocol not in ("grpc", "http"):
         raise UserError(f"--protocol must be grpc or http, got {protocol!r}")
     if users < 1 or spawn_rate <= 0 or duration_s < 1:
@@ -116,21 +132,28 @@ def run_once(model: str, url: str, *, protocol: str = "grpc", users: int = 4, sp
     metrics_url, before = _metrics_before(metrics_url, url, model)
     status_file = out / "locust_status.json"
     status_file.unlink(missing_ok=True)
-    env = dict(os.environ, TDET_URL=url, TDET_MODEL=model, TDET_IMAGES=str(images),
-               TDET_LATENCY_FILE=str(out / "latencies.csv"), TDET_STATUS_FILE=str(status_file),
-               TDET_LOCUST_CSV_PREFIX=str(out / "locust"),
-               TDET_TIMEOUT_S=str(timeout_s), TDET_RETRIES=str(retries), TDET_ABORT_AFTER_S=str(ABORT_AFTER_S))
-    locustfile = resources.files("tdet.client.loadtest") / "locustfile.py"
-    user_class = "TritonGrpcUser" if protocol == "grpc" else "TritonHttpUser"
+    for part in out.glob("latencies.csv.*"):  # a former distributed run's worker files
+        part.unlink()
+    env = locust_env(url, model, images, out, timeout_s, retries)
+    locustfile, user_class = LOCUSTFILE, USER_CLASS[protocol]
     cmd = [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "-u", str(users),
            "-r", str(spawn_rate), "-t", f"{max(1, round(duration_s))}s", "--stop-timeout", "10",
            "--only-summary", "--loglevel", "WARNING", user_class]
+    port = distributed.MASTER_PORT
+    if workers and not remote_workers:
+        from tdet.ensembles.server import free_port  # the one free-port helper; only local runs need it
+
+        port = free_port()
+    if workers:
+        cmd[-1:-1] = distributed.master_args(workers, port, remote_workers)
     t0 = time.monotonic()
-    with open(out / "locust.log", "w") as log:
+    with open(out / "locust.log", "w") as log, distributed.local_workers(
+            0 if remote_workers else workers, str(locustfile), user_class, port, env, out / "locust_workers.log"):
         try:  # the run stops itself at --duration; the timeout only catches a hung Locust
             subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=duration_s + 90)
         except subprocess.TimeoutExpired:
             raise TimeoutError(f"locust did not stop within {duration_s + 90:.0f}s (see {out / 'locust.log'})") from None
+    distributed.merge_latencies(out / "latencies.csv")
     wall = time.monotonic() - t0
     if not (out / "latencies.csv").is_file():
         tail = (out / "locust.log").read_text(errors="replace")[-2000:]
