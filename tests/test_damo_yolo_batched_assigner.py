@@ -77,7 +77,7 @@ def test_batched_loss_is_the_per_image_loss(kind: str) -> None:
     counts = BATCHES[kind]
     targets = [gt_set(gen, c, 1.0 if kind == "tiny" else 1 / 3) for c in counts]
     outs = [(c.requires_grad_(), r.requires_grad_()) for c, r in outputs(gen, len(counts))]
-    batched = DamoYoloCriterion(CLASSES)(outs, targets)
+    batched = DamoYoloCriterion(CLASSES, batched_assign=True)(outs, targets)
     grads = torch.autograd.grad(batched["total"], [t for o in outs for t in o])
     reference = DamoYoloCriterion(CLASSES, batched_assign=False)(outs, targets)
     ref_grads = torch.autograd.grad(reference["total"], [t for o in outs for t in o])

@@ -12,7 +12,7 @@ For one image:
 Priors are grid corners (ix * stride, iy * stride), the same points the head decodes from.
 `__call__` assigns one image (the reference); `batch` assigns a whole batch in one set of tensor ops (GTs
 padded to the largest count) with the same result, bit for bit (tests/test_damo_yolo_batched_assigner.py);
-the criterion uses `batch`.
+the criterion uses `batch` on CUDA (on CPU the per-image one is faster).
 """
 
 from __future__ import annotations
