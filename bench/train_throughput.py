@@ -5,6 +5,9 @@ Side by side in one run, same model, batch, input size and threads:
               forward + loss + backward + optimizer step, as `tdet train` runs it;
   step alone  the same steps on batches made beforehand and held in memory.
   step, AMP   the step alone under autocast (bf16 on CPU, fp16 on CUDA; the loss in fp32 as `tdet train --amp`).
+  step, AMP + channels_last   the same with the model and the images in channels_last memory format.
+  step, AMP + compile         (--compile) the same with torch.compile(model); its compile time is not timed.
+  full loop, AMP (+ channels_last)  the new loop next to the old one (the full loop, fp32).
 Printed: images/s of each (the runs alternate, so a noisy neighbour hits all), the ratio full / alone
 (target >= 0.9: the loader costs <= 10%), AMP / fp32, and the peak memory (RSS of this process, plus CUDA's
 max allocated on a GPU).
@@ -23,8 +26,8 @@ import time
 from pathlib import Path
 
 
-def measure(variant: str, data: Path, *, img_size: int, batch: int, workers: int, steps: int, device: str
-            ) -> dict[str, float]:
+def measure(variant: str, data: Path, *, img_size: int, batch: int, workers: int, steps: int, device: str,
+            compile_model: bool = False) -> dict[str, float]:
     import torch
 
     from tdet.training.data.coco import CocoDetection
@@ -43,13 +46,16 @@ def measure(variant: str, data: Path, *, img_size: int, batch: int, workers: int
     loader = build_train_loader(ds, fam.FAMILY, recipe.augment, (img_size, img_size), batch, 0, workers,
                                 multi_scale=multi_scale)
 
-    amp = {"on": False}
+    amp = {"on": False, "cl": False, "compiled": None}
 
     def step(b) -> None:
         images = b.images.to(device, non_blocking=True)
+        if amp["cl"]:
+            images = images.contiguous(memory_format=torch.channels_last)
         targets = [{k: v.to(device) for k, v in t.items()} for t in b.targets]
+        net = amp["compiled"] or model
         with torch.autocast(device, dtype=torch.bfloat16 if device == "cpu" else torch.float16, enabled=amp["on"]):
-            outputs = model(images, targets)
+            outputs = net(images, targets)
         losses = criterion(outputs, targets)  # the criteria upcast to fp32 themselves
         losses["total"].backward()
         optimizer.step()
@@ -87,17 +93,33 @@ def measure(variant: str, data: Path, *, img_size: int, batch: int, workers: int
 
     if len(loader.batch_sampler) < steps + 1:
         raise SystemExit(f"need {steps + 1} batches per epoch, the data gives {len(loader.batch_sampler)}")
-    runs = {"full": [], "alone": [], "amp": []}
-    for rep in range(2):  # alternating
-        runs["full"].append(full(rep))
-        runs["alone"].append(alone())
-        amp["on"] = True
-        runs["amp"].append(alone())
-        amp["on"] = False
+    def layout(channels_last: bool) -> None:
+        model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        amp["cl"] = channels_last
+
+    modes = {"full": (False, False, "full"), "alone": (False, False, "alone"), "amp": (True, False, "alone"),
+             "amp_cl": (True, True, "alone"), "full_amp": (True, False, "full"), "full_amp_cl": (True, True, "full")}
+    if compile_model:
+        amp["compiled_model"] = torch.compile(model)
+        modes["amp_compile"] = (True, False, "alone")
+    runs: dict[str, list[float]] = {k: [] for k in modes}
+    for rep in range(2):  # alternating, so a noisy neighbour hits every mode
+        for k, (on, cl, kind) in modes.items():
+            amp["on"] = on
+            layout(cl)
+            amp["compiled"] = amp.get("compiled_model") if k == "amp_compile" else None
+            runs[k].append(full(rep) if kind == "full" else alone())
+    amp.update(on=False, compiled=None)
+    layout(False)
     best = {k: max(v) for k, v in runs.items()}
     out = {"full_img_s": best["full"], "alone_img_s": best["alone"], "ratio": best["full"] / best["alone"],
            "amp_img_s": best["amp"], "amp_ratio": best["amp"] / best["alone"],
+           "amp_cl_ratio": best["amp_cl"] / best["alone"],
+           "full_amp_ratio": best["full_amp"] / best["full"], "full_amp_cl_ratio": best["full_amp_cl"] / best["full"],
+           "full_amp_cl_img_s": best["full_amp_cl"],
            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+    if compile_model:
+        out["amp_compile_ratio"] = best["amp_compile"] / best["alone"]
     if device == "cuda":
         out["cuda_peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
     return out
@@ -111,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--compile", action="store_true", help="also time the AMP step under torch.compile")
     args = ap.parse_args(argv)
 
     import os
@@ -126,14 +149,19 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
         synthesize(data, num=args.batch * (args.steps + 2) * 2, seed=0)  # mixed sizes, like real data
+        print("img/s under whatever load the machine has: compare the ratios (same run), not absolute figures")
         print(f"{'variant':<14} {'full loop img/s':>16} {'step alone img/s':>17} {'full/alone':>11} "
-              f"{'step AMP img/s':>15} {'AMP/fp32':>9} {'peak RSS GB':>12}")
+              f"{'step AMP img/s':>15} {'AMP/fp32':>9} {'AMP+CL/fp32':>12} {'full AMP/old':>13} "
+              f"{'full AMP+CL/old':>16} {'peak RSS GB':>12}")
         for v in args.variants.split(","):
             r = measure(v, data, img_size=args.img_size, batch=args.batch, workers=args.workers, steps=args.steps,
-                        device=args.device)
+                        device=args.device, compile_model=args.compile)
             extra = f"  CUDA peak {r['cuda_peak_gb']:.2f} GB" if "cuda_peak_gb" in r else ""
+            extra += f"  AMP+compile/fp32 {r['amp_compile_ratio']:.2f}x" if "amp_compile_ratio" in r else ""
             print(f"{v:<14} {r['full_img_s']:>16.2f} {r['alone_img_s']:>17.2f} {r['ratio']:>10.2f}x "
-                  f"{r['amp_img_s']:>15.2f} {r['amp_ratio']:>8.2f}x {r['peak_rss_gb']:>12.2f}{extra}", flush=True)
+                  f"{r['amp_img_s']:>15.2f} {r['amp_ratio']:>8.2f}x {r['amp_cl_ratio']:>11.2f}x "
+                  f"{r['full_amp_ratio']:>12.2f}x {r['full_amp_cl_ratio']:>15.2f}x {r['peak_rss_gb']:>12.2f}{extra}",
+                  flush=True)
     return 0
 
 

@@ -10,6 +10,9 @@ For one image:
 - dynamic k per GT = max(1, int(sum of its top-10 IoUs over the candidates)); each GT takes its k
   cheapest candidates; a prior taken by several GTs keeps the one with the lowest cost (over all GTs).
 Priors are grid corners (ix * stride, iy * stride), the same points the head decodes from.
+`__call__` assigns one image (the reference); `batch` assigns a whole batch in one set of tensor ops (GTs
+padded to the largest count) with the same result, bit for bit (tests/test_damo_yolo_batched_assigner.py);
+the criterion uses `batch` on CUDA (on CPU the per-image one is faster).
 """
 
 from __future__ import annotations
@@ -32,30 +35,30 @@ class Assignment:
 
 
 def pairwise_iou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """IoU matrix [N, M] of xyxy boxes a [N, 4], b [M, 4]; the union is floored at `eps` (as mmdet's
+    """IoU matrix [..., N, M] of xyxy boxes a [..., N, 4], b [..., M, 4]; the union is floored at `eps` (as mmdet's
     `bbox_overlaps`, which the official assigner uses)."""
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    lt = torch.max(a[:, None, :2], b[None, :, :2])
-    rb = torch.min(a[:, None, 2:], b[None, :, 2:])
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    lt = torch.max(a[..., :, None, :2], b[..., None, :, :2])
+    rb = torch.min(a[..., :, None, 2:], b[..., None, :, 2:])
     wh = (rb - lt).clamp(min=0)
     overlap = wh[..., 0] * wh[..., 1]
-    union = (area_a[:, None] + area_b[None, :] - overlap).clamp(min=eps)
+    union = (area_a[..., :, None] + area_b[..., None, :] - overlap).clamp(min=eps)
     return overlap / union
 
 
 def center_prior_masks(points: torch.Tensor, strides: torch.Tensor, gt_boxes: torch.Tensor,
                        center_radius: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(in_box, in_center), both bool [N, G]: prior point (x, y) [N, 2] strictly inside GT box [G, 4]
-    (xyxy px), and strictly within center_radius * stride [N] of the GT centre on both axes."""
+    """(in_box, in_center), both bool [..., N, G]: prior point (x, y) [N, 2] strictly inside GT box
+    [..., G, 4] (xyxy px), and strictly within center_radius * stride [N] of the GT centre on both axes."""
     x, y = points[:, 0, None], points[:, 1, None]
-    in_box = torch.stack([x - gt_boxes[:, 0], y - gt_boxes[:, 1], gt_boxes[:, 2] - x, gt_boxes[:, 3] - y],
-                         dim=1).min(dim=1).values > 0
-    cx = (gt_boxes[:, 0] + gt_boxes[:, 2]) / 2.0
-    cy = (gt_boxes[:, 1] + gt_boxes[:, 3]) / 2.0
+    x1, y1, x2, y2 = (gt_boxes[..., None, :, j] for j in range(4))  # [..., 1, G]
+    in_box = torch.stack([x - x1, y - y1, x2 - x, y2 - y], dim=-1).min(dim=-1).values > 0
+    cx = (x1 + x2) / 2.0
+    cy = (y1 + y2) / 2.0
     r = center_radius * strides[:, None]
     in_center = torch.stack([x - (cx - r), y - (cy - r), (cx + r) - x, (cy + r) - y],
-                            dim=1).min(dim=1).values > 0
+                            dim=-1).min(dim=-1).values > 0
     return in_box, in_center
 
 
@@ -116,3 +119,54 @@ class AlignOTAAssigner:
         matching[contested] = F.one_hot(cheapest, cost.shape[1]).bool()
         matched = matching.any(dim=1)
         return matching[matched].int().argmax(dim=1), matched
+
+    @torch.no_grad()
+    def batch(self, scores: torch.Tensor, points: torch.Tensor, strides: torch.Tensor, pred_boxes: torch.Tensor,
+              gt_boxes: torch.Tensor, gt_labels: torch.Tensor, valid: torch.Tensor) -> Assignment:
+        """All images at once, the same assignment as `__call__` image by image. scores [B, N, C];
+        pred_boxes [B, N, 4]; gt_boxes [B, G, 4], gt_labels [B, G] padded to the largest GT count, valid
+        [B, G] bool marks the real GTs. -> Assignment with gt_index and iou [B, N].
+
+        Costs are computed for every prior (non-candidates and padded GTs masked to +inf), element by element
+        as the per-image path does, so every candidate's cost has the same bits. Each GT takes its k cheapest
+        candidates with ties to the lower prior index: the k-th smallest cost is a value (which topk gives
+        whatever its tie order), then the ties at that value are taken in index order."""
+        b, n = scores.shape[:2]
+        gt_index = torch.full((b, n), -1, dtype=torch.long, device=scores.device)
+        iou = torch.zeros((b, n), dtype=torch.float32, device=scores.device)
+        if gt_boxes.shape[1] == 0 or n == 0:
+            return Assignment(gt_index, iou)
+        in_box, in_center = center_prior_masks(points, strides, gt_boxes, self.center_radius)  # [B, N, G]
+        in_box, in_center = in_box & valid[:, None], in_center & valid[:, None]
+        candidate = (in_box.any(dim=2) | in_center.any(dim=2))[:, :, None]  # [B, N, 1]
+        ious = pairwise_iou(pred_boxes, gt_boxes)  # [B, N, G]
+        labels = gt_labels.clamp(min=0)[:, None, :].expand(b, n, -1)
+        background = F.binary_cross_entropy(scores, torch.zeros_like(scores), reduction="none") * scores.pow(2)
+        p = scores.gather(2, labels)
+        at_label = F.binary_cross_entropy(p, ious, reduction="none") * (ious - p).abs().pow(2)
+        cls_cost = background.sum(dim=2, keepdim=True) - background.gather(2, labels) + at_label
+        cost = (cls_cost * self.cls_weight + -torch.log(ious + self.eps) * self.iou_weight
+                + (~(in_box & in_center)).float() * OUTSIDE_COST)
+        usable = candidate & valid[:, None]
+        cost = cost.masked_fill(~usable, float("inf"))
+
+        # dynamic k from the candidates' top IoUs (zeros elsewhere add nothing to the sum)
+        cand_ious = ious.masked_fill(~usable, 0.0)
+        topk = min(self.candidate_topk, n)
+        ks = torch.topk(cand_ious, topk, dim=1).values.sum(dim=1).int().clamp(min=1)  # [B, G]
+        ks = ks.masked_fill(~valid, 0).long()
+        kth = torch.topk(cost, min(int(ks.max()), n), dim=1, largest=False).values  # [B, K, G], sorted
+        threshold = kth.gather(1, (ks - 1).clamp(min=0)[:, None, :])  # [B, 1, G]
+        below = cost < threshold
+        ties = cost == threshold
+        room = ks[:, None, :] - below.sum(dim=1, keepdim=True)
+        matching = (below | (ties & (ties.cumsum(dim=1) <= room))) & (ks[:, None, :] > 0)
+
+        contested = matching.sum(dim=2) > 1  # [B, N]
+        cheapest = torch.min(cost[contested], dim=1).indices
+        matching[contested] = F.one_hot(cheapest, cost.shape[2]).bool()
+        matched = matching.any(dim=2)
+        chosen = matching.int().argmax(dim=2)
+        gt_index = torch.where(matched, chosen, gt_index)
+        iou = torch.where(matched, ious.gather(2, chosen[:, :, None]).squeeze(2), iou)
+        return Assignment(gt_index, iou)
