@@ -22,16 +22,17 @@ test: venv
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# The main job: export the model the project trained itself (training/demo/damo-yolo-t.pth), build the
-# Triton repository, start the local server, run inference and COCO evaluation (served vs in-process) on the
-# held-out synthetic val split.
+# The main job: export the models the project trained itself (training/demo/{damo-yolo-t,rtdetrv2-s}.pth), build
+# the Triton repository, start the local server, run inference, COCO evaluation (served vs in-process) and the
+# DAMO-YOLO vs RT-DETRv2 comparison on the held-out synthetic val split.
 demo: venv
 	$(BIN)/python -m tdet.client.demo --workdir $(BUILD)/demo --repository model_repository
 
-# Re-make the demo checkpoint from scratch: synthetic data -> tdet train (CUDA when present) -> training/demo/.
-# Minutes on a GPU, hours on a 2-core CPU (training/demo/README.md has the commands and times of the committed one).
+# Re-make the demo checkpoints from scratch: synthetic data -> tdet train (CUDA when present) -> training/demo/.
+# Minutes on a GPU, hours on a 2-core CPU (training/demo/README.md has the commands and times of the committed ones).
 demo-model: venv
 	$(BIN)/python -m tdet.training.demo_model damo-yolo-t --work $(BUILD)/demo-model
+	$(BIN)/python -m tdet.training.demo_model rtdetrv2-s --work $(BUILD)/demo-model
 
 bench: venv
 	$(BIN)/python bench/ensemble_overhead.py

@@ -2,9 +2,10 @@
 
 export (the demo checkpoint in training/demo, `make demo-model` reproduces it) -> repo build -> data synth (the
 held-out val split the model never trained on) -> serve --detach -> infer (annotated images) -> eval through
-Triton with the in-process PyTorch reference of the same checkpoint -> stop, then the served and in-process
-mAP side by side, and the annotated images in one PNG (WORKDIR/<variant>.png; the README shows its copy,
-training/demo/<variant>.demo.png).
+Triton with the in-process PyTorch reference of the same checkpoint -> compare (the seed's DAMO-YOLO vs RT-DETRv2
+table: served AP, latency, throughput, params, GFLOPs) -> stop, then the served and in-process mAP side by side,
+the annotated images of each model in one PNG (WORKDIR/<variant>.png) and both families on the same images,
+a row per model (WORKDIR/families.png; the README shows its copy, training/demo/families.demo.png).
 """
 
 from __future__ import annotations
@@ -27,6 +28,15 @@ def tdet(*args: str) -> None:
     subprocess.run(cmd, check=True)
 
 
+def _paste_fitted(sheet, path: Path, at: tuple[int, int], cell: tuple[int, int]) -> None:
+    """An image shrunk to fit a cell of the sheet, centred in it."""
+    from PIL import Image
+
+    tile = Image.open(path).convert("RGB")
+    tile.thumbnail(cell, Image.LANCZOS)
+    sheet.paste(tile, (at[0] + (cell[0] - tile.width) // 2, at[1] + (cell[1] - tile.height) // 2))
+
+
 def montage(images: list[Path], out: Path, *, cols: int = 3, cell: tuple[int, int] = (320, 240)) -> Path:
     """The annotated images in one small PNG, each fitted into a cell of a grid (the README's picture)."""
     from PIL import Image
@@ -34,11 +44,23 @@ def montage(images: list[Path], out: Path, *, cols: int = 3, cell: tuple[int, in
     rows = -(-len(images) // cols)
     sheet = Image.new("RGB", (cols * cell[0], rows * cell[1]), "white")
     for i, path in enumerate(images):
-        tile = Image.open(path).convert("RGB")
-        tile.thumbnail(cell, Image.LANCZOS)
-        x, y = (i % cols) * cell[0], (i // cols) * cell[1]
-        sheet.paste(tile, (x + (cell[0] - tile.width) // 2, y + (cell[1] - tile.height) // 2))
+        _paste_fitted(sheet, path, ((i % cols) * cell[0], (i // cols) * cell[1]), cell)
     sheet.quantize(colors=128).save(out, optimize=True)  # a palette keeps it small enough to commit
+    return out
+
+
+def families(rows: dict[str, list[Path]], out: Path, *, cols: int = 3, cell: tuple[int, int] = (320, 240),
+             label_w: int = 110) -> Path:
+    """Both families' detections on the same val images: one row per model, its name on the left."""
+    from PIL import Image, ImageDraw
+
+    sheet = Image.new("RGB", (label_w + cols * cell[0], len(rows) * cell[1]), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (name, images) in enumerate(rows.items()):
+        draw.text((8, r * cell[1] + cell[1] // 2 - 6), name, fill="black")
+        for c, path in enumerate(images[:cols]):
+            _paste_fitted(sheet, path, (label_w + c * cell[0], r * cell[1]), cell)
+    sheet.quantize(colors=128).save(out, optimize=True)
     return out
 
 
@@ -50,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--http-port", default="8000")
     ap.add_argument("--grpc-port", default="8001")
     ap.add_argument("--metrics-port", default="8002")
+    ap.add_argument("--compare-seconds", type=float, default=5.0, help="saturation run per model in the comparison")
     args = ap.parse_args(argv)
     work = args.workdir
     variants = [v for v in VARIANTS if (args.models / f"{v}.pth").is_file()]
@@ -76,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
             tdet("eval", "--model", model, "--url", url, "--coco", str(val / "annotations.json"), "--images",
                  str(val / "images"), "--reference", variant, "--weights", str(args.models / f"{variant}.pth"),
                  "--out", str(work / "eval" / model))
+        models = ",".join(v.replace("-", "_") for v in variants)
+        tdet("compare", "--models", models, "--url", url, "--coco", str(val / "annotations.json"), "--images",
+             str(val / "images"), "--out", str(work / "compare"), "--seconds", str(args.compare_seconds))
     finally:
         tdet("stop", "--http-port", args.http_port)
     print(f"\nheld-out val split ({VAL['num']} synthetic images, seed {VAL['seed']}), COCO box metrics in percent:")
@@ -86,14 +112,18 @@ def main(argv: list[str] | None = None) -> int:
         s, r = m["metrics"], m["reference"]
         print(f"{model:<14} {100 * s['AP']:>10.2f} {100 * s['AP50']:>12.2f} {100 * r['AP']:>11.2f} "
               f"{100 * r['AP50']:>13.2f} {100 * (s['AP'] - r['AP']):>+9.2f}")
-    print("\nannotated images and detections JSON:")
+    print(f"\nDAMO-YOLO vs RT-DETRv2 through the server on this machine ({work / 'compare' / 'compare.md'}):")
+    print((work / "compare" / "compare.md").read_text())
+    print("annotated images and detections JSON:")
+    per_model = {}
     for variant in variants:
         folder = work / "detections" / variant.replace("-", "_")
         rows = json.loads((folder / "detections.json").read_text())
-        annotated = [Path(row["annotated"]) for row in sorted(rows, key=lambda r: r["image"])]
-        sheet = montage(annotated, work / f"{variant}.png")
+        per_model[variant] = [Path(row["annotated"]) for row in sorted(rows, key=lambda r: r["image"])]
+        sheet = montage(per_model[variant], work / f"{variant}.png")
         print(f"  {folder}/  ({len(rows)} images, detections per image: {[row['count'] for row in rows]}); "
               f"side by side: {sheet}")
+    print(f"  both families on the same images, a row each: {families(per_model, work / 'families.png')}")
     return 0
 
 

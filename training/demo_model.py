@@ -6,6 +6,9 @@ release file `make demo` serves.
              mosaic + mixup, its warmup / no-aug phases sized for a short run)
     stage 2: tdet train --weights <stage 1 best> with training/demo/<variant>.finetune.yaml (the no-aug phase as a
              fine-tune: stretch resize + flip only, the distribution the model is evaluated on)
+    stage 3 (damo-yolo-t): the official recipe again from stage 2's best (training/demo/<variant>.continue.yaml),
+             bf16 autocast, its no-aug phase as the last epochs
+    (rtdetrv2-s has one stage: its demo recipe at 256, the official warmup shortened)
     -> the EMA weights in fp16: training/demo/<variant>.pth, with <variant>.stage{1,2}.{yaml,log.csv} beside it
 
 On a GPU stage 1 takes minutes; on a 2-core CPU both take hours (training/demo/README.md gives the times of the
@@ -24,9 +27,17 @@ import time
 from pathlib import Path
 
 DEMO = Path(__file__).parent / "demo"
-STAGES = {  # variant -> (stage 1 arguments, stage 2 arguments); the committed damo-yolo-t used these
-    "damo-yolo-t": (["--img-size", "320", "--epochs", "30", "--batch", "64", "--eval-every", "5"],
-                    ["--img-size", "320", "--epochs", "4", "--batch", "8", "--lr-scale", "0.5", "--eval-every", "1"]),
+# variant -> its stages: (recipe file training/demo/<variant>.<recipe>.yaml, arguments); each stage starts from
+# the previous one's best. The committed checkpoints used exactly these (training/demo/README.md: where and how long).
+STAGES = {
+    "damo-yolo-t": (
+        ("recipe", ["--img-size", "320", "--epochs", "30", "--batch", "64", "--eval-every", "5"]),
+        ("finetune", ["--img-size", "320", "--epochs", "4", "--batch", "8", "--lr-scale", "0.5", "--eval-every", "1"]),
+        ("continue", ["--img-size", "320", "--epochs", "8", "--batch", "16", "--amp", "--eval-every", "2"]),
+    ),
+    "rtdetrv2-s": (
+        ("recipe", ["--img-size", "256", "--epochs", "5", "--batch", "8", "--amp", "--eval-every", "1"]),
+    ),
 }
 
 
@@ -70,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
               "--val-data", str(data / "val/annotations.json"), "--val-images", str(data / "val/images"),
               "--workers", str(workers), "--device", device, "--seed", str(args.seed)]
     commands, start, best = [], time.time(), None
-    for stage, (extra, recipe) in enumerate(zip(STAGES[args.variant], ("recipe", "finetune")), 1):
+    for stage, (recipe, extra) in enumerate(STAGES[args.variant], 1):
         out = args.work / f"{args.variant}-stage{stage}"
         cmd = [*tdet, "train", args.variant, *common, *extra, "--out", str(out),
                "--recipe", str(DEMO / f"{args.variant}.{recipe}.yaml")]
