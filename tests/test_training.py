@@ -188,3 +188,15 @@ def test_fine_tuning_to_three_classes_loads_all_but_the_class_branch(tmp_path):
     # the same classes in the same order: nothing is skipped
     assert load_pretrained(source, fam, tmp_path / "coco80.pth", num_classes=80,
                            category_ids=list(COCO_CATEGORY_IDS)) == []
+
+
+def test_train_refuses_an_out_folder_holding_a_run_without_resume(tmp_path):
+    """An interrupted run's last.pth is never overwritten by a new `tdet train` into the same folder."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pth").write_bytes(b"an interrupted run")
+    res = tdet(*train_args("damo-yolo-t", tmp_path / "a.json", tmp_path / "images", out), timeout=300)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "already holds a run (last.pth)" in res.stderr and "--resume" in res.stderr and "--exist-ok" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert (out / "last.pth").read_bytes() == b"an interrupted run"

@@ -45,6 +45,9 @@ def register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=S, help="run folder (default: runs/VARIANT)")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
                    help="continue an interrupted run exactly: PATH (default: OUT/last.pth)")
+    p.add_argument("--exist-ok", action="store_true",
+                   help="start a new run in an --out folder that holds one (its last.pth/best.pth are overwritten); "
+                        "without it such a folder is refused: continue it with --resume or pick a new --out")
     p.add_argument("--device", choices=["cpu", "cuda"], default=S, help="(default: cuda when available, else cpu)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=S,
                    help="mixed precision: fp16 + GradScaler on CUDA, bf16 autocast on CPU (default: the recipe's on "
@@ -84,6 +87,10 @@ def _train_args(args: argparse.Namespace):
     if ("val_data" in given) != ("val_images" in given):
         raise UserError("--val-data and --val-images go together")
     given.setdefault("out", f"runs/{args.variant}")
+    held = [n for n in ("last.pth", "best.pth") if (Path(given["out"]) / n).is_file()]
+    if resume is None and held and not getattr(args, "exist_ok", False):  # never overwrite a run silently
+        raise UserError(f"{given['out']} already holds a run ({', '.join(held)}): continue it with --resume, "
+                        f"train into a new --out, or pass --exist-ok to overwrite it")
     if "device" not in given:  # a resumed run keeps its saved device
         import torch
 
