@@ -63,15 +63,16 @@ def center_prior_masks(points: torch.Tensor, strides: torch.Tensor, gt_boxes: to
 
 
 def classification_cost(scores: torch.Tensor, ious: torch.Tensor, gt_labels: torch.Tensor) -> torch.Tensor:
-    """sum_c BCE(p_c, t_c) * |t_c - p_c|^2 with t = onehot(label) * IoU: [V, G] from scores [V, C]
-    (probabilities), ious [V, G], gt_labels [G].
+    """sum_c BCE(p_c, t_c) * |t_c - p_c|^2 with t = onehot(label) * IoU: [..., V, G] from scores [..., V, C]
+    (probabilities), ious [..., V, G], gt_labels [..., G] (a leading batch dimension or none).
 
     Same value as the official [V, G, C] expansion, computed as the all-zero-target sum plus the
     correction at the label class, so memory stays O(V*(G+C)) for crowded images and many classes."""
+    at = gt_labels[..., None, :].expand(ious.shape)  # [..., V, G]: each GT's label, for every candidate
     background = F.binary_cross_entropy(scores, torch.zeros_like(scores), reduction="none") * scores.pow(2)
-    p = scores[:, gt_labels]  # [V, G]
+    p = scores.gather(-1, at)
     at_label = F.binary_cross_entropy(p, ious, reduction="none") * (ious - p).abs().pow(2)
-    return background.sum(dim=1, keepdim=True) - background[:, gt_labels] + at_label
+    return background.sum(dim=-1, keepdim=True) - background.gather(-1, at) + at_label
 
 
 class AlignOTAAssigner:
@@ -96,14 +97,19 @@ class AlignOTAAssigner:
             return Assignment(gt_index, iou)
 
         ious = pairwise_iou(pred_boxes[candidates], gt_boxes)  # [V, G]
-        cost = (classification_cost(scores[candidates], ious, gt_labels) * self.cls_weight
-                + -torch.log(ious + self.eps) * self.iou_weight
-                + (~(in_box & in_center)[candidates]).float() * OUTSIDE_COST)
+        cost = self._cost(scores[candidates], ious, gt_labels, (in_box & in_center)[candidates])
         matched_gt, matched = self._dynamic_k_matching(cost, ious)
         fg = candidates[matched]
         gt_index[fg] = matched_gt
         iou[fg] = ious[matched, matched_gt]
         return Assignment(gt_index, iou)
+
+    def _cost(self, scores: torch.Tensor, ious: torch.Tensor, gt_labels: torch.Tensor,
+              inside: torch.Tensor) -> torch.Tensor:
+        """The matching cost [..., V, G]: classification + IoU cost, plus OUTSIDE_COST where the prior is not
+        both in the GT box and in its centre region (`inside`)."""
+        return (classification_cost(scores, ious, gt_labels) * self.cls_weight
+                + -torch.log(ious + self.eps) * self.iou_weight + (~inside).float() * OUTSIDE_COST)
 
     def _dynamic_k_matching(self, cost: torch.Tensor, ious: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cost, ious [V, G] -> (GT index of each matched candidate [M], matched mask over candidates [V])."""
@@ -140,13 +146,7 @@ class AlignOTAAssigner:
         in_box, in_center = in_box & valid[:, None], in_center & valid[:, None]
         candidate = (in_box.any(dim=2) | in_center.any(dim=2))[:, :, None]  # [B, N, 1]
         ious = pairwise_iou(pred_boxes, gt_boxes)  # [B, N, G]
-        labels = gt_labels.clamp(min=0)[:, None, :].expand(b, n, -1)
-        background = F.binary_cross_entropy(scores, torch.zeros_like(scores), reduction="none") * scores.pow(2)
-        p = scores.gather(2, labels)
-        at_label = F.binary_cross_entropy(p, ious, reduction="none") * (ious - p).abs().pow(2)
-        cls_cost = background.sum(dim=2, keepdim=True) - background.gather(2, labels) + at_label
-        cost = (cls_cost * self.cls_weight + -torch.log(ious + self.eps) * self.iou_weight
-                + (~(in_box & in_center)).float() * OUTSIDE_COST)
+        cost = self._cost(scores, ious, gt_labels.clamp(min=0), in_box & in_center)
         usable = candidate & valid[:, None]
         cost = cost.masked_fill(~usable, float("inf"))
 
