@@ -20,12 +20,6 @@ from typing import Any
 
 from .errors import InferenceError, UserError
 
-# area modules, in pipeline order: training -> export -> repository/serving -> client
-AREAS = (
-    "tdet.training.cli",  # info, export
-    "tdet.ensembles.cli",  # repo build, serve, stop
-    "tdet.client.commands",  # infer, data synth, eval, loadtest, compare
-)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -86,14 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tdet {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for area in AREAS:
-        try:
-            module = importlib.import_module(area)
-        except ModuleNotFoundError as err:
-            if err.name and err.name.startswith(area):  # area not built yet
-                continue
-            raise
-        module.register(sub)
+    # The areas, imported explicitly so that a packaging bug fails here instead of a command vanishing; their
+    # cli modules are torch-free (heavy imports happen inside the command functions). Pipeline order.
+    from ..ensembles import cli as ensembles_cli  # repo build, serve, stop
+    from ..training import cli as training_cli  # info, export, train
+    from . import commands as client_commands  # infer, data synth, eval, loadtest, compare
+
+    for area in (training_cli, ensembles_cli, client_commands):
+        area.register(sub)
     parser.set_defaults(make_reference=make_reference)
     return parser
 

@@ -66,7 +66,8 @@ def test_errors_name_the_whole_command(tmp_path, capsys):
 
 
 def test_core_subcommands_registered():
-    assert {"info", "export"} <= set(_subcommands())
+    assert {"info", "export", "train", "repo", "serve", "stop", "infer", "data", "eval", "loadtest",
+            "compare"} <= set(_subcommands())
 
 
 @pytest.mark.parametrize("cmd", _subcommands())
@@ -163,3 +164,13 @@ def test_export_check_gives_a_verdict_and_fails_beyond_the_tolerance(tmp_path, m
     assert main(["export", "damo-yolo-t", "--out", str(tmp_path / "x.onnx"), "--check"]) == 1
     out = capsys.readouterr()
     assert "check FAILED" in out.err and "max abs diff" in out.out and (tmp_path / "x.onnx").is_file()
+
+
+@pytest.mark.parametrize("area", ["tdet.training.cli", "tdet.ensembles.cli", "tdet.client.evaluation_cli"])
+def test_a_broken_area_fails_loudly_instead_of_vanishing(area):
+    """A packaging bug in one area (its cli module cannot be imported) stops `tdet` with the import error;
+    the area's commands never disappear silently from the parser."""
+    blocked = f'import sys; sys.modules["{area}"] = None; from tdet.client.cli import main; sys.exit(main(["--help"]))'
+    out = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert area in out.stderr and "Error" in out.stderr.splitlines()[-1]
