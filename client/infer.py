@@ -79,23 +79,35 @@ def _free_slot(placed: npt.NDArray[np.int64], x: int, y: int, w: int, h: int, im
     return x, int(best), x + w, int(best) + h
 
 
+def _label_style(shape: tuple[int, ...]) -> tuple[int, float, int]:
+    """(line thickness, font scale, label padding) in px, growing with the image so labels stay legible."""
+    thick = max(1, round(max(shape[:2]) / 500))
+    return thick, 0.4 * thick, 2 * thick
+
+
+def label_rects(dets: Detections, shape: tuple[int, ...]) -> tuple[list[str], npt.NDArray[np.int64]]:
+    """The "name score" text of each detection and where draw_detections puts it (label_layout's rectangles)."""
+    thick, scale, pad = _label_style(shape)
+    texts = [f"{d.class_name} {d.score:.2f}" for d in dets]
+    metrics = [cv2.getTextSize(t, FONT, scale, thick) for t in texts]  # ((w, h), baseline)
+    sizes = [(w + 2 * pad, h + base + 2 * pad) for (w, h), base in metrics]
+    return texts, label_layout(dets.boxes, sizes, shape)
+
+
 def draw_detections(bgr: npt.NDArray[np.uint8], dets: Detections) -> npt.NDArray[np.uint8]:
     """A copy of the BGR uint8 [H, W, 3] image with boxes (original px, xyxy) and "name score" labels: each on a
     filled background in its box's colour, kept within the image and off the other labels (label_layout)."""
     out = bgr.copy()
-    thick = max(1, round(max(out.shape[:2]) / 500))
-    scale, pad = 0.4 * thick, 2 * thick
-    texts = [f"{d.class_name} {d.score:.2f}" for d in dets]
-    metrics = [cv2.getTextSize(t, FONT, scale, thick) for t in texts]  # ((w, h), baseline)
-    sizes = [(w + 2 * pad, h + base + 2 * pad) for (w, h), base in metrics]
+    thick, scale, pad = _label_style(out.shape)
     for d in dets:  # every box first, so no box line crosses a label
         x1, y1, x2, y2 = (int(round(v)) for v in d.box)
         cv2.rectangle(out, (x1, y1), (x2, y2), class_color(d.category_id), thick)
-    for d, text, ((_, h), _), rect in zip(dets, texts, metrics, label_layout(dets.boxes, sizes, out.shape)):
+    for d, text, rect in zip(dets, *label_rects(dets, out.shape)):
         color = class_color(d.category_id)
         lx1, ly1, lx2, ly2 = (int(v) for v in rect)
         cv2.rectangle(out, (lx1, ly1), (lx2 - 1, ly2 - 1), color, cv2.FILLED)
         ink = (0, 0, 0) if 0.114 * color[0] + 0.587 * color[1] + 0.299 * color[2] > 140 else (255, 255, 255)
+        (_, h), _ = cv2.getTextSize(text, FONT, scale, thick)
         cv2.putText(out, text, (lx1 + pad, ly1 + pad + h), FONT, scale, ink, thick, cv2.LINE_AA)
     return out
 
