@@ -1,8 +1,9 @@
 """`tdet infer PATH... [--model M] [--out DIR]`: detections from a running server, written as each image's
 answer arrives: an annotated copy (<name>.jpg) and JSON (<name>.json) per input, plus an index
 (detections.json). PATH: an image file, a folder of images or an http(s) URL (fetched first; a URL that
-fails stops the run with its HTTP status or network error); a video is refused plainly (not supported yet). A file the server refuses (not an image, truncated, too small) is skipped with a
-warning naming it; the rest go on.
+fails stops the run with its HTTP status or network error); a video is refused plainly (not supported yet).
+A file the server refuses (not an image, truncated, too small) is skipped with a warning naming it; the
+rest go on.
 
 Output names mirror the inputs below their common folder (`a/x.jpg b/x.jpg` -> OUT/a/x.*, OUT/b/x.*);
 two inputs with the same stem in one folder (x.jpg, x.png) keep their suffix (x.jpg.*, x.png.*), so
@@ -37,8 +38,6 @@ from .triton import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, add_connection_args, add
 
 INDEX = "detections.json"
 DEFAULT_CONF = 0.25  # Ultralytics' predict default: what a deployment user expects to see drawn and counted
-
-
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
@@ -139,7 +138,7 @@ def output_names(inputs: Sequence[Path | str]) -> list[str]:
 def url_name(url: str) -> str:
     """A safe file name from a URL's last path segment ("https://h/a/bus%201.jpg?s=2" -> "bus_1.jpg")."""
     segment = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rstrip("/").rpartition("/")[2])
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", segment).lstrip("._")[-100:]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", segment)[-100:].lstrip("._")
     return name or "image"
 
 

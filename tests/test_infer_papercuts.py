@@ -42,14 +42,18 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # no request lines on stderr
+        pass
+
+
 @pytest.fixture
 def web(tmp_path, images):
     """A real HTTP server on 127.0.0.1 serving a folder with real images: (base URL, folder)."""
     root = tmp_path / "www"
     (root / "photos").mkdir(parents=True)
     (root / "photos" / "bus stop.jpg").write_bytes(images["wide.jpg"])
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a: None
+    handler = functools.partial(_QuietHandler, directory=str(root))
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -90,7 +94,8 @@ def test_url_result_names_are_the_last_segment_sanitized(tmp_path):
     assert url_name("https://h/a/bus%20stop.jpg?size=2#x") == "bus_stop.jpg"
     assert url_name("https://h/a/..%2F..%2Fetc%2Fpasswd") == "etc_passwd"  # never leaves the output folder
     assert url_name("https://h/") == url_name("https://h") == "image"
-    names = output_names(["https://a/x/bus.jpg", str(tmp_path / "bus.jpg"), "https://b/bus.png", "https://c/zidane.jpg"])
+    names = output_names(["https://a/x/bus.jpg", str(tmp_path / "bus.jpg"), "https://b/bus.png",
+                          "https://c/zidane.jpg"])
     assert names == ["bus.jpg", "bus.jpg_2", "bus.png", "zidane"]  # no result overwrites another
 
 
@@ -117,7 +122,7 @@ def test_infer_url_writes_the_same_detections_as_the_local_file(served, web, tmp
     assert res.returncode == 0, res.stderr
     index = json.loads((out / "detections.json").read_text())
     assert [r["image"] for r in index] == [url, str(local)]
-    assert [Path(r["json"]).name for r in index] == ["bus_stop.jpg.json", "bus_stop.jpg_2.json"]
+    assert [Path(r["json"]).name for r in index] == ["bus_stop.json", "bus stop.json"]  # the URL's sanitized
     got, want = (json.loads(Path(r["json"]).read_text()) for r in index)
     assert (got["height"], got["width"]) == (want["height"], want["width"])
     assert cv2.imread(index[0]["annotated"]).shape[:2] == (got["height"], got["width"])
@@ -187,7 +192,7 @@ def test_labels_are_apart_inside_the_image_and_filled(shape):
     dets = _busy(h, w)
     texts, rects = label_rects(dets, shape)
     assert len(rects) == len(dets) == len(texts)
-    assert (rects[:, 0] >= 0).all() and (rects[:, 1] >= 0).all() and (rects[:, 2] <= w).all() and (rects[:, 3] <= h).all()
+    assert (rects[:, :2] >= 0).all() and (rects[:, 2] <= w).all() and (rects[:, 3] <= h).all()
     for i in range(len(rects)):
         for j in range(i):
             assert not _overlap(rects[i], rects[j]), (texts[i], rects[i], texts[j], rects[j])
