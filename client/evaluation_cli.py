@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from .errors import UserError
-from .triton import DEFAULT_RETRIES, add_connection_args, add_url_args, server_url
+from .triton import DEFAULT_RETRIES, add_connection_args, add_url_args, metrics_url, server_url
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -68,8 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=Path, required=True, help="image file or folder (searched recursively) to "
                                                                "rotate through")
     p.add_argument("--out", type=Path, default=Path("build/loadtest"), help="report folder")
-    p.add_argument("--metrics-url", help="Triton's Prometheus metrics (default: http://HOST:8002/metrics, HOST from "
-                                         "--url; skipped with a warning if nothing answers there; '' to skip)")
+    p.add_argument("--metrics-url", help="Triton's Prometheus metrics (default: $TDET_METRICS_URL, the detached "
+                                         "server's, else http://HOST:8002/metrics, HOST from --url; skipped with a "
+                                         "warning if nothing answers there; '' to skip)")
     p.add_argument("--sweep", type=_ints, help="concurrency sweep, e.g. 1,2,4,8,16: one run per level, --users "
                                                "and --spawn-rate ignored")
     p.add_argument("--workers", type=int, default=0, help="Locust distributed mode: a master and this many "
@@ -134,7 +135,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 
         return join_master(args.master_host, args.model, server_url(args), args.protocol, args.images, args.out,
                            timeout_s=args.timeout, retries=args.retries)
-    kw = dict(protocol=args.protocol, duration_s=args.duration, images=args.images, metrics_url=args.metrics_url,
+    kw = dict(protocol=args.protocol, duration_s=args.duration, images=args.images, metrics_url=metrics_url(args),
               timeout_s=args.timeout, retries=args.retries, workers=args.workers, remote_workers=args.remote_workers)
     if args.sweep:
         runs = sweep(args.model, server_url(args), args.sweep, out=args.out, **kw)
