@@ -351,7 +351,7 @@ class Trainer:
         train_state = {**{k: state[k] for k in ("epoch", "batch", "step", "best_ap", "sums", "images", "seconds")},
                        "rng": torch.get_rng_state(),
                        "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None}
-        ckpt = build_checkpoint(self.fam.FAMILY, model=ctx["bare"], ema=ctx["ema"].state_dict(),
+        ckpt = build_checkpoint(self.fam, model=ctx["bare"], ema=ctx["ema"].state_dict(),
                                 optimizer=ctx["optimizer"].state_dict(),
                                 scaler=ctx["scaler"].state_dict() if ctx["scaler"].is_enabled() else None,
                                 epoch=state["epoch"], meta=ctx["meta"], train_state=train_state, lr_state=lr_state)

@@ -8,6 +8,7 @@ regenerated for this model's size instead of read from the file.
 
 from __future__ import annotations
 
+import datetime
 import re
 from pathlib import Path
 
@@ -72,3 +73,12 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     """Load an official v2 (or v1, upgraded) checkpoint into `model` strictly; ValueError names the
     missing/unexpected/mis-shaped keys when the file belongs to another variant."""
     load_state_dict_strict(model, checkpoint_state_dict(read_checkpoint(path), model), path, "RT-DETRv2 variant")
+
+
+def training_checkpoint(*, model: nn.Module, ema: dict, optimizer: dict, scaler: dict | None, epoch: int,
+                        lr_state: dict) -> dict:
+    """`BaseSolver.state_dict`'s layout: raw weights, EMA {"module", "updates"}, optimizer, scaler, schedulers,
+    last_epoch (0-based: epochs completed - 1), date."""
+    return {"model": model.state_dict(), "ema": ema, "optimizer": optimizer, "scaler": scaler,
+            "last_epoch": epoch - 1, "date": datetime.datetime.now().isoformat(),
+            "lr_scheduler": lr_state.get("lr_scheduler"), "lr_warmup_scheduler": lr_state.get("lr_warmup_scheduler")}
