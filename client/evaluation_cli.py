@@ -55,6 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                           "extra) and report the delta")
     p.add_argument("--weights", help="checkpoint for --reference (default: the weights the served model was "
                                      "exported with)")
+    p.add_argument("--per-class", action="store_true", help="also print AP per dataset category (and write it to "
+                                                            "metrics.json as per_class_ap)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("loadtest", help="Locust load test with throughput/latency report",
@@ -109,7 +111,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate, format_metrics
+    import sys
+
+    from .evaluation import evaluate, format_metrics, format_per_class
 
     if args.weights and not args.reference:
         raise UserError("--weights goes with --reference VARIANT")
@@ -117,8 +121,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     reference = args.make_reference(args.reference, args.weights) if args.reference else None
     res = evaluate(args.model, server_url(args), args.coco, args.images, protocol=args.protocol,
                    concurrency=args.concurrency, out=args.out, reference=reference, timeout_s=args.timeout,
-                   retries=args.retries, conf=args.conf, iou=args.iou)
+                   retries=args.retries, conf=args.conf, iou=args.iou, per_class=args.per_class)
     print(format_metrics(res))
+    if res.per_class is not None:
+        print(format_per_class(res))
+    if res.class_mismatch:
+        print(res.class_mismatch, file=sys.stderr)
     print(f"results: {res.results_path}  metrics: {res.results_path.parent / 'metrics.json'}")
     return 0
 
