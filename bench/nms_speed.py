@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--candidates", type=int, default=1000)
     args = ap.parse_args(argv)
     results = [measure(c, args.candidates, args.images, args.reps) for c in (3, 80)]
-    print("| classes | candidates | old NMS | new NMS | speed-up | OpenCV (reference, not exact) | OpenCV kept differs |")
+    print("| classes | candidates | old NMS | new NMS | speed-up | OpenCV (reference, not exact) "
+          "| OpenCV kept differs |")
     print("|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['classes']} | {r['candidates']} | {r['old_ms']:.2f} ms | {r['new_ms']:.2f} ms | "

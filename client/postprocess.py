@@ -1,7 +1,8 @@
 """numpy postprocess per family (the served path's; the PyTorch references live in training/), and the
 typed `Detections` every client call returns.
 
-DAMO-YOLO (official eval): multi-label candidates with score > score_thr, class-aware NMS, top K.
+DAMO-YOLO (official eval): multi-label candidates with score > score_thr (no pre-NMS cap, as the
+official), class-aware NMS, top K.
 RT-DETRv2 (RTDETRPostProcessor, focal loss): sigmoid, top K over queries x classes, no NMS; then, as for
 DAMO-YOLO, only scores > score_thr are kept (one meaning of the threshold for both families).
 
@@ -133,10 +134,11 @@ def batched_nms(boxes: F32, scores: F32, labels: npt.NDArray[np.integer], iou: f
     label with IoU > `iou`.
 
     The same kept indices, in the same order, as tdet.client.boxes.nms (one numpy IoU row per kept box,
-    5.7 ms for ~1,000 candidates) and torchvision's batched_nms, with the same float arithmetic per pair,
-    but vectorized by blocks of `block` score-ordered candidates: a block is first tested against all
-    boxes kept so far in one IoU matrix, then its survivors against each other in one more, resolved in
-    a few vectorized passes. The numpy calls are per block, not per kept box, and the IoU work stops at
+    5.7 ms for ~1,000 candidates), with the same float32 arithmetic per pair (torchvision's batched_nms
+    too, but for an IoU exactly float32(iou) when that rounds above `iou`: it compares in double), but
+    vectorized by blocks of `block` score-ordered candidates: a block is first tested against all boxes
+    kept so far in one IoU matrix, then its survivors against each other in one more, resolved in a few
+    vectorized passes. The numpy calls are per block, not per kept box, and the IoU work stops at
     `max_keep` (at most max_keep x N + N x block pairs).
     """
     if block < 1:
