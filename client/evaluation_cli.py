@@ -118,6 +118,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                    concurrency=args.concurrency, out=args.out, reference=reference, timeout_s=args.timeout,
                    retries=args.retries, conf=args.conf, iou=args.iou)
     print(format_metrics(res))
+    if res.servers:
+        print(res.servers)
     print(f"results: {res.results_path}  metrics: {res.results_path.parent / 'metrics.json'}")
     return 0
 
