@@ -178,3 +178,26 @@ def test_eval_over_two_servers_matches_one(served, second, tmp_path):
         assert abs(two.metrics[m] - v) <= 1e-6 + 1e-4 * abs(v), m
     with connect_fleet(f"{_dead_url()},{second.grpc_url}", MODEL, retries=0) as fleet:
         assert fleet.first.url == second.grpc_url and len(fleet.down) == 1
+
+
+@pytest.mark.server
+def test_loadtest_spreads_users_over_two_servers(served, second, tmp_path):
+    """A bounded real Locust run (127.0.0.1 only) with 2 users over 2 servers: one user each; every request the
+    report counts for a server is one that server's metrics counted (plus the first-image check per server)."""
+    from tdet.client.loadtest.metrics import scrape
+    from tdet.client.synth import synthesize
+
+    synthesize(tmp_path / "lt", num=2, seed=5, size=(320, 240))
+    metrics = {served.grpc_url: served.metrics_url, second.grpc_url: second.metrics_url}
+    before = {u: scrape(m)[MODEL]["nv_inference_request_success"] for u, m in metrics.items()}
+    out = tmp_path / "out"
+    res = _tdet("loadtest", "--model", MODEL, "--url", ",".join(metrics), "--users", "2", "--spawn-rate", "2",
+                "--duration", "4", "--images", str(tmp_path / "lt" / "images"), "--out", str(out))
+    assert res.returncode == 0, res.stdout + res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["servers"]) == set(metrics) and summary["failures"] == 0
+    assert sum(s["requests"] for s in summary["servers"].values()) == summary["requests"]
+    for u, m in metrics.items():
+        n = summary["servers"][u]["requests"]
+        assert n > 0 and f"server {u}: {n} requests, 0 failures" in res.stdout, res.stdout
+        assert scrape(m)[MODEL]["nv_inference_request_success"] - before[u] == n + 1
