@@ -90,7 +90,7 @@ def _successes(url: str) -> int:
     from tdet.client.triton import connect
 
     with connect(url, MODEL) as c:
-        return int(c.statistics()["inference_stats"]["success"]["count"])
+        return int(c.statistics().get("inference_stats", {}).get("success", {}).get("count", 0))  # 0: omitted
 
 
 def _tdet(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -152,7 +152,6 @@ def test_infer_completes_on_the_other_server_when_one_is_down(served, images, tm
     assert f"server {served.grpc_url}: {len(images)} answered" in res.stdout
 
 
-@pytest.mark.server
 def test_all_servers_down_is_one_line_error(tmp_path, images):
     src = _photos(images, tmp_path / "photos")
     a, b = _dead_url(), _dead_url()
