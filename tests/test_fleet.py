@@ -108,6 +108,8 @@ def _photos(images, root: Path) -> Path:
 def _detections(out: Path) -> dict[str, tuple]:
     got = {}
     for row in json.loads((out / "detections.json").read_text()):
+        if "error" in row:  # skipped (broken.jpg)
+            continue
         dets = json.loads(Path(row["json"]).read_text())["detections"]
         got[Path(row["image"]).name] = ([d["box"] for d in dets], [d["score"] for d in dets],
                                         [d["category_id"] for d in dets])
