@@ -48,6 +48,7 @@ class EvalResult:
     per_class: dict[int, float] | None = None  # AP per dataset category id (nan: no ground truth), --per-class
     class_mismatch: str | None = None  # a warning when the served classes are not the dataset's
     class_names: dict[int, str] | None = None  # the dataset's category names
+    servers: str = ""  # per-server counts when --url lists several servers
 
 
 class Reference(Protocol):
@@ -196,19 +197,22 @@ def _served_results(model: str, url: str, protocol: str, paths: dict[int, Path],
     images are appended to `partial` as they arrive, so an interrupted run resumes where it stopped.
     A failed request stops the run at once (the finished images stay in `partial`) and raises its
     error, with the image and how to resume in the message."""
-    from .triton import connect
+    from .fleet import connect_fleet
 
     done = _load_partial(partial, key)
     todo = iter([i for i in paths if i not in done])
     concurrency = max(1, concurrency)
-    with connect(url, model, protocol, **client_kw) as client, open(partial, "a") as log, \
+    with connect_fleet(url, model, protocol, **client_kw) as fleet, open(partial, "a") as log, \
             ThreadPoolExecutor(max_workers=concurrency) as pool, \
             tqdm(total=len(paths), initial=len(done), desc=f"eval {model}", unit="img", disable=None) as bar:
         if not done:
             log.write(json.dumps({"key": key}) + "\n")
         # bytes are read in the workers and only a few requests are queued: COCO val is ~800 MB of JPEGs
-        rounds = finished_batches(pool, lambda i: client.infer(paths[i].read_bytes(), **parameters), todo,
-                                  2 * concurrency)
+        def one(i: int) -> Detections:  # each request to the next server (--url a,b), failing over
+            blob = paths[i].read_bytes()
+            return fleet.call(lambda c: c.infer(blob, **parameters))
+
+        rounds = finished_batches(pool, one, todo, 2 * concurrency)
         with contextlib.closing(rounds):
             for finished in rounds:
                 failed: tuple[int, InferenceError] | None = None
@@ -227,7 +231,8 @@ def _served_results(model: str, url: str, protocol: str, paths: dict[int, Path],
                     raise type(err)(f"{err} [image {paths[image_id].name}]; stopped after {len(done)} of "
                                     f"{len(paths)} images, kept in {partial}: run the same command again to "
                                     f"resume", status=err.status) from None
-    return [r for i in sorted(done) for r in done[i]]
+        servers = fleet.format_summary() if len(fleet.urls) > 1 else ""
+    return [r for i in sorted(done) for r in done[i]], servers
 
 
 def eval_parameters(family: str, conf: float | None = None, iou: float | None = None) -> dict[str, float | bool]:
@@ -273,18 +278,19 @@ def evaluate(model: str, url: str, coco_json: Path, images_dir: Path, *, protoco
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("results.json", "metrics.json", "reference_results.json"):
         (out / stale).unlink(missing_ok=True)
-    from .triton import connect
+    from .fleet import connect_fleet
 
-    with connect(url, model, protocol, **client_kw) as client:
+    with connect_fleet(url, model, protocol, **client_kw) as fleet:
+        client = fleet.first
         sent = eval_parameters(client.family, conf, iou)
         served = served_parameters(client, sent) if reference else {}
         names = {int(c["id"]): str(c.get("name", c["id"])) for c in coco.dataset.get("categories", [])}
         mismatch = class_mismatch(client.class_names, names)
     if reference:
         reference.check(model, served)
-    results = _served_results(model, url, protocol, paths, concurrency, out / "results.partial.jsonl",
-                              _dataset_key(model, coco_json, {k: v for k, v in (("conf", conf), ("iou", iou))
-                                                              if v is not None}), client_kw, sent)
+    results, servers = _served_results(model, url, protocol, paths, concurrency, out / "results.partial.jsonl",
+                                       _dataset_key(model, coco_json, {k: v for k, v in (("conf", conf), ("iou", iou))
+                                                                       if v is not None}), client_kw, sent)
     metrics, by_class = coco_metrics_per_class(coco, results)
     ref = delta = None
     if reference:
@@ -299,7 +305,8 @@ def evaluate(model: str, url: str, coco_json: Path, images_dir: Path, *, protoco
                                                             for c, v in by_class.items()}} if per_class else {})})
     (out / "results.partial.jsonl").unlink(missing_ok=True)
     return EvalResult(model, len(paths), metrics, out / "results.json", ref, delta,
-                      per_class=by_class if per_class else None, class_mismatch=mismatch, class_names=names)
+                      per_class=by_class if per_class else None, class_mismatch=mismatch, class_names=names,
+                      servers=servers)
 
 
 def format_metrics(res: EvalResult) -> str:

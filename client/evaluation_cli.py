@@ -123,6 +123,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                    concurrency=args.concurrency, out=args.out, reference=reference, timeout_s=args.timeout,
                    retries=args.retries, conf=args.conf, iou=args.iou, per_class=args.per_class)
     print(format_metrics(res))
+    if res.servers:
+        print(res.servers)
     if res.per_class is not None:
         print(format_per_class(res))
     if res.class_mismatch:

@@ -167,6 +167,7 @@ class InferSummary:
     rows: list[dict] = field(default_factory=list)
     written: int = 0
     skipped: int = 0
+    servers: str = ""  # per-server counts when --url lists several servers
 
 
 def _write_result(path: Path | str, blob: bytes, dets: Detections, out: Path, name: str, model: str,
@@ -197,7 +198,7 @@ def run_infer(paths: Sequence[Path | str], model: str, url: str, protocol: str, 
     fetched first (timeout_s each), so a URL that fails (HTTP status, network error) stops before any request."""
     from tqdm import tqdm
 
-    from .triton import connect
+    from .fleet import connect_fleet
 
     images = collect_inputs(paths)
     names = output_names(images)
@@ -205,14 +206,14 @@ def run_infer(paths: Sequence[Path | str], model: str, url: str, protocol: str, 
     out.mkdir(parents=True, exist_ok=True)
     summary = InferSummary(out)
     rows: dict[int, dict] = {}
-    with connect(url, model, protocol, timeout_s=timeout_s, retries=retries) as client, \
+    with connect_fleet(url, model, protocol, timeout_s=timeout_s, retries=retries) as fleet, \
             ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool, \
             tqdm(total=len(images), desc=f"infer {model}", unit="img", disable=None, file=sys.stderr) as bar:
-        parameters = client.request_parameters(options)  # checked (class names known) before anything is sent
+        parameters = fleet.first.request_parameters(options)  # checked (class names known) before anything is sent
 
         def one(i: int) -> dict:
             blob = fetched.pop(i) if i in fetched else Path(images[i]).read_bytes()
-            dets = client.infer_encoded([blob], parameters)[0]
+            dets = fleet.call(lambda c: c.infer_encoded([blob], parameters))[0]
             return _write_result(images[i], blob, dets, out, names[i], model, parameters)
 
         rounds = finished_batches(pool, one, range(len(images)), 2 * max(1, concurrency))
@@ -235,6 +236,7 @@ def run_infer(paths: Sequence[Path | str], model: str, url: str, protocol: str, 
                         bar.update()
         finally:
             summary.rows = [rows[i] for i in sorted(rows)]
+            summary.servers = fleet.format_summary() if len(fleet.urls) > 1 else ""
             atomic_write(out / INDEX, json.dumps(summary.rows, indent=1))
     return summary
 
@@ -274,4 +276,6 @@ def cmd_infer(args: argparse.Namespace) -> int:
     total = summary.written + summary.skipped
     print(f"{total} images: {summary.written} written to {out}, {summary.skipped} skipped"
           + (" (warnings above)" if summary.skipped else "") + f"; index: {out / INDEX}")
+    if summary.servers:
+        print(summary.servers)
     return 1 if summary.skipped else 0

@@ -383,7 +383,9 @@ def add_url_args(p: argparse.ArgumentParser) -> None:
     """--url and --protocol, the same on every command that talks to one server."""
     p.add_argument("--url", help="server host:port (default: $TDET_URL, else the one server `tdet serve --detach` "
                                  f"runs, else 127.0.0.1:{DEFAULT_PORTS['grpc']} for gRPC, "
-                                 f"127.0.0.1:{DEFAULT_PORTS['http']} for HTTP)")
+                                 f"127.0.0.1:{DEFAULT_PORTS['http']} for HTTP); infer, eval and loadtest take "
+                                 "several, comma-separated (a:8001,b:8001), and spread requests over them "
+                                 "(infer and eval go on without a server that is down)")
     p.add_argument("--protocol", choices=PROTOCOLS, default="grpc", help="transport")
 
 

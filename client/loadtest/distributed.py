@@ -47,7 +47,7 @@ def merge_latencies(latency_file: Path) -> None:
     if not parts:
         return
     rows = [line for p in parts for line in p.read_text().splitlines()[1:]]
-    latency_file.write_text("start_unix_s,latency_ms,ok,error\n" + "".join(r + "\n" for r in rows))
+    latency_file.write_text("start_unix_s,latency_ms,ok,server,error\n" + "".join(r + "\n" for r in rows))
     for p in parts:
         p.unlink()
 

@@ -32,9 +32,11 @@ from locust.stats import PERCENTILES_TO_REPORT, StatsCSV  # noqa: E402
 
 from tdet.client.errors import ServerUnavailableError  # noqa: E402
 from tdet.client.files import collect_images  # noqa: E402
+from tdet.client.fleet import split_urls  # noqa: E402
 from tdet.client.triton import connect  # noqa: E402
 
 URL = os.environ.get("TDET_URL", "127.0.0.1:8001")
+URLS = split_urls(URL)  # `--url a,b`: the users are spread over the servers, one server per user
 MODEL = os.environ.get("TDET_MODEL", "damo_yolo_t")
 BLOBS = [p.read_bytes() for p in collect_images(Path(os.environ.get("TDET_IMAGES", ".")), recursive=True)]
 LATENCY_FILE = os.environ.get("TDET_LATENCY_FILE", "")
@@ -43,17 +45,17 @@ LOCUST_CSV_PREFIX = os.environ.get("TDET_LOCUST_CSV_PREFIX", "")
 TIMEOUT_S = float(os.environ.get("TDET_TIMEOUT_S", "60"))
 RETRIES = int(os.environ.get("TDET_RETRIES", "0"))
 ABORT_AFTER_S = float(os.environ.get("TDET_ABORT_AFTER_S", "3"))
-_records: list[tuple[float, float, int, str]] = []  # (start unix s, latency ms, ok, error)
+_records: list[tuple[float, float, int, str, str]] = []  # (start unix s, latency ms, ok, server, error)
 _user_ids = itertools.count()
 _health = {"last_ok": time.monotonic(), "down_since": None, "aborted": ""}
 
 
-def _server_down(environment, err: Exception) -> None:
-    """Note an unavailable server; past ABORT_AFTER_S without a success, stop the whole run."""
+def _server_down(environment, err: Exception, url: str) -> None:
+    """Note an unavailable server; past ABORT_AFTER_S without a success (on any server), stop the whole run."""
     now = time.monotonic()
     down_since = _health["down_since"] = _health["down_since"] or now
     if not _health["aborted"] and now - max(down_since, _health["last_ok"]) >= ABORT_AFTER_S:
-        _health["aborted"] = f"the server at {URL} is unavailable ({str(err)[:200]})"
+        _health["aborted"] = f"the server at {url} is unavailable ({str(err)[:200]})"
         gevent.spawn(environment.runner.quit)  # not from this greenlet: quit() kills the users
 
 
@@ -64,11 +66,13 @@ class _DetectorUser(User):
 
     def on_start(self) -> None:
         self.client = None
-        self.cursor = next(_user_ids) * 7  # users start at different images
+        user_id = next(_user_ids)
+        self.cursor = user_id * 7  # users start at different images
+        self.url = URLS[user_id % len(URLS)]
         try:  # connecting (readiness, model config) is not part of any request's latency
             self._connected()
         except ServerUnavailableError as err:  # the first request retries, and counts as failed
-            _server_down(self.environment, err)
+            _server_down(self.environment, err, self.url)
 
     def on_stop(self) -> None:
         if self.client is not None:
@@ -76,7 +80,7 @@ class _DetectorUser(User):
 
     def _connected(self):
         if self.client is None:
-            self.client = connect(URL, MODEL, self.protocol, timeout_s=TIMEOUT_S, retries=RETRIES)
+            self.client = connect(self.url, MODEL, self.protocol, timeout_s=TIMEOUT_S, retries=RETRIES)
         return self.client
 
     @task
@@ -91,13 +95,13 @@ class _DetectorUser(User):
         except Exception as err:  # noqa: BLE001 - every failure is counted and reported, never hidden
             error, length = err, 0
         ms = (time.perf_counter() - t0) * 1000
-        _records.append((start, ms, error is None, "" if error is None else str(error)[:200]))
+        _records.append((start, ms, error is None, self.url, "" if error is None else str(error)[:200]))
         self.environment.events.request.fire(request_type=self.protocol, name=MODEL, response_time=ms,
                                              response_length=length, exception=error, context={})
         if error is None:
             _health["last_ok"], _health["down_since"] = time.monotonic(), None
         elif isinstance(error, (ServerUnavailableError, ConnectionError)):
-            _server_down(self.environment, error)
+            _server_down(self.environment, error, self.url)
             time.sleep(0.1)  # a refused connection fails in microseconds: do not spin
 
 
@@ -115,9 +119,9 @@ def _write_results(environment, **_kw) -> None:
     worker = isinstance(environment.runner, WorkerRunner)
     if LATENCY_FILE and not isinstance(environment.runner, MasterRunner):
         with open(f"{LATENCY_FILE}.{os.getpid()}" if worker else LATENCY_FILE, "w") as f:
-            f.write("start_unix_s,latency_ms,ok,error\n")
-            for start, ms, ok, err in list(_records):
-                f.write(f"{start:.6f},{ms:.3f},{int(ok)},\"{err.replace(chr(34), chr(39))}\"\n")
+            f.write("start_unix_s,latency_ms,ok,server,error\n")
+            for start, ms, ok, url, err in list(_records):
+                f.write(f"{start:.6f},{ms:.3f},{int(ok)},{url},\"{err.replace(chr(34), chr(39))}\"\n")
     if worker:
         return
     if LOCUST_CSV_PREFIX:

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..errors import InvalidInputError, UserError
 from ..files import atomic_write, collect_images
+from ..fleet import split_urls
 from ..triton import DEFAULT_TIMEOUT_S
 from . import distributed
 from . import metrics as triton_metrics
@@ -55,6 +56,7 @@ class RunSummary:
     errors: dict[str, int] = field(default_factory=dict)  # error message -> how many requests failed with it
     triton: dict[str, dict[str, float]] = field(default_factory=dict)  # per composing model
     aborted: str = ""  # why the run stopped before --duration ("" when it ran to the end)
+    servers: dict[str, dict[str, int]] = field(default_factory=dict)  # url -> requests, failures (--url a,b)
 
 
 def _host(url: str) -> str:
@@ -118,18 +120,18 @@ def run_once(model: str, url: str, *, protocol: str = "grpc", users: int = 4, sp
     if users < 1 or spawn_rate <= 0 or duration_s < 1:
         raise UserError("--users and --spawn-rate must be positive and --duration at least 1 s")
     first = collect_images(images, recursive=True)[0]  # here, so a bad --images is one clear error, not a Locust traceback
-    if local_only and _host(url) not in LOOPBACK:
-        raise UserError(f"refusing to load-test {url}: only loopback targets are allowed here")
+    urls = split_urls(url)  # `--url a,b`: the users are spread over the servers (locustfile.py)
+    for u in urls:
+        if local_only and _host(u) not in LOOPBACK:
+            raise UserError(f"refusing to load-test {u}: only loopback targets are allowed here")
     out.mkdir(parents=True, exist_ok=True)
-    from tdet.client.triton import connect
-
-    with connect(url, model, protocol, timeout_s=timeout_s, retries=retries) as client:  # fails fast: no model
-        try:
-            client.infer(first.read_bytes())
-        except InvalidInputError as err:
-            raise UserError(f"the server refuses the first image, {first}: {err}; the load test would measure "
-                            "only failures (remove the file or pass other --images)") from None
-    metrics_url, before = _metrics_before(metrics_url, url, model)
+    for u in urls:
+        _check_first_image(u, model, protocol, first, timeout_s, retries)
+    if len(urls) > 1 and metrics_url is None:  # one metrics endpoint cannot describe several servers
+        print("note: several servers: no Triton per-step breakdown unless --metrics-url names one server's",
+              file=sys.stderr)
+        metrics_url = ""
+    metrics_url, before = _metrics_before(metrics_url, urls[0], model)
     status_file = out / "locust_status.json"
     status_file.unlink(missing_ok=True)
     for part in out.glob("latencies.csv.*"):  # a former distributed run's worker files
@@ -178,6 +180,18 @@ def run_once(model: str, url: str, *, protocol: str = "grpc", users: int = 4, sp
     return summary
 
 
+def _check_first_image(url: str, model: str, protocol: str, first: Path, timeout_s: float, retries: int) -> None:
+    """Fail fast, before any load: the server is not there, does not serve `model`, or refuses the image."""
+    from tdet.client.triton import connect
+
+    with connect(url, model, protocol, timeout_s=timeout_s, retries=retries) as client:
+        try:
+            client.infer(first.read_bytes())
+        except InvalidInputError as err:
+            raise UserError(f"the server refuses the first image, {first}: {err}; the load test would measure "
+                            "only failures (remove the file or pass other --images)") from None
+
+
 def summarize(latency_csv: Path, model: str, protocol: str, users: int, duration_s: float) -> RunSummary:
     with open(latency_csv) as f:
         rows = list(csv.DictReader(f))
@@ -189,7 +203,13 @@ def summarize(latency_csv: Path, model: str, protocol: str, users: int, duration
     pct = {f"p{q}": float(np.percentile(ok, q)) if ok.size else 0.0 for q in (50, 90, 95, 99)}
     pct.update(max=float(ok.max()) if ok.size else 0.0, mean=float(ok.mean()) if ok.size else 0.0)
     rps = ok.size / span
-    return RunSummary(model, protocol, users, duration_s, len(rows), len(rows) - ok.size, rps, rps, pct, errors)
+    servers: dict[str, dict[str, int]] = {}
+    for r in rows:
+        s = servers.setdefault(r.get("server") or "", {"requests": 0, "failures": 0})
+        s["requests"] += 1
+        s["failures"] += r["ok"] != "1"
+    return RunSummary(model, protocol, users, duration_s, len(rows), len(rows) - ok.size, rps, rps, pct, errors,
+                      servers=servers)
 
 
 def sweep(model: str, url: str, concurrencies: list[int], *, out: Path, **kw) -> list[RunSummary]:
@@ -222,6 +242,8 @@ def format_summary(s: RunSummary) -> str:
              f"latency ms: p50 {lat['p50']:.1f}  p90 {lat['p90']:.1f}  p95 {lat['p95']:.1f}  p99 {lat['p99']:.1f}  "
              f"max {lat['max']:.1f}"]
     lines += [f"  error x{n}: {e}" for e, n in list(s.errors.items())[:5]]
+    if len(s.servers) > 1:
+        lines += [f"  server {u}: {c['requests']} requests, {c['failures']} failures" for u, c in s.servers.items()]
     if s.aborted:
         lines.append(f"  STOPPED EARLY: {s.aborted}")
     for step, t in s.triton.items():
