@@ -41,10 +41,11 @@ def measure(batch: int, size: int, device: str, reps: int) -> dict[str, float]:
     from tdet.training.models.damo_yolo.criterion import DamoYoloCriterion
 
     outs, targets = make_batch(batch, size, device)
-    crits = {"per_image": DamoYoloCriterion(6, batched_assign=False), "batched": DamoYoloCriterion(6, batched_assign=True)}
+    crits = {"per_image": DamoYoloCriterion(6, batched_assign=False),
+             "batched": DamoYoloCriterion(6, batched_assign=True)}
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     times: dict[str, list[float]] = {k: [] for k in crits}
-    for k, crit in crits.items():  # warm-up (CUDA kernels, allocator)
+    for crit in crits.values():  # warm-up (CUDA kernels, allocator)
         crit(outs, targets)
     for _ in range(reps):
         for k, crit in crits.items():

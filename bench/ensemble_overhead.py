@@ -21,8 +21,8 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import cv2
+import numpy as np
 
 
 def jpegs(n: int, seed: int = 0) -> list[bytes]:
@@ -73,7 +73,7 @@ def in_process(engine_onnx: Path, family: str, threads: int, images: list[bytes]
     # the engine alone at the batch sizes the server forms: the ceiling the ensemble is measured against
     for b in ENGINE_BATCHES:
         xb, _ = preprocess_rows(images[:b], spec)
-        res[f"engine_ips_b{b}"] = b / (median_ms(lambda: sess.run(None, {EXPORT_INPUT: xb}), 5) / 1000)
+        res[f"engine_ips_b{b}"] = b / (median_ms(lambda xb=xb: sess.run(None, {EXPORT_INPUT: xb}), 5) / 1000)
     pipeline(images[0])
     t = time.perf_counter()
     for data in images:
@@ -96,7 +96,8 @@ def served(grpc_url: str, model: str, images: list[bytes], concurrency: int) -> 
     res = {"served_ips": len(images) / wall}
     for s in steps:
         n = int(after[s]["inference_count"]) - int(before[s]["inference_count"])
-        ns = int(after[s]["inference_stats"]["compute_infer"]["ns"]) - int(before[s]["inference_stats"]["compute_infer"]["ns"])
+        ns = (int(after[s]["inference_stats"]["compute_infer"]["ns"])
+              - int(before[s]["inference_stats"]["compute_infer"]["ns"]))
         execs = int(after[s]["execution_count"]) - int(before[s]["execution_count"])
         # every request of a batch records the batch's whole compute time: per image = ns / n / batch
         res[f"{s}_batch"] = n / max(execs, 1)

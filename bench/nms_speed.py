@@ -63,9 +63,9 @@ def measure(classes: int, n: int, images: int, reps: int, iou: float = 0.7, max_
         if old.tolist() != new.tolist():
             raise AssertionError("new NMS differs from the old one")  # tests/test_nms.py should have caught it
         opencv_differs += opencv_nms(b, s, lab, iou, max_det).tolist() != old.tolist()
-        rows["old_ms"].append(timed(lambda: old_nms(b, s, iou, labels=lab, max_keep=max_det), reps))
-        rows["new_ms"].append(timed(lambda: batched_nms(b, s, lab, iou, max_keep=max_det), reps))
-        rows["opencv_ms"].append(timed(lambda: opencv_nms(b, s, lab, iou, max_det), reps))
+        rows["old_ms"].append(timed(lambda b=b, s=s, lab=lab: old_nms(b, s, iou, labels=lab, max_keep=max_det), reps))
+        rows["new_ms"].append(timed(lambda b=b, s=s, lab=lab: batched_nms(b, s, lab, iou, max_keep=max_det), reps))
+        rows["opencv_ms"].append(timed(lambda b=b, s=s, lab=lab: opencv_nms(b, s, lab, iou, max_det), reps))
     out = {"classes": classes, "candidates": n, "images": images, **{k: statistics.median(v) for k, v in rows.items()}}
     out["speedup"] = out["old_ms"] / out["new_ms"]
     out["opencv_kept_differs_on"] = f"{opencv_differs}/{images}"

@@ -25,8 +25,8 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import cv2
+import numpy as np
 
 SIZES = ((1280, 720), (640, 480), (800, 600), (480, 640), (1920, 1080))
 
@@ -41,7 +41,8 @@ def jpegs(n: int, seed: int = 0) -> list[bytes]:
                          interpolation=cv2.INTER_NEAREST)
         for _ in range(5):
             c = (int(rng.integers(0, w)), int(rng.integers(0, h)))
-            cv2.circle(img, c, int(rng.integers(10, min(w, h) // 4)), tuple(int(v) for v in rng.integers(0, 255, 3)), -1)
+            color = tuple(int(v) for v in rng.integers(0, 255, 3))
+            cv2.circle(img, c, int(rng.integers(10, min(w, h) // 4)), color, -1)
         out.append(cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
     return out
 
@@ -105,7 +106,7 @@ def worker(client, blobs: list[bytes], bad_every: int, start: int, stop: threadi
             outcome = "unexpected answer to a broken image" if bad else "ok"
         except InvalidInputError as err:
             outcome = "refused" if bad else f"{type(err).__name__}: {err}"
-        except Exception as err:  # noqa: BLE001 - every failure is counted and shown
+        except Exception as err:  # every failure is counted and shown
             outcome = f"{type(err).__name__}: {err}"
         rec.add(time.perf_counter(), (time.perf_counter() - t0) * 1000, outcome)
 
@@ -159,7 +160,8 @@ def main() -> None:
           f"{'triton MB':>9} {'stubs MB':>8}", flush=True)
     try:
         with connect(url, model, timeout_s=60, retries=0) as client:
-            threads = [threading.Thread(target=worker, args=(client, blobs, args.bad_every, i * 7, stop, rec), daemon=True)
+            threads = [threading.Thread(target=worker, args=(client, blobs, args.bad_every, i * 7, stop, rec),
+                                        daemon=True)
                        for i in range(args.concurrency)]
             t0 = time.perf_counter()
             for t in threads:

@@ -21,7 +21,6 @@ from typing import Any
 from .errors import InferenceError, UserError
 
 
-
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Every option's help ends with its default ("(default: 8001)"), unless the default is None, False or
     suppressed, or the help already says it; descriptions keep their line breaks."""
@@ -45,7 +44,8 @@ class Parser(argparse.ArgumentParser):
 
 def version() -> str:
     try:
-        from importlib.metadata import PackageNotFoundError, version as dist_version
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as dist_version
 
         return dist_version("tdet")
     except PackageNotFoundError:  # run from a checkout that was never installed
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"tdet {name}: interrupted", file=sys.stderr)
         return 130
-    except Exception as err:  # noqa: BLE001 - a bug: the traceback is what a report needs
+    except Exception as err:  # a bug: the traceback is what a report needs
         traceback.print_exc()
         print(f"tdet {name}: internal error ({type(err).__name__}); the traceback above is a bug in tdet, "
               "please report it", file=sys.stderr)

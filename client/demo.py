@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         tdet("stop", "--http-port", args.http_port)
     print(f"\nheld-out val split ({VAL['num']} synthetic images, seed {VAL['seed']}), COCO box metrics in percent:")
-    print(f"{'model':<14} {'served AP':>10} {'served AP50':>12} {'PyTorch AP':>11} {'PyTorch AP50':>13} {'AP delta':>9}")
+    print(f"{'model':<14} {'served AP':>10} {'served AP50':>12} {'PyTorch AP':>11} {'PyTorch AP50':>13} "
+          f"{'AP delta':>9}")
     for variant in variants:
         model = variant.replace("-", "_")
         m = json.loads((work / "eval" / model / "metrics.json").read_text())

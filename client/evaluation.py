@@ -325,7 +325,7 @@ def format_metrics(res: EvalResult) -> str:
 def format_per_class(res: EvalResult) -> str:
     """AP 50:95 per dataset category in percent ("-": no ground truth in the dataset)."""
     names = res.class_names or {}
-    lines = [f"AP per category in % (50:95, all areas, 100 detections)", f"{'id':>5}  {'category':<24} {'AP':>6}"]
+    lines = ["AP per category in % (50:95, all areas, 100 detections)", f"{'id':>5}  {'category':<24} {'AP':>6}"]
     for cid, ap in sorted((res.per_class or {}).items()):
         lines.append(f"{cid:>5}  {names.get(cid, str(cid))[:24]:<24} {'-' if math.isnan(ap) else f'{100 * ap:.2f}':>6}")
     return "\n".join(lines)

@@ -151,7 +151,8 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         runs = sweep(args.model, server_url(args), args.sweep, out=args.out, **kw)
         report = f"sweep report: {args.out / 'sweep.csv'}, {args.out / 'sweep.png'}, {args.out / 'report.html'}"
     else:
-        runs = [run_once(args.model, server_url(args), users=args.users, spawn_rate=args.spawn_rate, out=args.out, **kw)]
+        runs = [run_once(args.model, server_url(args), users=args.users, spawn_rate=args.spawn_rate, out=args.out,
+                         **kw)]
         report = f"report: {args.out / 'summary.json'}, {args.out / 'latencies.csv'}, {args.out / 'report.png'}"
     for r in runs:
         print(format_summary(r))

@@ -9,7 +9,8 @@ import contextlib
 import itertools
 import threading
 from collections import Counter
-from typing import Any, Callable, Generic, Iterator, Sequence, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Generic, TypeVar
 
 from .errors import RequestTimeoutError, ServerUnavailableError, UserError
 

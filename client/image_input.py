@@ -13,7 +13,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import cv2
 import numpy as np
@@ -27,7 +27,7 @@ MAX_FETCH_BYTES = 100 * 2**20  # far above any real photo; stops a wrong link (a
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"})
 
 # bytes-like: an encoded file's contents; str / PathLike: a file to read; ndarray / PIL image: pixels
-ImageInput = Union[bytes, bytearray, memoryview, str, os.PathLike, np.ndarray, Any]
+ImageInput = bytes | bytearray | memoryview | str | os.PathLike | np.ndarray | Any
 
 
 def encode_image(image: ImageInput) -> bytes:
@@ -63,7 +63,8 @@ def _encode_array(array: np.ndarray) -> bytes:
         raise UserError(f"image arrays must be uint8 (got {array.dtype}): scale them to 0..255 first")
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4))):
         raise UserError(f"image arrays must be H x W, H x W x 3 (BGR) or H x W x 4 (BGRA), got shape {array.shape}"
-                        + ("; a CHW array? transpose it to HWC" if array.ndim == 3 and array.shape[0] in (1, 3) else ""))
+                        + ("; a CHW array? transpose it to HWC"
+                           if array.ndim == 3 and array.shape[0] in (1, 3) else ""))
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(array), [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise UserError(f"OpenCV could not encode an array of shape {array.shape} as PNG")

@@ -17,8 +17,9 @@ Torch-free: the client, the served step and the CLI all import this.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from .errors import UserError
 
@@ -107,7 +108,8 @@ def resolve(parameters: Mapping[str, Any], defaults: DetectOptions, *, max_k: in
 
 
 def to_parameters(*, conf: float | None = None, iou: float | None = None, max_det: int | None = None,
-                  classes: Iterable[int] | None = None, clip: bool | None = None) -> dict[str, bool | int | float | str]:
+                  classes: Iterable[int] | None = None,
+                  clip: bool | None = None) -> dict[str, bool | int | float | str]:
     """The request parameters a client sends: only the options that were given (None: the server's default)."""
     out: dict[str, bool | int | float | str] = {}
     if conf is not None:

@@ -8,7 +8,7 @@ CHW, instead of a full-resolution cvtColor plus a separate resize and transpose 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np

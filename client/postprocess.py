@@ -13,8 +13,9 @@ official evaluations).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, NamedTuple, Sequence, overload
+from typing import Any, NamedTuple, overload
 
 import numpy as np
 import numpy.typing as npt

@@ -49,7 +49,7 @@ def _header(data: bytes) -> tuple[int, int, str, int]:
                 width, height, fmt = int(im.size[0]), int(im.size[1]), str(im.format)
                 try:
                     orientation = int(im.getexif().get(0x0112, 1))
-                except Exception:  # noqa: BLE001 - a malformed EXIF block: the pixels as stored
+                except Exception:  # a malformed EXIF block: the pixels as stored
                     orientation = 1
     except Exception as err:  # PIL raises several types for garbage (UnidentifiedImageError, SyntaxError...)
         raise InvalidImageError(f"not a decodable image ({len(data)} bytes): {type(err).__name__}") from None

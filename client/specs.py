@@ -6,8 +6,9 @@ and `client/` all import these constants, so a name changes in exactly one place
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 # Families, as written in ONNX metadata (`tdet.family`) and in `tdet info`.
 DAMO_YOLO = "damo-yolo"

@@ -32,8 +32,15 @@ from tdet.client import specs
 from tdet.client.errors import UserError
 from tdet.client.preprocess import MAX_PIXELS
 
-from .configs import (BuildOptions, engine_config, ensemble_config, postprocess_config, preprocess_config,
-                      read_config, write_config)
+from .configs import (
+    BuildOptions,
+    engine_config,
+    ensemble_config,
+    postprocess_config,
+    preprocess_config,
+    read_config,
+    write_config,
+)
 
 SCALED_INPUT = "images_float"  # internal name of the float tensor the original graph consumed
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
@@ -242,7 +249,7 @@ def _load(path: str | Path):
 
 
 def build_repository(onnx_files: list[str | Path], out: str | Path = "model_repository",
-                     opts: BuildOptions = BuildOptions(), max_pixels: int = MAX_PIXELS, *, name: str | None = None,
+                     opts: BuildOptions | None = None, max_pixels: int = MAX_PIXELS, *, name: str | None = None,
                      version: int = 1, replace: bool = False) -> list[Built]:
     """Write the models of each ONNX file into `out`; returns what was built.
 
@@ -251,7 +258,9 @@ def build_repository(onnx_files: list[str | Path], out: str | Path = "model_repo
     that version is only replaced with `replace`. Each variant is staged in a temp directory next to
     `out` and moved in only when complete, so an error never leaves a half-written model that Triton
     would try to load. Models of other names are left alone."""
-    if opts.max_batch_size < 1 or opts.max_detections < 1 or min(opts.preprocess_instances, opts.engine_instances, opts.postprocess_instances) < 1 or opts.ort_threads < 0:
+    opts = opts or BuildOptions()
+    instances = (opts.preprocess_instances, opts.engine_instances, opts.postprocess_instances)
+    if opts.max_batch_size < 1 or opts.max_detections < 1 or min(instances) < 1 or opts.ort_threads < 0:
         raise UserError("max batch size, max detections and instance counts must be >= 1, ORT threads >= 0")
     if opts.engine not in ("onnxruntime", "tensorrt"):
         raise UserError(f"unknown engine kind {opts.engine!r}; use onnxruntime or tensorrt")
@@ -263,7 +272,8 @@ def build_repository(onnx_files: list[str | Path], out: str | Path = "model_repo
         if len(onnx_files) != 1:
             raise UserError(f"--name names one model: pass one --onnx file, not {len(onnx_files)}")
         if not MODEL_NAME.fullmatch(name) or name.endswith(STEP_SUFFIXES):
-            raise UserError(f"--name {name!r}: use letters, digits, '_' and '-', not ending in {'/'.join(STEP_SUFFIXES)}")
+            raise UserError(f"--name {name!r}: use letters, digits, '_' and '-', "
+                            f"not ending in {'/'.join(STEP_SUFFIXES)}")
     out = Path(out)
     names = [name or read_onnx_info(_load(f)).model_name for f in onnx_files]  # every file checked before any write
     twice = sorted({n for n in names if names.count(n) > 1})

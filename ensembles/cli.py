@@ -120,10 +120,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
                        metrics_port=args.metrics_port, timeout_s=args.timeout, verbose=args.verbose,
                        model_control_mode=args.model_control_mode)
     print(f"tritonserver READY (pid {info.pid}) with {len(models)} models from {args.repository}\n"
-          f"  gRPC     {info.grpc_url}\n  HTTP     {info.http_url}\n  metrics  {info.metrics_url}\n  log      {info.log}")
+          f"  gRPC     {info.grpc_url}\n  HTTP     {info.http_url}\n  metrics  {info.metrics_url}\n"
+          f"  log      {info.log}")
     if args.detach:
         write_record(info)
-        print(f"detached: stop it with `tdet stop --http-port {info.http_port}` (or `tdet stop` when it is the only one)")
+        print(f"detached: stop it with `tdet stop --http-port {info.http_port}` "
+              "(or `tdet stop` when it is the only one)")
         return 0
 
     def _terminate(signum, frame):  # `kill <tdet serve pid>` must stop the server too, like Ctrl-C

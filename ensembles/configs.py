@@ -8,8 +8,8 @@ Tensor names between steps are ours (lowercase, specs.EXPORT_*), never graph-nod
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc

@@ -20,7 +20,10 @@ def pair_detections(got: Dets, want: Dets, *, scale: float) -> tuple[np.ndarray,
     different labels."""
     gb, gs, gl = (np.asarray(v, np.float64) for v in got)
     wb, ws, wl = (np.asarray(v, np.float64) for v in want)
-    box = np.abs(gb[:, None, :] - wb[None, :, :]).max(-1) / scale if len(gb) and len(wb) else np.zeros((len(gb), len(wb)))
+    if len(gb) and len(wb):
+        box = np.abs(gb[:, None, :] - wb[None, :, :]).max(-1) / scale
+    else:
+        box = np.zeros((len(gb), len(wb)))
     score = np.abs(gs[:, None] - ws[None, :])
     cost = box + score + np.where(gl[:, None] == wl[None, :], 0.0, 1e6)
     rows, cols = linear_sum_assignment(cost)
@@ -40,4 +43,5 @@ def assert_same_detections(got: Dets, want: Dets, *, scale: float, box_tol: floa
     if n_got:
         assert box_err.max() <= box_tol, (f"{what}: a box differs by {box_err.max() * scale:.3g} px "
                                           f"({box_err.max():.3g} of the image size; tolerance {box_tol:.3g})")
-        assert score_err.max() <= score_tol, f"{what}: a score differs by {score_err.max():.3g} (tolerance {score_tol:.3g})"
+        assert score_err.max() <= score_tol, \
+            f"{what}: a score differs by {score_err.max():.3g} (tolerance {score_tol:.3g})"

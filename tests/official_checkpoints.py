@@ -4,8 +4,8 @@ dumped from the official models (tests/fixtures/*.json)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 

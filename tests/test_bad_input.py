@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from matching import assert_same_detections
 from PIL import Image
 
-from matching import assert_same_detections
 from tdet.client.preprocess import MAX_PIXELS
 from tdet.client.triton import InferenceError, InvalidInputError, connect
 

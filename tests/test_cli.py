@@ -90,7 +90,8 @@ def test_export_names_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
     from tdet.client.cli import main
 
     (tmp_path / "notes.pth").write_text("hello, this is text")
-    assert main(["export", "damo-yolo-t", "--weights", str(tmp_path / "notes.pth"), "--out", str(tmp_path / "x.onnx")]) == 2
+    out = str(tmp_path / "x.onnx")
+    assert main(["export", "damo-yolo-t", "--weights", str(tmp_path / "notes.pth"), "--out", out]) == 2
     out = capsys.readouterr()
     assert "is not a PyTorch checkpoint" in out.err and "KeyError" not in out.err
     assert "RANDOM" not in out.out and not (tmp_path / "x.onnx").exists()

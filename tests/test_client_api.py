@@ -9,8 +9,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from matching import assert_same_detections
+
 from tdet.client.errors import UserError
 from tdet.client.postprocess import Detection, Detections
 from tdet.client.triton import connect

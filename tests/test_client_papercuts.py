@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from matching import assert_same_detections
+
 from tdet.client.errors import ModelNotFoundError, UserError
 from tdet.client.triton import connect, known_classes, metrics_url, server_url
 from tdet.ensembles.server import ServerInfo, write_record

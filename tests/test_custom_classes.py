@@ -12,7 +12,6 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-
 from synthetic import shapes_set
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]

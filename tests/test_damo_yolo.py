@@ -2,12 +2,12 @@
 params/GFLOPs match the published deploy-form figures, reference postprocess agrees with numpy."""
 
 import numpy as np
+import official_checkpoints as checkpoints
 import onnx
 import pytest
 import torch
-
-import official_checkpoints as checkpoints
 from matching import assert_same_detections
+
 from tdet.ensembles.ort_session import ort_session
 from tdet.training.export import export_onnx
 from tdet.training.info import count_gflops

@@ -17,8 +17,12 @@ import torch
 
 from tdet.training.models import damo_yolo as D
 from tdet.training.models.damo_yolo.assigner import AlignOTAAssigner
-from tdet.training.models.damo_yolo.criterion import (DamoYoloCriterion, aligned_giou, distribution_focal_loss,
-                                                      quality_focal_loss)
+from tdet.training.models.damo_yolo.criterion import (
+    DamoYoloCriterion,
+    aligned_giou,
+    distribution_focal_loss,
+    quality_focal_loss,
+)
 
 torch.set_num_threads(2)
 

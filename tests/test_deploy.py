@@ -10,10 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import k8s_tools
 import pytest
 import yaml
 
-import k8s_tools
 from tdet.client.loadtest.metrics import scrape
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,14 +92,16 @@ def test_the_deployment_is_what_the_values_ask(rendered):
     assert "--model-repository=s3://my-bucket/tdet/model_repository" in c["args"]
     sc = c["securityContext"]
     assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"] and sc["capabilities"]["drop"] == ["ALL"]
-    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    security = pod["securityContext"]
+    assert security["runAsNonRoot"] and security["seccompProfile"]["type"] == "RuntimeDefault"
     shm = next(v for v in pod["volumes"] if v["name"] == "shm")["emptyDir"]
     assert shm["medium"] == "Memory"
     cc = cpu["spec"]["template"]["spec"]["containers"][0]
     assert "nvidia.com/gpu" not in cc["resources"]["limits"] and "--model-repository=/models" in cc["args"]
     assert any(v.get("persistentVolumeClaim") for v in cpu["spec"]["template"]["spec"]["volumes"])
     assert "replicas" not in auto["spec"]  # the HPA owns the replica count
-    assert any(a.startswith("--model-repository=gs://") for a in auto["spec"]["template"]["spec"]["containers"][0]["args"])
+    args = auto["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert any(a.startswith("--model-repository=gs://") for a in args)
 
 
 @pytest.mark.parametrize("setting", ["replicaCount=two", "gpu.count=one", "autoscaling.enabled=yes",
@@ -107,7 +109,8 @@ def test_the_deployment_is_what_the_values_ask(rendered):
 def test_schema_rejects_wrong_values(helm, setting):
     key, value = setting.split("=")
     res = _helm(helm, "template", "tdet", str(CHART), "--set-string" if not value.isdigit() else "--set", setting)
-    assert res.returncode != 0 and key.split(".")[-1] in res.stderr and "values don't meet the specifications" in res.stderr, res.stderr
+    assert res.returncode != 0, res.stderr
+    assert key.split(".")[-1] in res.stderr and "values don't meet the specifications" in res.stderr, res.stderr
 
 
 def test_checkov_reports_no_failed_check(rendered):
@@ -115,11 +118,13 @@ def test_checkov_reports_no_failed_check(rendered):
         exe = k8s_tools.checkov()
     except k8s_tools.Missing as why:
         pytest.skip(str(why))
-    res = subprocess.run([str(exe), "--config-file", str(CHART / ".checkov.yaml"), "-d", str(rendered["default"].parent),
-                          "-o", "json", "--quiet"], capture_output=True, text=True, timeout=600)
+    res = subprocess.run([str(exe), "--config-file", str(CHART / ".checkov.yaml"),
+                          "-d", str(rendered["default"].parent), "-o", "json", "--quiet"],
+                         capture_output=True, text=True, timeout=600)
     report = json.loads(res.stdout)
     s = report["summary"] if isinstance(report, dict) else report[0]["summary"]
-    failed = [c["check_id"] for r in ([report] if isinstance(report, dict) else report) for c in r["results"]["failed_checks"]]
+    reports = [report] if isinstance(report, dict) else report
+    failed = [c["check_id"] for r in reports for c in r["results"]["failed_checks"]]
     assert res.returncode == 0 and s["failed"] == 0 and s["passed"] > 100, failed
 
 

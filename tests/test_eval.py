@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pycocotools.coco import COCO
-
 from matching import assert_same_detections
+from pycocotools.coco import COCO
 
 from tdet.client.evaluation import METRICS, _dataset_key, evaluate
 from tdet.client.labels import COCO_CATEGORY_IDS, COCO_CLASSES
@@ -216,7 +215,8 @@ def test_reference_problems_fail_before_any_image_is_sent(served, dataset, tmp_p
     with pytest.raises(FileNotFoundError, match="--weights file not found"):
         TorchReference("damo-yolo-t", str(tmp_path / "nope.pth"))
     with pytest.raises(ValueError, match="serves damo-yolo-t"):
-        evaluate("damo_yolo_t", served.grpc_url, ann, images, out=tmp_path / "r", reference=TorchReference("rtdetrv2-s"))
+        evaluate("damo_yolo_t", served.grpc_url, ann, images, out=tmp_path / "r",
+                 reference=TorchReference("rtdetrv2-s"))
     assert not (tmp_path / "r" / "results.partial.jsonl").exists()
     res = tdet("eval", "--model", "damo_yolo_t", "--url", served.grpc_url, "--coco", str(ann), "--images", str(images),
                "--out", str(tmp_path / "cli"), "--reference", "rtdetrv2-s", timeout=120)

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from matching import assert_same_detections
 
 from tdet.client.errors import InvalidInputError, ServerUnavailableError, UserError

@@ -26,11 +26,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from PIL import Image
-from tritonclient.utils import InferenceServerException
-
 from conftest import _synthetic_image
 from matching import assert_same_detections
+from PIL import Image
+from tritonclient.utils import InferenceServerException
 
 pytestmark = pytest.mark.server
 
@@ -147,7 +146,8 @@ def cases(base) -> dict[str, Case]:
         "datatype_uint8": Case(expect="data-type is 'UINT8'", datatype="UINT8",
                                array=np.frombuffer(png, np.uint8)[None].copy()),
         "shape_without_batch": Case(expect="unexpected shape for input 'IMAGE'", array=np.array([png], np.object_)),
-        "shape_two_per_row": Case(expect="unexpected shape for input 'IMAGE'", array=np.array([[png, png]], np.object_)),
+        "shape_two_per_row": Case(expect="unexpected shape for input 'IMAGE'",
+                                  array=np.array([[png, png]], np.object_)),
         "zero_rows": Case(expect="inference input 'IMAGE'", array=np.zeros((0, 1), np.object_)),
         "17_rows_over_max_batch": Case((png,) * 17, "batch-size must be <= 16"),
         "16_rows": Case((png,) * 16, same_as=png),

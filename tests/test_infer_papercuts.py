@@ -16,8 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from matching import assert_same_detections
+
 from tdet.client.errors import UserError
 from tdet.client.image_input import encode_image, fetch_url
 from tdet.client.infer import class_color, draw_detections, label_layout, label_rects, output_names, url_name

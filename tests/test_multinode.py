@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from synthetic import shapes_set
+
 from tdet.ensembles.server import free_port
 
 pytestmark = pytest.mark.slow

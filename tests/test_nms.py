@@ -152,7 +152,7 @@ def _torchvision_batched_nms():
     pytest.importorskip("torch")
     try:
         from torchvision.ops import batched_nms as tv_batched_nms
-    except Exception as err:  # noqa: BLE001 - a CUDA-only wheel beside CPU torch fails to register its ops
+    except Exception as err:  # a CUDA-only wheel beside CPU torch fails to register its ops
         pytest.skip(f"torchvision not usable here: {type(err).__name__}: {err}")
     return tv_batched_nms
 

@@ -70,4 +70,4 @@ def test_client_code_never_imports_training():
             else:
                 continue
             assert not any(n.startswith("tdet.training") for n in names), (f, names)
-        assert "tdet.training" not in "".join(l for l in f.read_text().splitlines() if "import_module" in l), f
+        assert "tdet.training" not in "".join(line for line in f.read_text().splitlines() if "import_module" in line), f

@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-
 from matching import assert_same_detections
+
 from tdet.client import preprocess as pp
 from tdet.client.errors import UserError
 from tdet.client.triton import connect

@@ -9,15 +9,21 @@ import subprocess
 import numpy as np
 import onnx
 import pytest
+from matching import assert_same_detections
 from tritonclient.grpc import model_config_pb2
 
-from matching import assert_same_detections
 from tdet.client import preprocess as pp
 from tdet.client.boxes import box_iou, cxcywh_to_xyxy, nms, xyxy_to_cxcywh
 from tdet.client.pipeline import preprocess_image
 from tdet.client.postprocess import postprocess_damo_yolo, postprocess_rtdetrv2
-from tdet.client.specs import EXPORT_INPUT, EXPORT_OUTPUTS, PREPROCESS, PreprocessSpec
-from tdet.client.specs import config_parameters, spec_from_parameters
+from tdet.client.specs import (
+    EXPORT_INPUT,
+    EXPORT_OUTPUTS,
+    PREPROCESS,
+    PreprocessSpec,
+    config_parameters,
+    spec_from_parameters,
+)
 from tdet.ensembles.builder import build_repository, trtexec_command, uint8_engine_graph
 from tdet.ensembles.configs import BuildOptions, read_config
 from tdet.ensembles.ort_session import ort_session

@@ -8,8 +8,8 @@ import re
 
 import numpy as np
 import pytest
-
 from matching import assert_same_detections
+
 from tdet.client import preprocess as pp
 from tdet.client.boxes import box_iou
 from tdet.client.errors import InvalidInputError

@@ -1,13 +1,13 @@
 """RT-DETRv2: official key set loads strictly (v2 and v1 checkpoints), RepVGG fusion is exact, ONNX
 export keeps a working dynamic batch, discrete sampling exports without GridSample, params/GFLOPs."""
 
+import official_checkpoints as checkpoints
 import onnx
 import pytest
 import torch
+from matching import assert_same_detections
 from scipy.optimize import linear_sum_assignment
 
-import official_checkpoints as checkpoints
-from matching import assert_same_detections
 from tdet.ensembles.ort_session import ort_session
 from tdet.training.export import export_onnx
 from tdet.training.info import count_gflops
@@ -98,7 +98,8 @@ def test_v1_checkpoint_loads_after_key_upgrade(tmp_path):
     model = R.build_model("rtdetrv2-s", weights=tmp_path / "v1.pth")
     got = model.state_dict()
     # every v1 tensor lands under its v2 name; the v2-only constants come from the model
-    assert set(upgrade_v1_keys(v1, model)) | {"decoder.anchors", "decoder.valid_mask"} == set(official_keys("rtdetrv2-s"))
+    regenerated = {"decoder.anchors", "decoder.valid_mask"}
+    assert set(upgrade_v1_keys(v1, model)) | regenerated == set(official_keys("rtdetrv2-s"))
     renamed = {"encoder.input_proj.2.0.weight": "encoder.input_proj.2.conv.weight",
                "encoder.input_proj.1.1.running_var": "encoder.input_proj.1.norm.running_var",
                "decoder.enc_output.0.weight": "decoder.enc_output.proj.weight",

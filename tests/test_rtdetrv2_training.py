@@ -268,7 +268,7 @@ def test_ddp_with_an_empty_rank():
     results = {}
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
-        _, rank, num_boxes, total, grad = next(l for l in out.splitlines() if l.startswith("RESULT")).split()
+        _, rank, num_boxes, total, grad = next(line for line in out.splitlines() if line.startswith("RESULT")).split()
         results[int(rank)] = (float(num_boxes), float(total), float(grad))
     # 0 and 3 boxes: every rank normalises by the world average 1.5
     assert results[0][0] == results[1][0] == 1.5

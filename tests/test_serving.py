@@ -7,13 +7,13 @@ import socket
 import subprocess
 import sys
 import urllib.request
-from functools import lru_cache
+from functools import cache
 
 import cv2
 import numpy as np
 import pytest
-
 from matching import assert_same_detections
+
 from tdet.client import preprocess as pp
 from tdet.client.labels import COCO_CATEGORY_IDS, COCO_CLASSES
 from tdet.client.specs import PREPROCESS
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.server
 VARIANTS = {"damo-yolo-t": "damo_yolo_t", "rtdetrv2-s": "rtdetrv2_s"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _torch_model(variant: str):
     from tdet.training.registry import build_model, family_of
 
@@ -32,7 +32,7 @@ def _torch_model(variant: str):
     return fam, fam.export_module(build_model(variant, deploy=True, seed=0).eval()).eval()
 
 
-@lru_cache(maxsize=None)
+@cache
 def reference(variant: str, data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The in-process pipeline: the shared preprocessing, the PyTorch model (deploy form, the same seed
     as the export) and the family's PyTorch postprocess -> (boxes [K,4] original px, scores, category ids)."""

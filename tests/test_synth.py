@@ -3,10 +3,9 @@
 import json
 
 import cv2
+import numpy as np
 import pytest
 from pycocotools.coco import COCO
-
-import numpy as np
 
 from tdet.client.synth import CATEGORY_IDS, SHAPES, synthesize
 

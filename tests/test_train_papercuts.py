@@ -8,10 +8,8 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
 from synthetic import shapes_set
 
 
@@ -32,7 +30,7 @@ def test_short_train_run_prints_data_summary_percent_ap_warmup_and_weights_note(
     coco = json.loads(ann.read_text())
     boxes = len(coco["annotations"])
     assert f"data: train: 2 images (0 skipped, 0 without a box), {boxes} boxes" in res.stdout, res.stdout
-    assert f"data: val: 2 images" in res.stdout
+    assert "data: val: 2 images" in res.stdout
     cats = sorted(c["id"] for c in coco["categories"])
     assert f"{len(cats)} classes (label->category id: 0->{cats[0]} " in res.stdout
     # percent with two decimals, the same number as log.csv's fraction

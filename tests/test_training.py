@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from synthetic import shapes_set
+
 from tdet.client.labels import COCO_CATEGORY_IDS
 
 pytestmark = pytest.mark.slow
@@ -84,7 +84,7 @@ def test_trainer_overfits_a_few_images(variant, tmp_path):
     from tdet.training.data.coco import CocoDetection
     from tdet.training.data.loader import build_val_loader
     from tdet.training.engine.evaluator import evaluate
-    from tdet.training.engine.trainer import Trainer, TrainArgs
+    from tdet.training.engine.trainer import TrainArgs, Trainer
     from tdet.training.registry import family_of
 
     epochs, text = OVERFIT[variant]

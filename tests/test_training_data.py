@@ -22,11 +22,24 @@ from tdet.client.preprocess import resize_rgb, to_chw
 from tdet.client.specs import preprocess_spec
 from tdet.training.data.coco import CocoDetection
 from tdet.training.data.damo_transforms import DamoAugment, DamoTrainTransform, MixupParams, box_candidates, mixup
-from tdet.training.data.loader import (SampleKey, TrainSampler, build_train_loader,
-                                       build_train_transform, build_val_loader)
+from tdet.training.data.loader import (
+    SampleKey,
+    TrainSampler,
+    build_train_loader,
+    build_train_transform,
+    build_val_loader,
+)
 from tdet.training.data.ops import hflip
-from tdet.training.data.rtdetr_transforms import (PhotometricParams, RTDETRAugment, RTDETRCollate, RTDETRTrainTransform, crop,
-                                                  iou_crop_window, photometric_distort, sanitize)
+from tdet.training.data.rtdetr_transforms import (
+    PhotometricParams,
+    RTDETRAugment,
+    RTDETRCollate,
+    RTDETRTrainTransform,
+    crop,
+    iou_crop_window,
+    photometric_distort,
+    sanitize,
+)
 
 CATEGORY_IDS = (40, 7, 12)  # written unsorted, non-COCO ids: labels must be 0, 1, 2 for 7, 12, 40
 # object colours (RGB); colour k belongs to label k % 3. Picked far apart, from the background, from the pads
@@ -275,7 +288,7 @@ def test_mixup_partner_boxes_follow_jitter_flip_and_offset(dataset):
         assert img.shape == origin.shape and keep.any()
         check_boxes_on_objects(img, boxes[keep], partner.labels[keep], blended=True)
         # the blend is exact: background everywhere outside the partner content is 0.5 bg + 0.5 pad/bg
-        assert set(map(tuple, img[0:2, 0:2].reshape(-1, 3))) <= {tuple(((BACKGROUND + q) // 2)) for q in SCENE}
+        assert set(map(tuple, img[0:2, 0:2].reshape(-1, 3))) <= {tuple((BACKGROUND + q) // 2) for q in SCENE}
 
 
 def test_damo_no_aug_epochs_resize_and_flip_only(dataset):
@@ -431,7 +444,7 @@ def test_train_loader_formats(dataset):
     loader.batch_sampler.set_epoch(0)
     b = next(iter(loader))
     assert b.images.shape == (4, 3, 320, 320) and 0 <= b.images.min() and b.images.max() <= 1
-    for t, k in zip(b.targets, b.keys):
+    for t in b.targets:
         assert t["boxes"].dtype == torch.float32 and ((t["boxes"] >= 0) & (t["boxes"] <= 1)).all()
     with pytest.raises(ValueError, match="multi_scale"):
         build_train_loader(dataset, "damo-yolo", {}, (320, 320), 2, 0, workers=0, multi_scale=[320, 352])

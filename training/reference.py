@@ -111,7 +111,8 @@ class TorchReference:
         kw = {"max_det": int(served.get("max_detections", DEFAULT_MAX_DET))}
         if "score_threshold" in served:
             kw.update(score_thr=float(served["score_threshold"]), iou=float(served["iou_threshold"]))
-        ids = np.asarray(json.loads(served["category_ids"]) if "category_ids" in served else COCO_CATEGORY_IDS, np.int32)
+        ids = json.loads(served["category_ids"]) if "category_ids" in served else COCO_CATEGORY_IDS
+        ids = np.asarray(ids, np.int32)
         rows: list[dict] = []
         for image_id, path in tqdm(sorted(paths.items()), desc=f"reference {self.variant}", unit="img", disable=None):
             chw, orig_hw = preprocess(path.read_bytes(), spec)

@@ -32,7 +32,8 @@ def register_train(sub: argparse._SubParsersAction) -> None:
                         "'official' (the published weights, downloaded: needs internet); everything but the class "
                         "branch is loaded when the dataset's classes differ (default: no weights, training starts "
                         "from random initialisation as the official code's init scheme sets it)")
-    p.add_argument("--epochs", type=int, default=S, help="epochs (default: the recipe's, 300 DAMO-YOLO / 72-120 RT-DETRv2)")
+    p.add_argument("--epochs", type=int, default=S,
+                   help="epochs (default: the recipe's, 300 DAMO-YOLO / 72-120 RT-DETRv2)")
     p.add_argument("--batch", type=int, default=S, help="images per process per step (default: 8)")
     p.add_argument("--nominal-batch", type=int, default=S,
                    help="accumulate gradients to this many images per optimizer step over all processes "
@@ -76,7 +77,8 @@ def _train_args(args: argparse.Namespace):
         saved = load_resume(resume).get("tdet", {}).get("args")
         if not isinstance(saved, dict):
             raise UserError(f"{resume} has no saved run arguments: it was not written by `tdet train`")
-        changed = sorted(k for k, v in given.items() if k != "variant" and k not in RESUME_CHANGEABLE and saved.get(k) != v)
+        changed = sorted(k for k, v in given.items()
+                         if k != "variant" and k not in RESUME_CHANGEABLE and saved.get(k) != v)
         if changed:
             raise UserError(f"--resume continues the saved run exactly: {', '.join(changed)} cannot change "
                              f"(saved: {', '.join(f'{k}={saved.get(k)!r}' for k in changed)})")
@@ -119,7 +121,7 @@ def _spawned(rank: int, world: int, port: int, args, resume) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     try:
-        import torch  # noqa: F401
+        import torch
     except ModuleNotFoundError:
         raise UserError("training needs the train extra: pip install 'tdet[train]'") from None
     from .engine.logger import percent

@@ -14,7 +14,7 @@ MASTER_PORT = 5557  # Locust's default; a free port for local-only runs
 
 
 def master_args(workers: int, port: int, remote: bool) -> list[str]:
-    bind = "0.0.0.0" if remote else "127.0.0.1"  # noqa: S104 - remote workers must reach the master
+    bind = "0.0.0.0" if remote else "127.0.0.1"
     return ["--master", "--expect-workers", str(workers), "--master-bind-host", bind, "--master-bind-port", str(port)]
 
 

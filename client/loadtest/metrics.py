@@ -40,7 +40,10 @@ def per_model(before: dict, after: dict, models: list[str]) -> dict[str, dict[st
         d = {k: a.get(k, 0.0) - b.get(k, 0.0) for k in COUNTERS}
         req = d["nv_inference_request_success"]
         ex = d["nv_inference_exec_count"]
-        per_req = (lambda k: d[k] / req / 1000 if req else 0.0)
+
+        def per_req(k: str, d: dict = d, req: float = req) -> float:
+            return d[k] / req / 1000 if req else 0.0
+
         rows[model] = {
             "requests": req, "failures": d["nv_inference_request_failure"], "executions": ex,
             "avg_batch_size": d["nv_inference_count"] / ex if ex else 0.0,

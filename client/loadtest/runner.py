@@ -119,7 +119,8 @@ def run_once(model: str, url: str, *, protocol: str = "grpc", users: int = 4, sp
         raise UserError(f"--protocol must be grpc or http, got {protocol!r}")
     if users < 1 or spawn_rate <= 0 or duration_s < 1:
         raise UserError("--users and --spawn-rate must be positive and --duration at least 1 s")
-    first = collect_images(images, recursive=True)[0]  # here, so a bad --images is one clear error, not a Locust traceback
+    # here, so a bad --images is one clear error, not a Locust traceback
+    first = collect_images(images, recursive=True)[0]
     urls = split_urls(url)  # `--url a,b`: the users are spread over the servers (locustfile.py)
     for u in urls:
         if local_only and _host(u) not in LOOPBACK:
@@ -154,7 +155,8 @@ def run_once(model: str, url: str, *, protocol: str = "grpc", users: int = 4, sp
         try:  # the run stops itself at --duration; the timeout only catches a hung Locust
             subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=duration_s + 90)
         except subprocess.TimeoutExpired:
-            raise TimeoutError(f"locust did not stop within {duration_s + 90:.0f}s (see {out / 'locust.log'})") from None
+            raise TimeoutError(f"locust did not stop within {duration_s + 90:.0f}s "
+                               f"(see {out / 'locust.log'})") from None
     distributed.merge_latencies(out / "latencies.csv")
     wall = time.monotonic() - t0
     if not (out / "latencies.csv").is_file():

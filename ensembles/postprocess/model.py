@@ -47,7 +47,7 @@ class TritonPythonModel:
             wire = postprocess_rows(self.family, outputs, sizes, self.category_ids, score_thr=opts.conf, iou=opts.iou,
                                     max_det=opts.max_det, input_hw=self.input_hw, classes=opts.classes,
                                     clip=opts.clip, pad_to=self.max_k)
-        except Exception as err:  # noqa: BLE001 - this request fails; the others in the batch go on
+        except Exception as err:  # this request fails; the others in the batch go on
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(
                 f"postprocess: {type(err).__name__}: {err}", pb_utils.TritonError.INTERNAL))
         return pb_utils.InferenceResponse([pb_utils.Tensor(n, t) for n, t in zip(WIRE, wire)])

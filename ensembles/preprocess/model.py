@@ -33,7 +33,7 @@ class TritonPythonModel:
             images, sizes = preprocess_rows(list(rows), self.spec, max_pixels=self.max_pixels)
         except InvalidImageError as err:
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(err), pb_utils.TritonError.INVALID_ARG))
-        except Exception as err:  # noqa: BLE001 - this request fails as a server fault; the others go on
+        except Exception as err:  # this request fails as a server fault; the others go on
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(
                 f"preprocess: {type(err).__name__}: {err}", pb_utils.TritonError.INTERNAL))
         return pb_utils.InferenceResponse([pb_utils.Tensor(EXPORT_INPUT, images), pb_utils.Tensor("orig_hw", sizes)])

@@ -43,8 +43,9 @@ is used for the flip, whose semantics match.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -57,6 +58,7 @@ from tdet.client.specs import DAMO_YOLO
 from .batch import SampleKey, TrainBatch, images_tensor
 from .coco import CocoDetection, Sample
 from .ops import F32, U8, augment_from_dict, hflip, stretch_resize
+
 PAD = 114  # the official fill of the mosaic canvas, the affine border and the MixUp letterbox
 
 

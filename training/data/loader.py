@@ -29,7 +29,8 @@ normalized. It is off in the no-aug epochs (strong=False), as the official colla
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -40,7 +41,7 @@ from tdet.client.errors import UserError
 from tdet.client.preprocess import resize_rgb, to_chw
 from tdet.client.specs import FAMILIES, preprocess_spec
 
-from .batch import SampleKey, TrainBatch
+from .batch import SampleKey
 from .coco import CocoDetection, Sample
 
 Transform = Callable[[int, np.random.Generator, bool], Sample]

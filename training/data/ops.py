@@ -9,13 +9,13 @@ from typing import Any, TypeVar
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network: skip its version check at import
 
-import albumentations as A  # noqa: E402
-import numpy as np  # noqa: E402
-import numpy.typing as npt  # noqa: E402
+import albumentations as A
+import numpy as np
+import numpy.typing as npt
 
-from tdet.client.errors import UserError  # noqa: E402
-from tdet.client.preprocess import resize_rgb  # noqa: E402
-from tdet.client.specs import preprocess_spec  # noqa: E402
+from tdet.client.errors import UserError
+from tdet.client.preprocess import resize_rgb
+from tdet.client.specs import preprocess_spec
 
 F32 = npt.NDArray[np.float32]
 U8 = npt.NDArray[np.uint8]

@@ -32,8 +32,9 @@ so numpy + PIL for those.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -48,6 +49,7 @@ from tdet.client.specs import RTDETRV2
 from .batch import SampleKey, TrainBatch, images_tensor
 from .coco import CocoDetection, Sample
 from .ops import F32, I64, U8, augment_from_dict, hflip, stretch_resize
+
 _MAX_THRESHOLD_DRAWS = 1000
 
 

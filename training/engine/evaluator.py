@@ -9,7 +9,7 @@ engine float noise.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 from torch import nn

@@ -48,7 +48,8 @@ def param_groups(model: nn.Module, cfg: OptimizerCfg, base_lr: float, lr_scale: 
         names = [n for n in params if n not in taken and re.search(spec["params"], n)]
         taken.update(names)
         groups.append({"params": [params[n] for n in names], "names": names,
-                       "lr": spec["lr"] * lr_scale if "lr" in spec else base_lr, "weight_decay": spec.get("weight_decay", cfg.weight_decay)})
+                       "lr": spec["lr"] * lr_scale if "lr" in spec else base_lr,
+                       "weight_decay": spec.get("weight_decay", cfg.weight_decay)})
     rest = [n for n in params if n not in taken]
     no_decay = _no_decay_names(model, cfg.no_decay)
     for decay, names in ((cfg.weight_decay, [n for n in rest if n not in no_decay]),

@@ -31,6 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from tdet.client.errors import UserError
+
 from ..recipe import Recipe, load_recipe, warmup_warning
 from ..registry import family_of
 from . import distributed as D
@@ -218,7 +219,8 @@ class Trainer:
         log = RunLog(self.out) if dist.is_main else None
         if dist.is_main:
             (self.out / "config.yaml").write_text(yaml.safe_dump({"args": a.as_dict(), "recipe": r.as_dict(),
-                                                                  "accumulate": accumulate, "effective_batch": effective,
+                                                                  "accumulate": accumulate,
+                                                                  "effective_batch": effective,
                                                                   "base_lr": base_lr, "amp": amp,
                                                                   "classes": meta["class_names"],
                                                                   "category_ids": meta["category_ids"]},
@@ -248,7 +250,7 @@ class Trainer:
                                   self.dist.rank, self.dist.world, r.multi_scale)
 
     def _epoch(self, state: dict, ctx: dict) -> None:
-        a, r, dist = self.args, self.recipe, self.dist
+        r, dist = self.recipe, self.dist
         model, bare, ema, optimizer, scaler = ctx["model"], ctx["bare"], ctx["ema"], ctx["optimizer"], ctx["scaler"]
         epoch, accumulate = state["epoch"], ctx["accumulate"]
         strong = epoch < r.epochs - r.no_aug_epochs

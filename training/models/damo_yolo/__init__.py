@@ -8,21 +8,22 @@ checkpoint_state_dict, training_checkpoint, train_transform, train_collate.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from tdet.training.weights import WeightsInfo
 
+from .. import build_initialised, with_overrides
 from .checkpoint import checkpoint_state_dict, load_checkpoint, training_checkpoint
 from .criterion import DamoYoloCriterion
 from .detector import DamoYolo, DamoYoloExport
 from .ops import BN_EPS, BN_MOMENTUM
 from .random_init import tame_init
 from .variants import VARIANTS, DamoYoloConfig
-from .. import build_initialised, with_overrides
 
 if TYPE_CHECKING:
     from tdet.training.data.coco import CocoDetection

@@ -14,7 +14,7 @@ from .ops import ConvBNAct, RepConv
 from .variants import DamoYoloConfig
 
 
-class BasicBlock_3x3_Reverse(nn.Module):  # noqa: N801 (official name)
+class BasicBlock_3x3_Reverse(nn.Module):  # (official name)
     """x + ConvBNAct3x3(RepConv3x3(x -> hidden) -> out)."""
 
     def __init__(self, ch: int, hidden_ratio: float, *, act: str) -> None:

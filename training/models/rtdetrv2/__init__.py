@@ -8,19 +8,20 @@ checkpoint_state_dict, training_checkpoint, train_transform, train_collate.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from tdet.training.weights import WeightsInfo
 
+from .. import build_initialised, with_overrides
 from .checkpoint import checkpoint_state_dict, load_checkpoint, training_checkpoint
 from .criterion import RTDETRv2Criterion
 from .detector import RTDETRv2, tame_init
 from .train_setup import init_for_training, reinit_class_branch
 from .variants import VARIANTS, RTDETRv2Config
-from .. import build_initialised, with_overrides
 
 if TYPE_CHECKING:
     from tdet.training.data.coco import CocoDetection
@@ -31,18 +32,22 @@ TARGET_FORMAT = "cxcywh_normalized"
 # state-dict prefixes that depend on the class count (re-initialised by reinit_class_branch when fine-tuning)
 CLASS_BRANCH = ("decoder.enc_score_head.", "decoder.dec_score_head.", "decoder.denoising_class_embed.")
 _URL = "https://github.com/lyuwenyu/storage/releases/download/"
+
+
+def _release(tag: str, file: str, ap: float) -> WeightsInfo:
+    return WeightsInfo(f"{_URL}{tag}/{file}", file, ap)
+
+
 WEIGHTS: dict[str, WeightsInfo] = {
-    "rtdetrv2-s": WeightsInfo(_URL + "v0.2/rtdetrv2_r18vd_120e_coco_rerun_48.1.pth",
-                              "rtdetrv2_r18vd_120e_coco_rerun_48.1.pth", 48.1),
-    "rtdetrv2-m34": WeightsInfo(_URL + "v0.1/rtdetrv2_r34vd_120e_coco_ema.pth", "rtdetrv2_r34vd_120e_coco_ema.pth", 49.9),
-    "rtdetrv2-m": WeightsInfo(_URL + "v0.1/rtdetrv2_r50vd_m_7x_coco_ema.pth", "rtdetrv2_r50vd_m_7x_coco_ema.pth", 51.9),
-    "rtdetrv2-l": WeightsInfo(_URL + "v0.1/rtdetrv2_r50vd_6x_coco_ema.pth", "rtdetrv2_r50vd_6x_coco_ema.pth", 53.4),
-    "rtdetrv2-x": WeightsInfo(_URL + "v0.1/rtdetrv2_r101vd_6x_coco_from_paddle.pth",
-                              "rtdetrv2_r101vd_6x_coco_from_paddle.pth", 54.3),
-    "rtdetrv2-s-dsp": WeightsInfo(_URL + "v0.1/rtdetrv2_r18vd_dsp_3x_coco.pth", "rtdetrv2_r18vd_dsp_3x_coco.pth", 47.4),
-    "rtdetrv2-m34-dsp": WeightsInfo(_URL + "v0.1/rtdetrv2_r34vd_dsp_1x_coco.pth", "rtdetrv2_r34vd_dsp_1x_coco.pth", 49.2),
-    "rtdetrv2-m-dsp": WeightsInfo(_URL + "v0.1/rtdetrv2_r50vd_m_dsp_3x_coco.pth", "rtdetrv2_r50vd_m_dsp_3x_coco.pth", 51.4),
-    "rtdetrv2-l-dsp": WeightsInfo(_URL + "v0.1/rtdetrv2_r50vd_dsp_1x_coco.pth", "rtdetrv2_r50vd_dsp_1x_coco.pth", 52.9),
+    "rtdetrv2-s": _release("v0.2", "rtdetrv2_r18vd_120e_coco_rerun_48.1.pth", 48.1),
+    "rtdetrv2-m34": _release("v0.1", "rtdetrv2_r34vd_120e_coco_ema.pth", 49.9),
+    "rtdetrv2-m": _release("v0.1", "rtdetrv2_r50vd_m_7x_coco_ema.pth", 51.9),
+    "rtdetrv2-l": _release("v0.1", "rtdetrv2_r50vd_6x_coco_ema.pth", 53.4),
+    "rtdetrv2-x": _release("v0.1", "rtdetrv2_r101vd_6x_coco_from_paddle.pth", 54.3),
+    "rtdetrv2-s-dsp": _release("v0.1", "rtdetrv2_r18vd_dsp_3x_coco.pth", 47.4),
+    "rtdetrv2-m34-dsp": _release("v0.1", "rtdetrv2_r34vd_dsp_1x_coco.pth", 49.2),
+    "rtdetrv2-m-dsp": _release("v0.1", "rtdetrv2_r50vd_m_dsp_3x_coco.pth", 51.4),
+    "rtdetrv2-l-dsp": _release("v0.1", "rtdetrv2_r50vd_dsp_1x_coco.pth", 52.9),
 }
 
 __all__ = ["CLASS_BRANCH", "FAMILY", "TARGET_FORMAT", "VARIANTS", "WEIGHTS", "RTDETRv2", "RTDETRv2Config",

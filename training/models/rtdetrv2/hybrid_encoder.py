@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-
 class ConvNormLayer(nn.Module):
     """conv -> BN -> SiLU (or nothing). Keys: conv.weight, norm.*"""
 

@@ -8,6 +8,7 @@ from torch import nn
 
 from .detector import RTDETRv2
 
+
 def init_for_training(model: RTDETRv2, seed: int) -> RTDETRv2:
     """The official initialisation, deterministic in `seed`: every module as PyTorch builds it (backbone
     and encoder have no init of their own; FrozenBatchNorm2d as identity), then the decoder's own
