@@ -77,6 +77,10 @@ EXPORT_OUTPUTS = {
     RTDETRV2: ("logits", "boxes"),  # [B,Q,C] raw logits; [B,Q,4] normalized cxcywh
 }
 
+# What every served ensemble answers (its postprocess's outputs), per image: NUM_DETECTIONS int32 [1], BOXES
+# float32 [K, 4] xyxy original pixels, SCORES float32 [K], CLASSES int32 [K] dataset category ids.
+WIRE_OUTPUTS = ("NUM_DETECTIONS", "BOXES", "SCORES", "CLASSES")
+
 # ONNX metadata_props keys written by `tdet export` and read by the repository builder.
 META_FAMILY = "tdet.family"
 META_VARIANT = "tdet.variant"

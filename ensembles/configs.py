@@ -21,7 +21,6 @@ from .options import BuildOptions, VersionPolicy
 __all__ = ["BuildOptions", "VersionPolicy", "engine_config", "ensemble_config", "postprocess_config",
            "preprocess_config", "read_config", "write_config"]
 
-WIRE_OUTPUTS = ("NUM_DETECTIONS", "BOXES", "SCORES", "CLASSES")
 
 
 def write_config(path: Path, config: mc.ModelConfig) -> None:
@@ -55,8 +54,9 @@ def _step_defaults(cfg: mc.ModelConfig, opts: BuildOptions, instances: int, kind
 
 
 def _wire(k: int) -> list[tuple[str, int, list[int]]]:
-    return [("NUM_DETECTIONS", mc.TYPE_INT32, [1]), ("BOXES", mc.TYPE_FP32, [k, 4]),
-            ("SCORES", mc.TYPE_FP32, [k]), ("CLASSES", mc.TYPE_INT32, [k])]
+    num, boxes, scores, classes = specs.WIRE_OUTPUTS
+    return [(num, mc.TYPE_INT32, [1]), (boxes, mc.TYPE_FP32, [k, 4]), (scores, mc.TYPE_FP32, [k]),
+            (classes, mc.TYPE_INT32, [k])]
 
 
 def _hw(input_hw: tuple[int, int]) -> str:
@@ -130,7 +130,7 @@ def ensemble_config(model: str, family: str, opts: BuildOptions, meta: dict[str,
     steps = [
         (f"{model}_preprocess", {"IMAGE": "IMAGE"}, {specs.EXPORT_INPUT: "images", "orig_hw": "orig_hw"}),
         (f"{model}_engine", {specs.EXPORT_INPUT: "images"}, {o: o for o in outs}),
-        (f"{model}_postprocess", {**{o: o for o in outs}, "orig_hw": "orig_hw"}, {o: o for o in WIRE_OUTPUTS}),
+        (f"{model}_postprocess", {**{o: o for o in outs}, "orig_hw": "orig_hw"}, {o: o for o in specs.WIRE_OUTPUTS}),
     ]
     for name, inputs, outputs in steps:
         step = cfg.ensemble_scheduling.step.add(model_name=name, model_version=-1)

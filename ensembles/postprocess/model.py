@@ -16,9 +16,8 @@ import triton_python_backend_utils as pb_utils
 
 from tdet.client.options import DetectOptions, InvalidParameterError, resolve
 from tdet.client.pipeline import postprocess_rows
-from tdet.client.specs import EXPORT_OUTPUTS, config_parameters, parse_hw
+from tdet.client.specs import EXPORT_OUTPUTS, WIRE_OUTPUTS, config_parameters, parse_hw
 
-WIRE = ("NUM_DETECTIONS", "BOXES", "SCORES", "CLASSES")
 
 
 class TritonPythonModel:
@@ -50,4 +49,4 @@ class TritonPythonModel:
         except Exception as err:  # this request fails; the others in the batch go on
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(
                 f"postprocess: {type(err).__name__}: {err}", pb_utils.TritonError.INTERNAL))
-        return pb_utils.InferenceResponse([pb_utils.Tensor(n, t) for n, t in zip(WIRE, wire)])
+        return pb_utils.InferenceResponse([pb_utils.Tensor(n, t) for n, t in zip(WIRE_OUTPUTS, wire)])

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from tdet.client.errors import UserError
 
+from ..models import outputs_to_fp32
 from ..recipe import Recipe, load_recipe, warmup_warning
 from ..registry import family_of
 from . import distributed as D
@@ -271,7 +272,7 @@ class Trainer:
                 with torch.autocast(self.device.type, dtype=ctx["amp_dtype"], enabled=ctx["amp"]):
                     outputs = model(images, targets)
                 with torch.autocast(self.device.type, enabled=False):
-                    losses = ctx["criterion"](_to_float(outputs), targets)
+                    losses = ctx["criterion"](outputs_to_fp32(outputs), targets)
                 scaler.scale(losses["total"] / accumulate).backward()
             pending += 1
             values = torch.stack([v.detach() for v in losses.values()]).tolist()  # one device sync per batch
@@ -414,17 +415,6 @@ def no_weights_note(variant: str) -> str:
                     f"the offline starting points for their variants")
     return (f"weights: none given, {variant} starts from random initialisation (not pretrained); to fine-tune, "
             f"{offline}; --weights official loads the published weights (downloaded: needs internet)")
-
-
-def _to_float(outputs: Any) -> Any:
-    """Model outputs (tensors in nested lists/tuples/dicts) cast to fp32 for the criterion."""
-    if isinstance(outputs, torch.Tensor):
-        return outputs.float() if outputs.is_floating_point() else outputs
-    if isinstance(outputs, dict):
-        return {k: _to_float(v) for k, v in outputs.items()}
-    if isinstance(outputs, (list, tuple)):
-        return type(outputs)(_to_float(v) for v in outputs)
-    return outputs
 
 
 def _all_reduce_sums(dist: D.DistInfo, sums: dict[str, float], batches: int) -> dict[str, float]:

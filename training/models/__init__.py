@@ -42,3 +42,17 @@ def build_initialised(make: Callable[[], M], *, seed: int, init: str, tame: Call
         model = make()
     (tame if init == "tame" else train)(model, seed)
     return model
+
+
+def outputs_to_fp32(outputs: Any) -> Any:
+    """fp16/bf16 tensors of model outputs (nested lists/tuples/dicts) as fp32, everything else as is: the losses
+    run in fp32 under autocast, as the official code's criteria do."""
+    import torch
+
+    if isinstance(outputs, torch.Tensor):
+        return outputs.float() if outputs.dtype in (torch.float16, torch.bfloat16) else outputs
+    if isinstance(outputs, dict):
+        return {k: outputs_to_fp32(v) for k, v in outputs.items()}
+    if isinstance(outputs, (list, tuple)):
+        return type(outputs)(outputs_to_fp32(v) for v in outputs)
+    return outputs

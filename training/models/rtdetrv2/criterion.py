@@ -13,6 +13,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .. import outputs_to_fp32
 from .box_ops import cxcywh_to_xyxy, iou_and_generalized_iou
 from .matcher import HungarianMatcher, Indices
 
@@ -36,7 +37,7 @@ class RTDETRv2Criterion(nn.Module):
         under autocast (the official computes the loss outside autocast)."""
         device = outputs["pred_logits"].device
         with torch.autocast(device.type, enabled=False):
-            outputs = _to_float(outputs)
+            outputs = outputs_to_fp32(outputs)
             dtype = outputs["pred_boxes"].dtype
             targets = [{"boxes": t["boxes"].to(device, dtype), "labels": t["labels"].to(device)}
                        for t in targets]
@@ -117,12 +118,3 @@ def denoising_indices(meta: dict[str, Any], targets: Targets) -> Indices:
     return out
 
 
-def _to_float(outputs: Any) -> Any:
-    """fp16/bf16 tensors of the outputs dict (nested lists/dicts) as fp32; everything else as is."""
-    if isinstance(outputs, torch.Tensor):
-        return outputs.float() if outputs.dtype in (torch.float16, torch.bfloat16) else outputs
-    if isinstance(outputs, dict):
-        return {k: _to_float(v) for k, v in outputs.items()}
-    if isinstance(outputs, (list, tuple)):
-        return type(outputs)(_to_float(v) for v in outputs)
-    return outputs
