@@ -19,7 +19,6 @@ from tdet.client.pipeline import postprocess_rows
 from tdet.client.specs import EXPORT_OUTPUTS, WIRE_OUTPUTS, config_parameters, parse_hw
 
 
-
 class TritonPythonModel:
     def initialize(self, args):
         params = config_parameters(json.loads(args["model_config"]))
