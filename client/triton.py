@@ -85,8 +85,26 @@ def wrong_protocol(url: str, protocol: str) -> WrongProtocolError:
                               f"(default {DEFAULT_PORTS[protocol]})")
 
 
-# what the gRPC client says when an HTTP/1 server (Triton's HTTP port) answers
+# what the gRPC client says when an HTTP/1 server (Triton's HTTP port) answers (some gRPC versions; others
+# only say "Socket closed", hence _speaks_http)
 _GRPC_AT_HTTP = ("http1.x server", "Trying to connect an http1")
+
+
+def _speaks_http(url: str, timeout_s: float) -> bool:
+    """Whether `url` answers a plain HTTP/1 request: asked when a gRPC client could not connect, to tell
+    Triton's HTTP port (gRPC only reports "Socket closed") from a server that is down."""
+    import http.client
+
+    host, _, port = url.rpartition(":")
+    conn = http.client.HTTPConnection(host or url, int(port) if port.isdigit() else None, timeout=timeout_s)
+    try:
+        conn.request("GET", "/v2/health/live")
+        conn.getresponse()
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+    return True
 
 
 def _transport_error(err: BaseException, message: str) -> InferenceError | None:
@@ -131,6 +149,8 @@ class DetectorClient(ABC):
         try:
             ready = self._call(lambda c: c.is_model_ready(model, self.version, **self._timeout_kw()))
         except (ServerUnavailableError, RequestTimeoutError) as err:
+            if self.protocol == "grpc" and _speaks_http(self.url, min(self.timeout_s, 5.0)):
+                raise wrong_protocol(self.url, self.protocol) from None
             raise ServerUnavailableError(f"cannot reach Triton at {self.url} over {self.protocol}: {err}",
                                          status=err.status) from None
         if not ready:
