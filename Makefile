@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.tdet-installed
 BUILD := build
 
-.PHONY: venv test test-fast demo demo-model bench bench-train clean
+.PHONY: venv lint test test-fast demo demo-model bench bench-train clean
 
 venv: $(STAMP)
 
@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml setup.py constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints.txt -e ".[all]"
 	touch $(STAMP)
+
+lint: venv
+	$(BIN)/ruff check .
 
 test: venv
 	$(BIN)/python -m pytest -q

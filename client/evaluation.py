@@ -14,6 +14,7 @@ import copy
 import hashlib
 import io
 import json
+import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,9 @@ class EvalResult:
     results_path: Path | None
     reference: dict[str, float] | None = None  # in-process metrics, with --reference
     delta: dict[str, float] | None = None  # served - reference
+    per_class: dict[int, float] | None = None  # AP per dataset category id (nan: no ground truth), --per-class
+    class_mismatch: str | None = None  # a warning when the served classes are not the dataset's
+    class_names: dict[int, str] | None = None  # the dataset's category names
 
 
 class Reference(Protocol):
@@ -101,10 +105,19 @@ def to_coco_results(image_id: int, dets: Detections) -> list[dict]:
 
 def coco_metrics(coco, results: list[dict]) -> dict[str, float]:
     """The 12 standard COCO box metrics (pycocotools COCOeval, maxDets 1/10/100)."""
+    return coco_metrics_per_class(coco, results)[0]
+
+
+def coco_metrics_per_class(coco, results: list[dict]) -> tuple[dict[str, float], dict[int, float]]:
+    """(the 12 COCO metrics, AP 50:95 per dataset category id): the per-category mean of COCOeval's precision
+    array (all areas, 100 detections), whose mean over the categories with ground truth is the AP; nan for a
+    category without ground truth."""
+    import numpy as np
     from pycocotools.cocoeval import COCOeval
 
+    cat_ids = sorted(coco.getCatIds())
     if not results:  # loadRes refuses an empty list; no detections means every metric is 0
-        return {m: 0.0 for m in METRICS}
+        return {m: 0.0 for m in METRICS}, {c: 0.0 if coco.getAnnIds(catIds=[c]) else math.nan for c in cat_ids}
     with contextlib.redirect_stdout(io.StringIO()):
         dt = coco.loadRes(copy.deepcopy(results))  # loadRes adds fields to the dicts it is given
         ev = COCOeval(coco, dt, "bbox")
@@ -112,7 +125,42 @@ def coco_metrics(coco, results: list[dict]) -> dict[str, float]:
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return {m: float(v) for m, v in zip(METRICS, ev.stats)}
+    precision = ev.eval["precision"][:, :, :, 0, -1]  # [IoU thresholds, recall points, categories]
+    per_class = {}
+    for k, cid in enumerate(ev.params.catIds):
+        p = precision[:, :, k]
+        per_class[int(cid)] = float(np.mean(p[p > -1])) if (p > -1).any() else math.nan
+    return {m: float(v) for m, v in zip(METRICS, ev.stats)}, per_class
+
+
+def class_mismatch(served: dict[int, str], dataset: dict[int, str]) -> str | None:
+    """A warning when the served model's classes are not the dataset's: dataset category ids the model never
+    predicts (they score 0 AP), or shared ids with different names (another label set numbered alike).
+    None when they agree, or when the model does not say its classes."""
+    if not served:
+        return None
+    norm = {cid: n.strip().lower() for cid, n in served.items()}
+    missing = sorted(set(dataset) - set(served))
+    renamed = sorted(c for c in set(dataset) & set(served) if dataset[c].strip().lower() != norm[c])
+    if not missing and not renamed:
+        return None
+    unused = sorted(set(served) - set(dataset))
+
+    def listed(ids: list[int], names: dict[int, str]) -> str:
+        return ", ".join(f"{c}={names[c]}" for c in ids[:8]) + (f" ... ({len(ids)} in all)" if len(ids) > 8 else "")
+
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} of the dataset's {len(dataset)} category ids are not served by the model "
+                     f"(they score 0 AP): {listed(missing, dataset)}")
+    if renamed:
+        parts.append(f"{len(renamed)} shared id(s) name different classes (dataset vs model): "
+                     + ", ".join(f"{c}={dataset[c]} vs {served[c]}" for c in renamed[:8])
+                     + (" ..." if len(renamed) > 8 else ""))
+    if unused:
+        parts.append(f"{len(unused)} served id(s) are not in the dataset: {listed(unused, served)}")
+    return ("warning: the served classes do not match the dataset's, so AP measures the wrong labels: "
+            + "; ".join(parts) + " (serve a model trained on these categories: `tdet train` + `tdet export`)")
 
 
 def _dataset_key(model: str, coco_json: Path, overrides: dict | None = None) -> str:
@@ -213,11 +261,12 @@ def served_parameters(client: DetectorClient, sent: dict | None = None) -> dict[
 def evaluate(model: str, url: str, coco_json: Path, images_dir: Path, *, protocol: str = "grpc",
              concurrency: int = 8, out: Path | None = None, reference: Reference | None = None,
              timeout_s: float | None = None, retries: int | None = None, conf: float | None = None,
-             iou: float | None = None) -> EvalResult:
+             iou: float | None = None, per_class: bool = False) -> EvalResult:
     """Send every annotated image through the served `model`, score with COCOeval; with `reference`
     (an in-process run of the same model), also score that and report served - reference per metric.
     timeout_s / retries: the client's request timeout and retries when unavailable (None: defaults).
-    conf / iou: sent with every request; None: the family's official COCO protocol (eval_parameters)."""
+    conf / iou: sent with every request; None: the family's official COCO protocol (eval_parameters).
+    per_class: also AP per category (EvalResult.per_class, metrics.json "per_class_ap")."""
     coco, paths = load_dataset(coco_json, images_dir)
     client_kw = {k: v for k, v in (("timeout_s", timeout_s), ("retries", retries)) if v is not None}
     out = out or Path("build/eval") / model
@@ -229,12 +278,14 @@ def evaluate(model: str, url: str, coco_json: Path, images_dir: Path, *, protoco
     with connect(url, model, protocol, **client_kw) as client:
         sent = eval_parameters(client.family, conf, iou)
         served = served_parameters(client, sent) if reference else {}
+        names = {int(c["id"]): str(c.get("name", c["id"])) for c in coco.dataset.get("categories", [])}
+        mismatch = class_mismatch(client.class_names, names)
     if reference:
         reference.check(model, served)
     results = _served_results(model, url, protocol, paths, concurrency, out / "results.partial.jsonl",
                               _dataset_key(model, coco_json, {k: v for k, v in (("conf", conf), ("iou", iou))
                                                               if v is not None}), client_kw, sent)
-    metrics = coco_metrics(coco, results)
+    metrics, by_class = coco_metrics_per_class(coco, results)
     ref = delta = None
     if reference:
         ref_results = reference.results(paths, served)
@@ -243,9 +294,12 @@ def evaluate(model: str, url: str, coco_json: Path, images_dir: Path, *, protoco
         delta = {m: metrics[m] - ref[m] for m in METRICS}
     _write_json(out / "results.json", results)
     _write_json(out / "metrics.json", {"model": model, "images": len(paths), "parameters": sent,
-                                       "metrics": metrics, "reference": ref, "delta": delta})
+                                       "metrics": metrics, "reference": ref, "delta": delta,
+                                       **({"per_class_ap": {str(c): (None if math.isnan(v) else v)
+                                                            for c, v in by_class.items()}} if per_class else {})})
     (out / "results.partial.jsonl").unlink(missing_ok=True)
-    return EvalResult(model, len(paths), metrics, out / "results.json", ref, delta)
+    return EvalResult(model, len(paths), metrics, out / "results.json", ref, delta,
+                      per_class=by_class if per_class else None, class_mismatch=mismatch, class_names=names)
 
 
 def format_metrics(res: EvalResult) -> str:
@@ -258,4 +312,13 @@ def format_metrics(res: EvalResult) -> str:
         if res.reference and res.delta:
             line += f" {100 * res.reference[m]:>10.2f} {100 * res.delta[m]:>+9.2f}"
         lines.append(line)
+    return "\n".join(lines)
+
+
+def format_per_class(res: EvalResult) -> str:
+    """AP 50:95 per dataset category in percent ("-": no ground truth in the dataset)."""
+    names = res.class_names or {}
+    lines = [f"AP per category in % (50:95, all areas, 100 detections)", f"{'id':>5}  {'category':<24} {'AP':>6}"]
+    for cid, ap in sorted((res.per_class or {}).items()):
+        lines.append(f"{cid:>5}  {names.get(cid, str(cid))[:24]:<24} {'-' if math.isnan(ap) else f'{100 * ap:.2f}':>6}")
     return "\n".join(lines)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from .errors import UserError
-from .triton import DEFAULT_RETRIES, add_connection_args, add_url_args, server_url
+from .triton import DEFAULT_RETRIES, add_connection_args, add_url_args, metrics_url, server_url
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -55,6 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                           "extra) and report the delta")
     p.add_argument("--weights", help="checkpoint for --reference (default: the weights the served model was "
                                      "exported with)")
+    p.add_argument("--per-class", action="store_true", help="also print AP per dataset category (and write it to "
+                                                            "metrics.json as per_class_ap)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("loadtest", help="Locust load test with throughput/latency report",
@@ -68,8 +70,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=Path, required=True, help="image file or folder (searched recursively) to "
                                                                "rotate through")
     p.add_argument("--out", type=Path, default=Path("build/loadtest"), help="report folder")
-    p.add_argument("--metrics-url", help="Triton's Prometheus metrics (default: http://HOST:8002/metrics, HOST from "
-                                         "--url; skipped with a warning if nothing answers there; '' to skip)")
+    p.add_argument("--metrics-url", help="Triton's Prometheus metrics (default: $TDET_METRICS_URL, the detached "
+                                         "server's, else http://HOST:8002/metrics, HOST from --url; skipped with a "
+                                         "warning if nothing answers there; '' to skip)")
     p.add_argument("--sweep", type=_ints, help="concurrency sweep, e.g. 1,2,4,8,16: one run per level, --users "
                                                "and --spawn-rate ignored")
     p.add_argument("--workers", type=int, default=0, help="Locust distributed mode: a master and this many "
@@ -108,7 +111,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate, format_metrics
+    import sys
+
+    from .evaluation import evaluate, format_metrics, format_per_class
 
     if args.weights and not args.reference:
         raise UserError("--weights goes with --reference VARIANT")
@@ -116,8 +121,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     reference = args.make_reference(args.reference, args.weights) if args.reference else None
     res = evaluate(args.model, server_url(args), args.coco, args.images, protocol=args.protocol,
                    concurrency=args.concurrency, out=args.out, reference=reference, timeout_s=args.timeout,
-                   retries=args.retries, conf=args.conf, iou=args.iou)
+                   retries=args.retries, conf=args.conf, iou=args.iou, per_class=args.per_class)
     print(format_metrics(res))
+    if res.per_class is not None:
+        print(format_per_class(res))
+    if res.class_mismatch:
+        print(res.class_mismatch, file=sys.stderr)
     print(f"results: {res.results_path}  metrics: {res.results_path.parent / 'metrics.json'}")
     return 0
 
@@ -134,7 +143,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 
         return join_master(args.master_host, args.model, server_url(args), args.protocol, args.images, args.out,
                            timeout_s=args.timeout, retries=args.retries)
-    kw = dict(protocol=args.protocol, duration_s=args.duration, images=args.images, metrics_url=args.metrics_url,
+    kw = dict(protocol=args.protocol, duration_s=args.duration, images=args.images, metrics_url=metrics_url(args),
               timeout_s=args.timeout, retries=args.retries, workers=args.workers, remote_workers=args.remote_workers)
     if args.sweep:
         runs = sweep(args.model, server_url(args), args.sweep, out=args.out, **kw)

@@ -7,7 +7,11 @@ these pixels.
 
 from __future__ import annotations
 
+import http.client
 import os
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any, Union
 
@@ -15,6 +19,12 @@ import cv2
 import numpy as np
 
 from .errors import UserError
+
+URL_SCHEMES = ("http://", "https://")
+FETCH_TIMEOUT_S = 30.0
+MAX_FETCH_BYTES = 100 * 2**20  # far above any real photo; stops a wrong link (a video, an ISO) from filling memory
+# what people try to pass as an image; told plainly instead of "not a decodable image"
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"})
 
 # bytes-like: an encoded file's contents; str / PathLike: a file to read; ndarray / PIL image: pixels
 ImageInput = Union[bytes, bytearray, memoryview, str, os.PathLike, np.ndarray, Any]
@@ -24,15 +34,18 @@ def encode_image(image: ImageInput) -> bytes:
     """Encoded image bytes for the wire.
 
     bytes / bytearray / memoryview: sent as they are (JPEG, PNG, BMP, WebP, TIFF: the server checks).
-    str / Path: the file's bytes (FileNotFoundError if missing).
+    str / Path: the file's bytes (FileNotFoundError if missing); a str http(s):// URL: its bytes, fetched.
     numpy uint8 array: H x W x 3 in BGR order (what cv2.imread returns and Ultralytics takes), H x W
     grayscale, or H x W x 4 BGRA; PNG-encoded.
     PIL.Image: its pixels (RGB order, as PIL holds them), PNG-encoded.
     """
     if isinstance(image, (bytes, bytearray, memoryview)):
         return bytes(image)
+    if isinstance(image, str) and is_url(image):
+        return fetch_url(image)
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
+        check_not_video(path)
         if not path.is_file():
             raise FileNotFoundError(f"no such image file: {path}")
         return path.read_bytes()
@@ -55,3 +68,43 @@ def _encode_array(array: np.ndarray) -> bytes:
     if not ok:
         raise UserError(f"OpenCV could not encode an array of shape {array.shape} as PNG")
     return buf.tobytes()
+
+
+def is_url(source: str | os.PathLike) -> bool:
+    """An http(s):// URL (a str; a Path would already have lost one of its slashes)."""
+    return isinstance(source, str) and source.lower().startswith(URL_SCHEMES)
+
+
+def check_not_video(source: str | os.PathLike, what: str = "tdet") -> None:
+    """UserError for a video file or URL (by its suffix): only still images are read, for now."""
+    path = urllib.parse.urlsplit(source).path if is_url(source) else str(source)
+    if Path(path).suffix.lower() in VIDEO_SUFFIXES:
+        raise UserError(f"{source}: video is not supported yet by {what}; pass images (extract frames first, "
+                        "e.g. ffmpeg -i VIDEO frames/%05d.jpg)")
+
+
+def fetch_url(url: str, *, timeout_s: float = FETCH_TIMEOUT_S, max_bytes: int = MAX_FETCH_BYTES) -> bytes:
+    """The body of an http(s) URL. UserError naming the URL and the HTTP status or the network error, or
+    saying that it is larger than max_bytes."""
+    request = urllib.request.Request(url, headers={"User-Agent": "tdet"})  # some hosts refuse Python's default
+    declared = 0
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            length = response.headers.get("Content-Length", "")
+            declared = int(length) if length.isdigit() else 0
+            data = b"" if declared > max_bytes else response.read(max_bytes + 1)
+    except urllib.error.HTTPError as err:
+        raise UserError(f"could not fetch {url}: HTTP {err.code} {err.reason}") from None
+    except urllib.error.URLError as err:
+        raise UserError(f"could not fetch {url}: {_reason(err.reason, timeout_s)}") from None
+    except (OSError, http.client.HTTPException, ValueError) as err:  # timeouts while reading, resets, bad URLs
+        raise UserError(f"could not fetch {url}: {_reason(err, timeout_s)}") from None
+    if max(declared, len(data)) > max_bytes:
+        raise UserError(f"could not fetch {url}: larger than the {max_bytes} bytes allowed")
+    return data
+
+
+def _reason(err: object, timeout_s: float) -> str:
+    if isinstance(err, TimeoutError):
+        return f"no answer within {timeout_s:g} s"
+    return str(getattr(err, "strerror", None) or err) or type(err).__name__

@@ -1,11 +1,13 @@
 """`tdet infer PATH... [--model M] [--out DIR]`: detections from a running server, written as each image's
 answer arrives: an annotated copy (<name>.jpg) and JSON (<name>.json) per input, plus an index
-(detections.json). A file the server refuses (not an image, truncated, too small) is skipped with a
-warning naming it; the rest go on.
+(detections.json). PATH: an image file, a folder of images or an http(s) URL (fetched first; a URL that
+fails stops the run with its HTTP status or network error); a video is refused plainly (not supported yet).
+A file the server refuses (not an image, truncated, too small) is skipped with a warning naming it; the
+rest go on.
 
 Output names mirror the inputs below their common folder (`a/x.jpg b/x.jpg` -> OUT/a/x.*, OUT/b/x.*);
 two inputs with the same stem in one folder (x.jpg, x.png) keep their suffix (x.jpg.*, x.png.*), so
-no result ever overwrites another.
+no result ever overwrites another. A URL's result is named after its last path segment, sanitized.
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
+import urllib.parse
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
@@ -25,6 +30,7 @@ import numpy.typing as npt
 
 from .errors import InferenceError, ModelNotFoundError, ServerUnavailableError, UserError
 from .files import atomic_write, collect_images
+from .image_input import check_not_video, fetch_url, is_url
 from .pool import finished_batches
 from .postprocess import Detections
 from .preprocess import decode_bgr
@@ -32,27 +38,87 @@ from .triton import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, add_connection_args, add
 
 INDEX = "detections.json"
 DEFAULT_CONF = 0.25  # Ultralytics' predict default: what a deployment user expects to see drawn and counted
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def class_color(category_id: int) -> tuple[int, int, int]:
+    """A BGR colour per class, the same in every picture."""
+    return tuple(int(c) for c in np.random.default_rng(category_id).integers(64, 256, 3))
+
+
+def label_layout(boxes: npt.ArrayLike, sizes: npt.ArrayLike, shape: tuple[int, ...]) -> npt.NDArray[np.int64]:
+    """Where each box's label goes: int [N, 4] rectangles x1, y1, x2, y2 (x2, y2 exclusive) of sizes [N, 2]
+    (width, height) in an image of `shape` (H, W, ...). A label sits on its box's top edge, above it, or just
+    inside when there is no room above; it stays within the image, and one that would cover a label placed
+    before it (earlier boxes first: the higher scores) moves up or down to the nearest free slot (when there is
+    none in its column, it keeps its place)."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    sizes = np.asarray(sizes, np.int64).reshape(-1, 2)
+    img_h, img_w = shape[:2]
+    placed = np.zeros((len(boxes), 4), np.int64)
+    for i, ((bx1, by1), (w, h)) in enumerate(zip(np.rint(boxes[:, :2]).astype(np.int64), sizes)):
+        x = int(np.clip(bx1, 0, max(0, img_w - w)))
+        y = int(np.clip(by1 - h if by1 - h >= 0 else by1, 0, max(0, img_h - h)))
+        placed[i] = _free_slot(placed[:i], x, y, w, h, img_h)
+    return placed
+
+
+def _free_slot(placed: npt.NDArray[np.int64], x: int, y: int, w: int, h: int, img_h: int) -> tuple[int, ...]:
+    """The w x h rectangle at column x nearest to row y that overlaps none of `placed`: the nearest free row is
+    y itself, an image edge, or against an edge of a placed rectangle, so only those are tried."""
+    column = placed[(placed[:, 0] < x + w) & (x < placed[:, 2])]  # only these can be in the way
+    if not len(column):
+        return x, y, x + w, y + h
+    tops = np.concatenate([[y, 0, img_h - h], column[:, 3], column[:, 1] - h])
+    tops = tops[(tops >= 0) & (tops <= img_h - h)]
+    free = ~((tops[:, None] < column[None, :, 3]) & (column[None, :, 1] < tops[:, None] + h)).any(axis=1)
+    if not free.any():
+        return x, y, x + w, y + h
+    best = tops[free][np.lexsort((tops[free] < y, np.abs(tops[free] - y)))[0]]  # nearest; below first on a tie
+    return x, int(best), x + w, int(best) + h
+
+
+def _label_style(shape: tuple[int, ...]) -> tuple[int, float, int]:
+    """(line thickness, font scale, label padding) in px, growing with the image so labels stay legible."""
+    thick = max(1, round(max(shape[:2]) / 500))
+    return thick, 0.4 * thick, 2 * thick
+
+
+def label_rects(dets: Detections, shape: tuple[int, ...]) -> tuple[list[str], npt.NDArray[np.int64]]:
+    """The "name score" text of each detection and where draw_detections puts it (label_layout's rectangles)."""
+    thick, scale, pad = _label_style(shape)
+    texts = [f"{d.class_name} {d.score:.2f}" for d in dets]
+    metrics = [cv2.getTextSize(t, FONT, scale, thick) for t in texts]  # ((w, h), baseline)
+    sizes = [(w + 2 * pad, h + base + 2 * pad) for (w, h), base in metrics]
+    return texts, label_layout(dets.boxes, sizes, shape)
 
 
 def draw_detections(bgr: npt.NDArray[np.uint8], dets: Detections) -> npt.NDArray[np.uint8]:
-    """A copy of the BGR uint8 [H, W, 3] image with boxes (original px, xyxy) and "name score" labels."""
+    """A copy of the BGR uint8 [H, W, 3] image with boxes (original px, xyxy) and "name score" labels: each on a
+    filled background in its box's colour, kept within the image and off the other labels (label_layout)."""
     out = bgr.copy()
-    thick = max(1, round(max(out.shape[:2]) / 500))
-    for d in dets:
-        color = tuple(int(c) for c in np.random.default_rng(d.category_id).integers(64, 256, 3))  # stable per class
+    thick, scale, pad = _label_style(out.shape)
+    for d in dets:  # every box first, so no box line crosses a label
         x1, y1, x2, y2 = (int(round(v)) for v in d.box)
-        cv2.rectangle(out, (x1, y1), (x2, y2), color, thick)
-        cv2.putText(out, f"{d.class_name} {d.score:.2f}", (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.4 * thick, color, thick, cv2.LINE_AA)
+        cv2.rectangle(out, (x1, y1), (x2, y2), class_color(d.category_id), thick)
+    for d, text, rect in zip(dets, *label_rects(dets, out.shape)):
+        color = class_color(d.category_id)
+        lx1, ly1, lx2, ly2 = (int(v) for v in rect)
+        cv2.rectangle(out, (lx1, ly1), (lx2 - 1, ly2 - 1), color, cv2.FILLED)
+        ink = (0, 0, 0) if 0.114 * color[0] + 0.587 * color[1] + 0.299 * color[2] > 140 else (255, 255, 255)
+        (_, h), _ = cv2.getTextSize(text, FONT, scale, thick)
+        cv2.putText(out, text, (lx1 + pad, ly1 + pad + h), FONT, scale, ink, thick, cv2.LINE_AA)
     return out
 
 
-def output_names(paths: list[Path]) -> list[str]:
-    """One distinct output name (no suffix) per input: its path below the inputs' common folder, without
-    the suffix unless another input in that folder has the same stem; `detections` is the index's."""
-    resolved = [p.resolve() for p in paths]
-    root = Path(os.path.commonpath([str(p.parent) for p in resolved])) if resolved else Path(".")
-    rel = [p.relative_to(root) for p in resolved]
+def output_names(inputs: Sequence[Path | str]) -> list[str]:
+    """One distinct output name (no suffix) per input: a file's path below the files' common folder, a URL's
+    last path segment (sanitized), without the suffix unless another input there has the same stem;
+    `detections` is the index's."""
+    files = [Path(p).resolve() for p in inputs if not is_url(p)]
+    root = Path(os.path.commonpath([str(p.parent) for p in files])) if files else Path(".")
+    files_rel = iter([p.relative_to(root) for p in files])
+    rel = [PurePosixPath(url_name(p)) if is_url(p) else next(files_rel) for p in inputs]
     stems = [str(r.with_suffix("")) for r in rel]
     counts: dict[str, int] = {}
     for s in stems:
@@ -69,6 +135,30 @@ def output_names(paths: list[Path]) -> list[str]:
     return names
 
 
+def url_name(url: str) -> str:
+    """A safe file name from a URL's last path segment ("https://h/a/bus%201.jpg?s=2" -> "bus_1.jpg")."""
+    segment = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rstrip("/").rpartition("/")[2])
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", segment)[-100:].lstrip("._")
+    return name or "image"
+
+
+def collect_inputs(sources: Sequence[Path | str]) -> list[Path | str]:
+    """What `tdet infer` reads, in the order given: files, folders expanded to their images
+    (files.collect_images) and http(s) URLs as they are. UserError for a video (not supported yet) or when
+    there is no image at all; FileNotFoundError for a missing path."""
+    found: list[Path | str] = []
+    for s in sources:
+        check_not_video(s, "`tdet infer`")
+        if is_url(s):
+            found.append(str(s))
+            continue
+        with contextlib.suppress(UserError):  # an image-less folder: an error only when nothing is found
+            found += collect_images([Path(s)])
+    if not found:
+        collect_images([Path(s) for s in sources])  # raises, naming them
+    return found
+
+
 @dataclass
 class InferSummary:
     """What a run did: rows of the index (one per input), and how many were written / skipped."""
@@ -79,7 +169,7 @@ class InferSummary:
     skipped: int = 0
 
 
-def _write_result(path: Path, blob: bytes, dets: Detections, out: Path, name: str, model: str,
+def _write_result(path: Path | str, blob: bytes, dets: Detections, out: Path, name: str, model: str,
                   parameters: dict) -> dict:
     bgr = decode_bgr(blob)  # as the server decoded it: same orientation, same size
     ok, jpg = cv2.imencode(".jpg", draw_detections(bgr, dets))
@@ -94,22 +184,24 @@ def _write_result(path: Path, blob: bytes, dets: Detections, out: Path, name: st
     return {"image": str(path), "annotated": str(annotated), "json": str(detections), "count": len(dets)}
 
 
-def run_infer(paths: list[Path], model: str, url: str, protocol: str, out: Path, *, concurrency: int = 4,
+def run_infer(paths: Sequence[Path | str], model: str, url: str, protocol: str, out: Path, *, concurrency: int = 4,
               timeout_s: float = DEFAULT_TIMEOUT_S, retries: int = DEFAULT_RETRIES, echo: bool = False,
               **options) -> InferSummary:
-    """Infer every image (files, or the images in folders) and write each result as it arrives:
+    """Infer every image (files, the images in folders, http(s) URLs) and write each result as it arrives:
     <out>/<name>.jpg (annotated), <out>/<name>.json (detections), and <out>/detections.json (the index,
     one row per input; a skipped one has "error"). options: conf, iou, max_det, classes, clip, sent as
     request parameters, so the JSON, the count and the drawing hold the same detections.
 
     An image the server refuses, or one that fails on the server side, is skipped with a warning naming
-    it. An unreachable server or a model that is not served stops the run (what was written stays)."""
+    it. An unreachable server or a model that is not served stops the run (what was written stays). URLs are
+    fetched first (timeout_s each), so a URL that fails (HTTP status, network error) stops before any request."""
     from tqdm import tqdm
 
     from .triton import connect
 
-    images = collect_images(paths)
+    images = collect_inputs(paths)
     names = output_names(images)
+    fetched = {i: fetch_url(src, timeout_s=timeout_s) for i, src in enumerate(images) if is_url(src)}
     out.mkdir(parents=True, exist_ok=True)
     summary = InferSummary(out)
     rows: dict[int, dict] = {}
@@ -119,7 +211,7 @@ def run_infer(paths: list[Path], model: str, url: str, protocol: str, out: Path,
         parameters = client.request_parameters(options)  # checked (class names known) before anything is sent
 
         def one(i: int) -> dict:
-            blob = images[i].read_bytes()
+            blob = fetched.pop(i) if i in fetched else Path(images[i]).read_bytes()
             dets = client.infer_encoded([blob], parameters)[0]
             return _write_result(images[i], blob, dets, out, names[i], model, parameters)
 
@@ -154,7 +246,8 @@ def register_infer(sub: argparse._SubParsersAction) -> None:
                                    "original pixels, scores, category ids, class names) to --out, plus an index "
                                    f"({INDEX}). A file the server refuses is skipped with a warning. Exit status: 0 "
                                    "all written, 1 some skipped, 2 nothing could run (bad arguments, no server).")
-    p.add_argument("paths", nargs="+", type=Path, help="image files or folders (folders: the images directly in them)")
+    p.add_argument("paths", nargs="+", help="image files, folders (the images directly in them) or http(s) URLs "
+                                            "(fetched first; no video yet)")
     p.add_argument("--model", required=True, help="served ensemble, e.g. damo_yolo_t or rtdetrv2_s")
     add_url_args(p)
     p.add_argument("--out", type=Path, help="output folder (default: build/infer/MODEL)")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import threading
 import time
@@ -44,6 +45,7 @@ WIRE = ("NUM_DETECTIONS", "BOXES", "SCORES", "CLASSES")
 PROTOCOLS = ("grpc", "http")
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
 DEFAULT_TIMEOUT_S = 60.0
+_STEP_SUFFIXES = ("_preprocess", "_engine", "_postprocess")  # an ensemble's steps (ensembles/builder.py)
 DEFAULT_RETRIES = 2
 DEFAULT_BACKOFF_S = 0.5  # first wait; doubles per retry (0.5 s, 1 s, 2 s, ...), with 25% jitter
 
@@ -128,6 +130,12 @@ def _strip_scheme(url: str) -> str:
     return url.rstrip("/")
 
 
+def known_classes(class_names: dict[int, str], shown: int = 12) -> str:
+    """"3=coin, 9=kite": the first `shown` classes; "..." and the count only when some are left out."""
+    text = ", ".join(f"{i}={n}" for i, n in list(class_names.items())[:shown])
+    return text + (f", ... ({len(class_names)} classes)" if len(class_names) > shown else "")
+
+
 class DetectorClient(ABC):
     """A detector served as a Triton ensemble (IMAGE bytes in; NUM_DETECTIONS, BOXES, SCORES, CLASSES out).
 
@@ -155,7 +163,8 @@ class DetectorClient(ABC):
                                          status=err.status) from None
         if not ready:
             what = f"model {model!r}" + (f" version {self.version}" if self.version else "")
-            raise ModelNotFoundError(f"{what} is not ready on {self.url} ({self.protocol})")
+            served = ", ".join(self.served_models()) or "none"
+            raise ModelNotFoundError(f"{what} is not ready on {self.url} ({self.protocol}); it serves: {served}")
         self.config = self.model_config()
         self.parameters = config_parameters(self.config)
         names = json.loads(self.parameters.get("class_names", "[]"))
@@ -227,6 +236,13 @@ class DetectorClient(ABC):
             delay *= 2
             attempt += 1
 
+    def served_models(self) -> list[str]:
+        """The ready models a user can ask for: the ensembles, not their steps (NAME_preprocess, ...)."""
+        index = self._call(lambda c: c.get_model_repository_index(**self._json_kw()))
+        rows = index.get("models", []) if isinstance(index, dict) else index  # gRPC JSON: {"models": [...]}
+        names = {r["name"] for r in rows if r.get("state") == "READY"}
+        return sorted(n for n in names if not n.endswith(_STEP_SUFFIXES))
+
     def model_config(self, model: str | None = None) -> dict[str, Any]:
         """The config of `model` (default: this ensemble) as Triton's JSON form (fields as in config.pbtxt)."""
         return self._call(lambda c: self._get_config(c, model or self.model, "" if model else self.version))
@@ -259,7 +275,10 @@ class DetectorClient(ABC):
 
     def category_ids(self, classes: Sequence[int | str] | int | str) -> list[int]:
         """Class names or dataset category ids -> category ids of this model (UserError for unknown ones)."""
-        items = [classes] if isinstance(classes, (int, str)) else list(classes)
+        if isinstance(classes, str):  # "3,14" / "car, truck": split as the CLI's --classes is
+            items: list[int | str] = [c.strip() for c in classes.split(",") if c.strip()]
+        else:
+            items = [classes] if isinstance(classes, int) else list(classes)
         by_name = {name: cid for cid, name in self.class_names.items()}
         out, unknown = [], []
         for c in items:
@@ -269,8 +288,7 @@ class DetectorClient(ABC):
             else:
                 out.append(cid)
         if unknown:
-            raise UserError(f"{self.model} has no class(es) {unknown}; it knows "
-                            f"{', '.join(f'{i}={n}' for i, n in list(self.class_names.items())[:12])} ...")
+            raise UserError(f"{self.model} has no class(es) {unknown}; it knows {known_classes(self.class_names)}")
         return out
 
     def infer_encoded(self, blobs: list[bytes], parameters: dict[str, Any]) -> list[Detections]:
@@ -403,11 +421,43 @@ def add_connection_args(p: argparse.ArgumentParser, *, retries: int = DEFAULT_RE
 
 def add_url_args(p: argparse.ArgumentParser) -> None:
     """--url and --protocol, the same on every command that talks to one server."""
-    p.add_argument("--url", help=f"server host:port (default: 127.0.0.1:{DEFAULT_PORTS['grpc']} for gRPC, "
+    p.add_argument("--url", help="server host:port (default: $TDET_URL, else the one server `tdet serve --detach` "
+                                 f"runs, else 127.0.0.1:{DEFAULT_PORTS['grpc']} for gRPC, "
                                  f"127.0.0.1:{DEFAULT_PORTS['http']} for HTTP)")
     p.add_argument("--protocol", choices=PROTOCOLS, default="grpc", help="transport")
 
 
+def detached_server() -> Any:
+    """The one running `tdet serve --detach` server's record (an ensembles.server.ServerInfo), None if none
+    runs; UserError listing them when several run (which one is meant cannot be guessed)."""
+    from tdet.ensembles.server import running_servers  # torch-free, like the rest of client/
+
+    servers = [info for _, info in running_servers()]
+    if len(servers) > 1:
+        listing = "; ".join(f"gRPC {s.grpc_url} / HTTP {s.http_url} ({s.repository})" for s in servers)
+        raise UserError(f"{len(servers)} detached servers are running: {listing}; choose one with --url or TDET_URL")
+    return servers[0] if servers else None
+
+
 def server_url(args: argparse.Namespace) -> str:
-    """--url, or the local server's default port for --protocol (an HTTP client on the gRPC port fails obscurely)."""
-    return args.url or f"127.0.0.1:{DEFAULT_PORTS[args.protocol]}"
+    """--url, else $TDET_URL, else the port for --protocol of the one detached server, else the local default
+    port for --protocol (an HTTP client on the gRPC port fails obscurely)."""
+    if args.url or os.environ.get("TDET_URL"):
+        return args.url or os.environ["TDET_URL"]
+    info = detached_server()
+    if info is not None:
+        return info.grpc_url if args.protocol == "grpc" else info.http_url
+    return f"127.0.0.1:{DEFAULT_PORTS[args.protocol]}"
+
+
+def metrics_url(args: argparse.Namespace) -> str | None:
+    """--metrics-url, else $TDET_METRICS_URL, else the detached server's when its URL was taken from its record;
+    None: the default from the server's host (client.loadtest.runner)."""
+    if args.metrics_url is not None:
+        return args.metrics_url
+    if os.environ.get("TDET_METRICS_URL") is not None:
+        return os.environ["TDET_METRICS_URL"]
+    if args.url or os.environ.get("TDET_URL"):
+        return None
+    info = detached_server()
+    return info.metrics_url if info is not None else None

@@ -22,10 +22,10 @@ from tdet.client.preprocess import resize_rgb, to_chw
 from tdet.client.specs import preprocess_spec
 from tdet.training.data.coco import CocoDetection
 from tdet.training.data.damo_transforms import DamoAugment, DamoTrainTransform, MixupParams, box_candidates, mixup
-from tdet.training.data.loader import (RTDETRCollate, SampleKey, TrainSampler, build_train_loader,
+from tdet.training.data.loader import (SampleKey, TrainSampler, build_train_loader,
                                        build_train_transform, build_val_loader)
 from tdet.training.data.ops import hflip
-from tdet.training.data.rtdetr_transforms import (PhotometricParams, RTDETRAugment, RTDETRTrainTransform, crop,
+from tdet.training.data.rtdetr_transforms import (PhotometricParams, RTDETRAugment, RTDETRCollate, RTDETRTrainTransform, crop,
                                                   iou_crop_window, photometric_distort, sanitize)
 
 CATEGORY_IDS = (40, 7, 12)  # written unsorted, non-COCO ids: labels must be 0, 1, 2 for 7, 12, 40

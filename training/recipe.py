@@ -119,6 +119,22 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
         raise UserError(f"recipe {where}: {err}") from None
 
 
+def warmup_warning(recipe: Recipe, warmup_steps: int, steps_per_epoch: int) -> str | None:
+    """A warning when the run ends before the lr warmup does (`warmup_steps` optimizer steps, as the schedule
+    counts them; the recipe states it in epochs or iterations): the lr never reaches its base value, so a
+    short run learns little (AP near 0) for a reason the log does not show."""
+    total = recipe.epochs * steps_per_epoch
+    if warmup_steps <= 0 or total >= warmup_steps:
+        return None
+    s = recipe.schedule
+    stated = f"warmup_epochs: {s.warmup_epochs:g}" if s.name == "damo-cosine" else f"warmup_iters: {s.warmup_iters}"
+    epochs = warmup_steps / steps_per_epoch
+    return (f"warning: the run ends inside the lr warmup: {recipe.epochs} epoch(s) x {steps_per_epoch} step(s) = "
+            f"{total} steps, the recipe's warmup ({stated}) takes {warmup_steps} steps ({epochs:.1f} epochs "
+            f"here), so the lr stays below its base value and AP may stay near 0; "
+            f"train for more --epochs or shorten the warmup in a --recipe file")
+
+
 def recipe_path(variant: str) -> Path:
     path = Path(str(resources.files("tdet.training") / "recipes" / f"{variant}.yaml"))
     if not path.is_file():

@@ -1,7 +1,7 @@
 """One explicit table of model families; nothing registers itself at import time.
 
-A family package (training/models/<family>) exposes FAMILY, VARIANTS, WEIGHTS, build_model,
-export_module and num_params. This module finds a variant's family and builds it.
+A family package (training/models/<family>) provides the members of tdet.training.family.Family (checked
+when it is first imported). This module finds a variant's family and builds it.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from tdet.client.errors import UserError
 
+from .family import missing_members
 from .weights import checkpoint_meta, resolve
 
 if TYPE_CHECKING:
@@ -27,7 +28,11 @@ FAMILY_MODULES = {
 def family_module(family: str) -> ModuleType:
     if family not in FAMILY_MODULES:
         raise UserError(f"unknown family {family!r}; known: {sorted(FAMILY_MODULES)}")
-    return importlib.import_module(FAMILY_MODULES[family])
+    module = importlib.import_module(FAMILY_MODULES[family])
+    missing = missing_members(module)
+    if missing:  # a family package that does not implement the interface fails here, not deep in training
+        raise TypeError(f"{module.__name__} is not a complete model family: it lacks {', '.join(missing)}")
+    return module
 
 
 def families() -> list[ModuleType]:

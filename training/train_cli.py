@@ -28,8 +28,10 @@ def register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-data", default=S, help="val annotations (COCO JSON) for the periodic evaluation")
     p.add_argument("--val-images", default=S, help="val images folder")
     p.add_argument("--weights", default=S,
-                   help="fine-tune from 'official' or a checkpoint: everything but the class branch is loaded when "
-                        "the dataset's classes differ (default: train from the official initialisation)")
+                   help="fine-tune from a checkpoint file, e.g. training/demo/damo-yolo-t.pth (works offline), or "
+                        "'official' (the published weights, downloaded: needs internet); everything but the class "
+                        "branch is loaded when the dataset's classes differ (default: no weights, training starts "
+                        "from random initialisation as the official code's init scheme sets it)")
     p.add_argument("--epochs", type=int, default=S, help="epochs (default: the recipe's, 300 DAMO-YOLO / 72-120 RT-DETRv2)")
     p.add_argument("--batch", type=int, default=S, help="images per process per step (default: 8)")
     p.add_argument("--nominal-batch", type=int, default=S,
@@ -120,6 +122,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         import torch  # noqa: F401
     except ModuleNotFoundError:
         raise UserError("training needs the train extra: pip install 'tdet[train]'") from None
+    from .engine.logger import percent
     from .engine.trainer import Interrupted, Trainer
 
     targs, resume = _train_args(args)
@@ -140,7 +143,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except Interrupted:
         return 130
     if summary.get("best"):
-        print(f"done: best {summary['best']} (AP {summary['best_ap']:.4f}), last {summary['last']}")
+        print(f"done: best {summary['best']} (AP {percent(summary['best_ap'])}), last {summary['last']}")
     else:
         print(f"done: last {summary['last']}")
     return 0

@@ -162,6 +162,17 @@ class CocoDetection:
     def __len__(self) -> int:
         return len(self.image_ids)
 
+    def summary(self, split: str) -> str:
+        """One line on what was loaded (counted while loading): images, boxes, labels -> category ids, clipped
+        and skipped boxes, images without a box."""
+        pairs = [f"{i}->{cid} {name}" for i, (cid, name) in enumerate(zip(self.category_ids, self.class_names))]
+        mapping = ", ".join(pairs[:_LIST_MAX]) + (f", ... ({len(pairs)} in all)" if len(pairs) > _LIST_MAX else "")
+        skipped = sum(n for k, n in self.skipped.items() if k != "missing_image")
+        return (f"{split}: {len(self)} images ({self.skipped['missing_image']} skipped, "
+                f"{int((self.num_boxes == 0).sum())} without a box), {int(self.num_boxes.sum())} boxes "
+                f"({self.clipped} clipped to the image, {skipped} skipped), {len(self.category_ids)} classes "
+                f"(label->category id: {mapping})")
+
     def path(self, i: int) -> Path:
         """The image file of sample i."""
         return self._files[i]

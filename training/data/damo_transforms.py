@@ -44,14 +44,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
 import numpy.typing as npt
+import torch
 
+from tdet.client.errors import UserError
 from tdet.client.specs import DAMO_YOLO
 
+from .batch import SampleKey, TrainBatch, images_tensor
 from .coco import CocoDetection, Sample
 from .ops import F32, U8, augment_from_dict, hflip, stretch_resize
 PAD = 114  # the official fill of the mosaic canvas, the affine border and the MixUp letterbox
@@ -263,3 +266,17 @@ class DamoTrainTransform:
             boxes, labels = np.concatenate([boxes, extra]), np.concatenate([labels, partner.labels])
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         return img, boxes[area > 4], labels[area > 4]
+
+
+class DamoCollate:
+    """TrainBatch with images 0..255 and targets xyxy in pixels (one size: DAMO-YOLO has no multi-scale)."""
+
+    def __init__(self, multi_scale: Sequence[int] | None = None) -> None:
+        if multi_scale:
+            raise UserError(f"multi_scale is RT-DETRv2's collate; {DAMO_YOLO} trains at one size")
+
+    def __call__(self, items: list[tuple[Sample, SampleKey]]) -> TrainBatch:
+        samples = [s for s, _ in items]
+        targets = [{"boxes": torch.from_numpy(s.boxes.reshape(-1, 4)), "labels": torch.from_numpy(s.labels)}
+                   for s in samples]
+        return TrainBatch(images_tensor(samples, 1.0), targets, [k for _, k in items])

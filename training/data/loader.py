@@ -1,6 +1,7 @@
-"""Train and val DataLoaders: deterministic sample keys, per-family collate, the val stretch resize.
+"""Train and val DataLoaders: deterministic sample keys, the family's transform and collate, the val stretch resize.
 
-Interface (what the trainer calls):
+Interface (what the trainer calls; the per-family parts, train_transform and train_collate, come from the
+family package, see tdet.training.family.Family):
 
     build_train_transform(family, augment, input_hw, dataset) -> (index, rng, strong) -> Sample
     build_train_loader(dataset, family, augment, input_hw, batch_size, seed, workers=2, rank=0, world=1,
@@ -33,34 +34,16 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from tdet.client.boxes import xyxy_to_cxcywh
 from tdet.client.errors import UserError
 from tdet.client.preprocess import resize_rgb, to_chw
-from tdet.client.specs import DAMO_YOLO, FAMILIES, RTDETRV2, preprocess_spec
+from tdet.client.specs import FAMILIES, preprocess_spec
 
+from .batch import SampleKey, TrainBatch
 from .coco import CocoDetection, Sample
-from .damo_transforms import DamoTrainTransform
-from .rtdetr_transforms import RTDETRTrainTransform
 
 Transform = Callable[[int, np.random.Generator, bool], Sample]
-
-
-class SampleKey(NamedTuple):
-    """What a training sample is a function of."""
-
-    index: int  # dataset index of the (first) image
-    seed: int  # seeds the sample's numpy Generator
-    epoch: int
-    strong: bool  # mosaic/mixup (DAMO-YOLO) or photometric/zoom-out/IoU-crop + multi-scale (RT-DETRv2) on
-
-
-class TrainBatch(NamedTuple):
-    images: torch.Tensor
-    targets: list[dict[str, torch.Tensor]]
-    keys: list[SampleKey]
 
 
 class ValBatch(NamedTuple):
@@ -69,14 +52,16 @@ class ValBatch(NamedTuple):
     orig_hw: torch.Tensor
 
 
+def _family(family: str) -> Any:
+    from ..registry import family_module  # the family packages import torch models: only when a loader is built
+
+    return family_module(family)
+
+
 def build_train_transform(family: str, augment: dict[str, Any], input_hw: tuple[int, int],
                           dataset: CocoDetection) -> Transform:
-    """The family's training pipeline; unknown `augment` keys raise ValueError."""
-    if family == DAMO_YOLO:
-        return DamoTrainTransform(dataset, input_hw, augment)
-    if family == RTDETRV2:
-        return RTDETRTrainTransform(dataset, input_hw, augment)
-    raise ValueError(f"unknown family {family!r}; known: {FAMILIES}")
+    """The family's training pipeline (its package's train_transform); unknown `augment` keys raise ValueError."""
+    return _family(family).train_transform(dataset, input_hw, augment)
 
 
 class TrainSampler(Sampler[list[SampleKey]]):
@@ -133,49 +118,6 @@ class TrainDataset(Dataset):
         return self.transform(key.index, np.random.default_rng(key.seed), key.strong), key
 
 
-def _images_tensor(samples: Sequence[Sample], scale: float) -> torch.Tensor:
-    """uint8 RGB [H, W, 3] images (one size) -> float32 [B, 3, H, W] times scale."""
-    x = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).float()
-    return x if scale == 1.0 else x * scale
-
-
-class DamoCollate:
-    """TrainBatch with images 0..255 and targets xyxy in pixels."""
-
-    def __call__(self, items: list[tuple[Sample, SampleKey]]) -> TrainBatch:
-        samples = [s for s, _ in items]
-        targets = [{"boxes": torch.from_numpy(s.boxes.reshape(-1, 4)), "labels": torch.from_numpy(s.labels)}
-                   for s in samples]
-        return TrainBatch(_images_tensor(samples, 1.0), targets, [k for _, k in items])
-
-
-class RTDETRCollate:
-    """TrainBatch with images 0..1, targets cxcywh normalized, optional multi-scale (nearest) resize."""
-
-    def __init__(self, multi_scale: Sequence[int] | None = None) -> None:
-        self.multi_scale = tuple(int(s) for s in multi_scale) if multi_scale else None
-
-    def __call__(self, items: list[tuple[Sample, SampleKey]]) -> TrainBatch:
-        samples, keys = [s for s, _ in items], [k for _, k in items]
-        targets = []
-        for s in samples:
-            h, w = s.image.shape[:2]
-            norm = xyxy_to_cxcywh(s.boxes.reshape(-1, 4)) / np.array([w, h, w, h], np.float32)
-            targets.append({"boxes": torch.from_numpy(norm.astype(np.float32)), "labels": torch.from_numpy(s.labels)})
-        images = _images_tensor(samples, 1 / 255)
-        size = self.scale_for(keys)
-        if size is not None:
-            images = F.interpolate(images, size=(size, size))  # mode "nearest", as the official collate
-        return TrainBatch(images, targets, keys)
-
-    def scale_for(self, keys: Sequence[SampleKey]) -> int | None:
-        """The batch's square size: a function of its keys (None: no multi-scale for this batch)."""
-        if self.multi_scale is None or not all(k.strong for k in keys):
-            return None
-        rng = np.random.default_rng([k.seed for k in keys])
-        return self.multi_scale[int(rng.integers(len(self.multi_scale)))]
-
-
 def _worker_init(_: int) -> None:
     # one thread per worker: the workers already run in parallel
     cv2.setNumThreads(0)
@@ -196,11 +138,9 @@ def build_train_loader(dataset: CocoDetection, family: str, augment: dict[str, A
                        batch_size: int, seed: int, workers: int = 2, rank: int = 0, world: int = 1,
                        multi_scale: Sequence[int] | None = None) -> DataLoader:
     """The training DataLoader of one rank (batch_size per rank). See the module docstring."""
-    if multi_scale and family != RTDETRV2:
-        raise UserError(f"multi_scale is RT-DETRv2's collate; {family} trains at one size")
+    collate = _family(family).train_collate(multi_scale)
     transform = build_train_transform(family, augment, input_hw, dataset)
     sampler = TrainSampler(len(dataset), batch_size, seed, rank, world)
-    collate = DamoCollate() if family == DAMO_YOLO else RTDETRCollate(multi_scale)
     return DataLoader(TrainDataset(transform, len(dataset)), batch_sampler=sampler, collate_fn=collate,
                       **_loader_kwargs(workers))
 

@@ -33,16 +33,19 @@ so numpy + PIL for those.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import numpy.typing as npt
+import torch
+import torch.nn.functional as F
 from PIL import Image, ImageEnhance
 
+from tdet.client.boxes import box_iou, xyxy_to_cxcywh
 from tdet.client.errors import UserError
-from tdet.client.boxes import box_iou
 from tdet.client.specs import RTDETRV2
 
+from .batch import SampleKey, TrainBatch, images_tensor
 from .coco import CocoDetection, Sample
 from .ops import F32, I64, U8, augment_from_dict, hflip, stretch_resize
 _MAX_THRESHOLD_DRAWS = 1000
@@ -215,3 +218,30 @@ class RTDETRTrainTransform:
         img, boxes = stretch_resize(img, boxes, self.input_hw, RTDETRV2)
         boxes, labels = sanitize(boxes, labels, self.input_hw, aug.min_size)
         return Sample(np.ascontiguousarray(img), boxes, labels, s.image_id, s.orig_hw)
+
+
+class RTDETRCollate:
+    """TrainBatch with images 0..1, targets cxcywh normalized, optional multi-scale (nearest) resize."""
+
+    def __init__(self, multi_scale: Sequence[int] | None = None) -> None:
+        self.multi_scale = tuple(int(s) for s in multi_scale) if multi_scale else None
+
+    def __call__(self, items: list[tuple[Sample, SampleKey]]) -> TrainBatch:
+        samples, keys = [s for s, _ in items], [k for _, k in items]
+        targets = []
+        for s in samples:
+            h, w = s.image.shape[:2]
+            norm = xyxy_to_cxcywh(s.boxes.reshape(-1, 4)) / np.array([w, h, w, h], np.float32)
+            targets.append({"boxes": torch.from_numpy(norm.astype(np.float32)), "labels": torch.from_numpy(s.labels)})
+        images = images_tensor(samples, 1 / 255)
+        size = self.scale_for(keys)
+        if size is not None:
+            images = F.interpolate(images, size=(size, size))  # mode "nearest", as the official collate
+        return TrainBatch(images, targets, keys)
+
+    def scale_for(self, keys: Sequence[SampleKey]) -> int | None:
+        """The batch's square size: a function of its keys (None: no multi-scale for this batch)."""
+        if self.multi_scale is None or not all(k.strong for k in keys):
+            return None
+        rng = np.random.default_rng([k.seed for k in keys])
+        return self.multi_scale[int(rng.integers(len(self.multi_scale)))]

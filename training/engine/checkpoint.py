@@ -11,7 +11,6 @@ Both carry "tdet" (variant, classes, input size, recipe, run arguments: what exp
 
 from __future__ import annotations
 
-import datetime
 import os
 import tempfile
 from pathlib import Path
@@ -40,21 +39,15 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
             os.unlink(tmp)
 
 
-def build_checkpoint(family: str, *, model: nn.Module, ema: dict, optimizer: dict, scaler: dict | None,
+def build_checkpoint(fam: ModuleType, *, model: nn.Module, ema: dict, optimizer: dict, scaler: dict | None,
                      epoch: int, meta: dict, train_state: dict, lr_state: dict) -> dict:
-    """The checkpoint dict of `family`'s official layout. `epoch`: epochs completed; `ema`: ModelEMA.state_dict()."""
-    ckpt: dict[str, Any] = {TDET_META: meta, "train_state": train_state}
-    if family == "damo-yolo":
-        ckpt.update(model=ema["module"], epoch=epoch, optimizer=optimizer)
-        ckpt["train_state"] = {**train_state, "model": model.state_dict(), "ema_updates": ema["updates"],
-                               "scaler": scaler}
-    elif family == "rtdetrv2":
-        ckpt.update(model=model.state_dict(), ema=ema, optimizer=optimizer, scaler=scaler, last_epoch=epoch - 1,
-                    date=datetime.datetime.now().isoformat(), lr_scheduler=lr_state.get("lr_scheduler"),
-                    lr_warmup_scheduler=lr_state.get("lr_warmup_scheduler"))
-    else:
-        raise ValueError(f"unknown family {family!r}")
-    return ckpt
+    """The checkpoint dict in the family's official layout (fam.training_checkpoint) plus "tdet" and
+    "train_state". `epoch`: epochs completed; `ema`: ModelEMA.state_dict()."""
+    ckpt = fam.training_checkpoint(model=model, ema=ema, optimizer=optimizer, scaler=scaler, epoch=epoch,
+                                   lr_state=lr_state)
+    # what the family's layout has no place for (DAMO-YOLO keeps only EMA weights) goes to train_state
+    extra = ckpt.pop("train_state", {})
+    return {TDET_META: meta, **ckpt, "train_state": {**train_state, **extra}}
 
 
 def split_checkpoint(ckpt: dict) -> tuple[dict, dict, dict | None]:

@@ -1,6 +1,8 @@
 """What a run leaves next to its checkpoints: log.csv (one row per epoch: lr, mean loss terms, images/s,
 COCO metrics when evaluated), rewritten each epoch, and curves.png (losses, lr and AP against the epoch),
-redrawn after an evaluation, at the end, and otherwise at most once a minute (drawing costs ~1 s)."""
+redrawn after an evaluation, at the end, and otherwise at most once a minute (drawing costs ~1 s).
+log.csv and summary.json keep COCO metrics as fractions (0..1, as metrics.json of `tdet eval`); printed text and
+the plot show them in percent with two decimals, as `tdet eval` prints them."""
 
 from __future__ import annotations
 
@@ -11,6 +13,11 @@ from pathlib import Path
 
 EVAL_KEYS = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
              "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large")
+
+
+def percent(fraction: float) -> str:
+    """A COCO metric (0..1) as `tdet eval` prints it: percent, two decimals."""
+    return f"{100 * fraction:.2f}"
 
 
 class RunLog:
@@ -42,10 +49,21 @@ class RunLog:
         tmp.replace(self.csv_path)
 
     def _plot(self) -> None:
+        fig = self.figure()
+        tmp = self.png_path.with_suffix(".part.png")
+        fig.savefig(tmp, dpi=80)
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+        tmp.replace(self.png_path)
+
+    def figure(self):
+        """The curves as a matplotlib Figure (the caller closes it)."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
 
         epochs = [r["epoch"] for r in self.rows]
         losses = [k for k in self.rows[-1] if k.startswith("loss") or k == "total"]
@@ -58,11 +76,10 @@ class RunLog:
         axes[1].set(title="learning rate (end of epoch)", xlabel="epoch", ylabel="lr")
         evaluated = [r for r in self.rows if "AP" in r]
         for k in ("AP", "AP50"):
-            axes[2].plot([r["epoch"] for r in evaluated], [r[k] for r in evaluated], marker="o", label=k)
-        axes[2].set(title="COCO AP of the EMA model (val)", xlabel="epoch", ylabel="AP (0..1)", ylim=(0, 1))
+            axes[2].plot([r["epoch"] for r in evaluated], [100 * r[k] for r in evaluated], marker="o", label=k)
+        axes[2].set(title="COCO AP of the EMA model (val)", xlabel="epoch", ylabel="AP (%)", ylim=(0, 100))
         axes[2].legend()
+        for ax in axes:  # epochs are whole numbers: no 0.5 ticks on a short run
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         fig.tight_layout()
-        tmp = self.png_path.with_suffix(".part.png")
-        fig.savefig(tmp, dpi=80)
-        plt.close(fig)
-        tmp.replace(self.png_path)
+        return fig

@@ -18,6 +18,7 @@ import json
 import math
 import shutil
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -30,13 +31,13 @@ from torch import nn
 from tqdm import tqdm
 
 from tdet.client.errors import UserError
-from ..recipe import Recipe, load_recipe
+from ..recipe import Recipe, load_recipe, warmup_warning
 from ..registry import family_of
 from . import distributed as D
 from .checkpoint import atomic_torch_save, build_checkpoint, load_pretrained, load_resume, split_checkpoint
 from .ema import ModelEMA
 from .evaluator import evaluate, postprocess_kwargs
-from .logger import RunLog
+from .logger import RunLog, percent
 from .optim import LRSchedule, build_optimizer
 
 
@@ -172,8 +173,13 @@ class Trainer:
         model, skipped = self._model(len(train_ds.category_ids), train_ds.category_ids)
         if dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            for ds, split in ((train_ds, "train"), (val_ds, "val")):
+                if ds is not None:
+                    print(f"data: {ds.summary(split)}")
             for w in getattr(train_ds, "warnings", []):
                 print(f"data: {w}")
+            if not a.weights:
+                print(no_weights_note(a.variant))
             if skipped:
                 print(f"fine-tuning from {a.weights}: the class branch was re-initialised ({len(skipped)} tensors "
                       f"skipped: {', '.join(skipped)})")
@@ -195,6 +201,9 @@ class Trainer:
                              f"{dist.world} images: lower --batch / --nominal-batch")
         schedule = LRSchedule(r.schedule, base_lr=base_lr, steps_per_epoch=steps_per_epoch, epochs=r.epochs,
                               no_aug_epochs=r.no_aug_epochs)
+        warning = warmup_warning(r, schedule.warmup, steps_per_epoch)
+        if warning and dist.is_main:
+            print(warning, file=sys.stderr)
         state = {"epoch": 0, "batch": 0, "step": 0, "best_ap": -1.0, "sums": {}, "images": 0, "seconds": 0.0}
         if self.resume_path is not None:
             state = self._restore(self.resume_path, model, ema, optimizer, scaler)
@@ -321,7 +330,8 @@ class Trainer:
             improved = metrics["AP"] > state["best_ap"]
             if improved:
                 state["best_ap"] = metrics["AP"]
-            print(f"epoch {epoch + 1}: EMA model on val: AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}")
+            print(f"epoch {epoch + 1}: EMA model on val: AP {percent(metrics['AP'])}  "
+                  f"AP50 {percent(metrics['AP50'])}")
         D.barrier(dist)
         self._save(self.out / "last.pth", state, ctx)
         if dist.is_main:
@@ -351,7 +361,7 @@ class Trainer:
         train_state = {**{k: state[k] for k in ("epoch", "batch", "step", "best_ap", "sums", "images", "seconds")},
                        "rng": torch.get_rng_state(),
                        "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None}
-        ckpt = build_checkpoint(self.fam.FAMILY, model=ctx["bare"], ema=ctx["ema"].state_dict(),
+        ckpt = build_checkpoint(self.fam, model=ctx["bare"], ema=ctx["ema"].state_dict(),
                                 optimizer=ctx["optimizer"].state_dict(),
                                 scaler=ctx["scaler"].state_dict() if ctx["scaler"].is_enabled() else None,
                                 epoch=state["epoch"], meta=ctx["meta"], train_state=train_state, lr_state=lr_state)
@@ -390,6 +400,18 @@ class Trainer:
         if self.dist.is_main:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
         return summary
+
+
+def no_weights_note(variant: str) -> str:
+    """What a run without --weights starts from, and the offline way to fine-tune instead."""
+    demo = Path(__file__).resolve().parents[1] / "demo"
+    shipped = sorted(demo.glob("*.pth"))
+    mine = demo / f"{variant}.pth"
+    offline = (f"--weights {mine} (the shipped demo checkpoint) is the offline starting point" if mine.is_file()
+               else f"the shipped demo checkpoints ({', '.join(p.name for p in shipped) or 'none'} in {demo}) are "
+                    f"the offline starting points for their variants")
+    return (f"weights: none given, {variant} starts from random initialisation (not pretrained); to fine-tune, "
+            f"{offline}; --weights official loads the published weights (downloaded: needs internet)")
 
 
 def _to_float(outputs: Any) -> Any:

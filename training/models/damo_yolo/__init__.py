@@ -1,27 +1,31 @@
 """DAMO-YOLO (T/S/M/L): TinyNAS backbone, GiraffeNeckV2 (RepGFPN) neck, ZeroHead.
 
-The family interface used by tdet.training.registry: FAMILY, VARIANTS, WEIGHTS, build_model,
-export_module, num_params; and by the trainer: build_criterion, TARGET_FORMAT, CLASS_BRANCH,
-reinit_class_branch (init_for_training is build_model(init="train")).
+The family interface (tdet.training.family.Family): FAMILY, VARIANTS, WEIGHTS, build_model, export_module,
+num_params; for training: build_criterion, TARGET_FORMAT, CLASS_BRANCH, init_for_training, reinit_class_branch,
+checkpoint_state_dict, training_checkpoint, train_transform, train_collate.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from tdet.training.weights import WeightsInfo
 
-from .checkpoint import checkpoint_state_dict, load_checkpoint
+from .checkpoint import checkpoint_state_dict, load_checkpoint, training_checkpoint
 from .criterion import DamoYoloCriterion
 from .detector import DamoYolo, DamoYoloExport
 from .ops import BN_EPS, BN_MOMENTUM
 from .random_init import tame_init
 from .variants import VARIANTS, DamoYoloConfig
 from .. import build_initialised, with_overrides
+
+if TYPE_CHECKING:
+    from tdet.training.data.coco import CocoDetection
 
 FAMILY = "damo-yolo"
 _BASE = "https://idstcv.oss-cn-zhangjiakou.aliyuncs.com/DAMO-YOLO/release_model/clean_model_0317/"
@@ -40,7 +44,8 @@ HEAD_INIT_STD = 0.01
 
 __all__ = ["CLASS_BRANCH", "FAMILY", "TARGET_FORMAT", "VARIANTS", "WEIGHTS", "DamoYolo", "DamoYoloConfig",
            "DamoYoloCriterion", "build_criterion", "build_model", "export_module", "init_for_training",
-           "num_params", "reinit_class_branch"]
+           "num_params", "reinit_class_branch", "checkpoint_state_dict", "training_checkpoint", "train_transform",
+           "train_collate"]
 
 
 def build_model(name: str, *, weights: str | Path | None = None, deploy: bool = False, seed: int = 0,
@@ -116,3 +121,17 @@ def num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+
+
+def train_transform(dataset: CocoDetection, input_hw: tuple[int, int], augment: dict) -> Callable[..., Any]:
+    """The official DAMO-YOLO augmentation: mosaic + affine, MixUp, flip, stretch resize."""
+    from tdet.training.data.damo_transforms import DamoTrainTransform
+
+    return DamoTrainTransform(dataset, input_hw, augment)
+
+
+def train_collate(multi_scale: Sequence[int] | None = None) -> Callable[..., Any]:
+    """Images 0..255, targets xyxy pixels; DAMO-YOLO trains at one size (multi_scale raises)."""
+    from tdet.training.data.damo_transforms import DamoCollate
+
+    return DamoCollate(multi_scale)

@@ -44,3 +44,13 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, num_classes: int) -> 
     from . import CLASS_BRANCH  # the package imports this module: not at import time
 
     load_state_dict_strict(model, sd, path, "DAMO-YOLO variant", class_branch=CLASS_BRANCH)
+
+
+def training_checkpoint(*, model: nn.Module, ema: dict, optimizer: dict, scaler: dict | None, epoch: int,
+                        lr_state: dict) -> dict:
+    """`detector_trainer.py::save_ckpt`'s layout: {"model": EMA weights, "epoch", "optimizer"}; the raw weights,
+    EMA updates and AMP scaler (no place in it) go to "train_state". lr_state: DAMO-YOLO's lr is a function
+    of the step, nothing to save."""
+    del lr_state
+    return {"model": ema["module"], "epoch": epoch, "optimizer": optimizer,
+            "train_state": {"model": model.state_dict(), "ema_updates": ema["updates"], "scaler": scaler}}

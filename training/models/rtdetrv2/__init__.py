@@ -1,25 +1,29 @@
 """RT-DETRv2 (S / M* / M / L / X and discrete-sampling -dsp variants): PResNet-vd backbone,
 HybridEncoder (AIFI + CCFM), RTDETRTransformerv2 decoder.
 
-The family interface used by tdet.training.registry: FAMILY, VARIANTS, WEIGHTS, build_model,
-export_module, num_params; and by the trainer: TARGET_FORMAT, CLASS_BRANCH, build_criterion,
-init_for_training, reinit_class_branch, checkpoint_state_dict.
+The family interface (tdet.training.family.Family): FAMILY, VARIANTS, WEIGHTS, build_model, export_module,
+num_params; for training: TARGET_FORMAT, CLASS_BRANCH, build_criterion, init_for_training, reinit_class_branch,
+checkpoint_state_dict, training_checkpoint, train_transform, train_collate.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from torch import nn
 
 from tdet.training.weights import WeightsInfo
 
-from .checkpoint import checkpoint_state_dict, load_checkpoint
+from .checkpoint import checkpoint_state_dict, load_checkpoint, training_checkpoint
 from .criterion import RTDETRv2Criterion
 from .detector import RTDETRv2, tame_init
 from .train_setup import init_for_training, reinit_class_branch
 from .variants import VARIANTS, RTDETRv2Config
 from .. import build_initialised, with_overrides
+
+if TYPE_CHECKING:
+    from tdet.training.data.coco import CocoDetection
 
 FAMILY = "rtdetrv2"
 # training interface: targets per image {"boxes": float [N,4] normalized cxcywh, "labels": int64 [N]}
@@ -43,7 +47,8 @@ WEIGHTS: dict[str, WeightsInfo] = {
 
 __all__ = ["CLASS_BRANCH", "FAMILY", "TARGET_FORMAT", "VARIANTS", "WEIGHTS", "RTDETRv2", "RTDETRv2Config",
            "RTDETRv2Criterion", "build_criterion", "build_model", "export_module", "init_for_training",
-           "num_params", "reinit_class_branch", "checkpoint_state_dict"]
+           "num_params", "reinit_class_branch", "checkpoint_state_dict", "training_checkpoint", "train_transform",
+           "train_collate"]
 
 
 def build_model(name: str, *, weights: str | Path | None = None, deploy: bool = False, seed: int = 0,
@@ -85,3 +90,17 @@ def num_params(model: RTDETRv2) -> int:
     """Train-form parameter count, as published (counts all decoder layers, also those after eval_idx,
     and the training-only denoising embedding; FrozenBatchNorm statistics are buffers, not parameters)."""
     return model.train_form_params
+
+
+def train_transform(dataset: CocoDetection, input_hw: tuple[int, int], augment: dict) -> Callable[..., Any]:
+    """The official RT-DETRv2 augmentation: photometric, zoom-out, IoU crop, sanitize, flip, resize."""
+    from tdet.training.data.rtdetr_transforms import RTDETRTrainTransform
+
+    return RTDETRTrainTransform(dataset, input_hw, augment)
+
+
+def train_collate(multi_scale: Sequence[int] | None = None) -> Callable[..., Any]:
+    """Images 0..1, targets cxcywh normalized, the official multi-scale batch resize when given sizes."""
+    from tdet.training.data.rtdetr_transforms import RTDETRCollate
+
+    return RTDETRCollate(multi_scale)

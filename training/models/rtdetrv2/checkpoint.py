@@ -8,6 +8,7 @@ regenerated for this model's size instead of read from the file.
 
 from __future__ import annotations
 
+import datetime
 import re
 from pathlib import Path
 
@@ -75,3 +76,12 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
 
     load_state_dict_strict(model, checkpoint_state_dict(read_checkpoint(path), model), path, "RT-DETRv2 variant",
                            class_branch=CLASS_BRANCH)
+
+
+def training_checkpoint(*, model: nn.Module, ema: dict, optimizer: dict, scaler: dict | None, epoch: int,
+                        lr_state: dict) -> dict:
+    """`BaseSolver.state_dict`'s layout: raw weights, EMA {"module", "updates"}, optimizer, scaler, schedulers,
+    last_epoch (0-based: epochs completed - 1), date."""
+    return {"model": model.state_dict(), "ema": ema, "optimizer": optimizer, "scaler": scaler,
+            "last_epoch": epoch - 1, "date": datetime.datetime.now().isoformat(),
+            "lr_scheduler": lr_state.get("lr_scheduler"), "lr_warmup_scheduler": lr_state.get("lr_warmup_scheduler")}
