@@ -93,17 +93,18 @@ def compare(models: list[str], url: str, coco_json: Path, images_dir: Path, *, o
 def markdown_table(rows: list[Row]) -> str:
     fmt = (lambda v, f: "-" if v is None else format(v, f))
     # the seed page's column order (model, mAP, latency, params, GFLOPs), then what it could not measure
-    lines = ["| Model | mAP 50:95 | mAP 50 | Latency p50 (ms) | Params (M) | GFLOPs | Throughput (img/s) | Engine |",
-             "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r.variant} | {100 * r.map_50_95:.1f} | {100 * r.map_50:.1f} | {r.latency_p50_ms:.1f} | "
-              f"{fmt(r.params_m, '.2f')} | {fmt(r.gflops, '.1f')} | {r.throughput_img_s:.2f} | {r.engine} |"
-              for r in rows]
+    # rows by served model name (an A/B of a fine-tuned model vs its base has one variant twice)
+    lines = ["| Model | mAP 50:95 | mAP 50 | Latency p50 (ms) | Params (M) | GFLOPs | Throughput (img/s) | Engine "
+             "| Variant |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r.model} | {100 * r.map_50_95:.1f} | {100 * r.map_50:.1f} | {r.latency_p50_ms:.1f} | "
+              f"{fmt(r.params_m, '.2f')} | {fmt(r.gflops, '.1f')} | {r.throughput_img_s:.2f} | {r.engine} | "
+              f"{r.variant} |" for r in rows]
     # what the numbers are, so a table pasted elsewhere still says where it came from
     lines += ["", f"mAP: pycocotools on {rows[0].images if rows else 0} images through the served ensemble; "
               f"latency: single stream; throughput: saturated, client-measured; on {_machine()}.",
               "Params/GFLOPs: the served model's config parameters (`tdet export` metadata: torch flop counter, "
               "2 x MACs at the input size, deploy form); '-' where the server does not publish them."]
-    lines += [f"Weights of {r.variant}: {r.weights}" for r in rows if r.weights]
+    lines += [f"Weights of {r.model} ({r.variant}): {r.weights}" for r in rows if r.weights]
     return "\n".join(lines) + "\n"
 
 
@@ -126,7 +127,7 @@ def plot(rows: list[Row], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
         ax.scatter(r.latency_p50_ms, 100 * r.map_50_95, s=40)
-        ax.annotate(r.variant, (r.latency_p50_ms, 100 * r.map_50_95), textcoords="offset points", xytext=(5, 5))
+        ax.annotate(r.model, (r.latency_p50_ms, 100 * r.map_50_95), textcoords="offset points", xytext=(5, 5))
     ax.set(xlabel="served latency p50, single stream (ms)", ylabel="COCO mAP 50:95 (%), served",
            title="mAP vs latency through Triton")
     # from zero, room for the labels, and no negative mAP axis when every model scores 0 (random init)

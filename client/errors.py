@@ -12,6 +12,7 @@ Two kinds matter to whoever calls tdet:
       ServerError            INTERNAL / HTTP 5xx          a fault on the server side
       ServerUnavailableError UNAVAILABLE, refused, reset  the server is down or restarting (retried, bounded)
       RequestTimeoutError    DEADLINE_EXCEEDED, timeout   no answer within the client's request timeout
+      WrongProtocolError     not HTTP / not HTTP/2        the port speaks the other protocol (also a UserError)
 
 Anything else the CLI meets is a bug in tdet: it shows the traceback.
 """
@@ -56,3 +57,8 @@ class ServerUnavailableError(InferenceError, ConnectionError):
 
 class RequestTimeoutError(InferenceError, TimeoutError):
     """No answer within the client's request timeout (gRPC DEADLINE_EXCEEDED, HTTP read timeout)."""
+
+
+class WrongProtocolError(InferenceError, UserError):
+    """The port answered, but not in the client's protocol: an HTTP client at the gRPC port or the reverse.
+    Never retried."""

@@ -34,6 +34,7 @@ from typing import Any, Callable, Sequence, TypeVar
 import numpy as np
 
 from .errors import (InferenceError, InvalidInputError, ModelNotFoundError, RequestTimeoutError, ServerError,
+                     WrongProtocolError,
                      ServerUnavailableError, UserError)
 from .image_input import ImageInput, encode_image
 from .options import NAMES, DetectOptions, resolve, to_parameters
@@ -77,9 +78,42 @@ def classify(status: str | None, message: str) -> InferenceError:
     return cls(message, status=status)
 
 
+def wrong_protocol(url: str, protocol: str) -> WrongProtocolError:
+    """The port at `url` answered in the other protocol than `protocol`: say so, and what to use."""
+    other = "grpc" if protocol == "http" else "http"
+    names = {"http": "HTTP", "grpc": "gRPC"}
+    return WrongProtocolError(f"{protocol}://{url} did not answer {names[protocol]}: is it the {names[other]} "
+                              f"port? use --protocol {other} or the {names[protocol]} port "
+                              f"(default {DEFAULT_PORTS[protocol]})")
+
+
+# what the gRPC client says when an HTTP/1 server (Triton's HTTP port) answers (some gRPC versions; others
+# only say "Socket closed", hence _speaks_http)
+_GRPC_AT_HTTP = ("http1.x server", "Trying to connect an http1")
+
+
+def _speaks_http(url: str, timeout_s: float) -> bool:
+    """Whether `url` answers a plain HTTP/1 request: asked when a gRPC client could not connect, to tell
+    Triton's HTTP port (gRPC only reports "Socket closed") from a server that is down."""
+    import http.client
+
+    host, _, port = url.rpartition(":")
+    conn = http.client.HTTPConnection(host or url, int(port) if port.isdigit() else None, timeout=timeout_s)
+    try:
+        conn.request("GET", "/v2/health/live")
+        conn.getresponse()
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+    return True
+
+
 def _transport_error(err: BaseException, message: str) -> InferenceError | None:
     """A socket-level failure (HTTP client: refused, reset, closed mid-answer, read timeout) as an error
     type; None for anything that is not a transport failure (a bug: let it propagate)."""
+    if type(err).__name__ == "HTTPParseError":  # an answer that is not HTTP: most likely Triton's gRPC port
+        return WrongProtocolError(message)
     if isinstance(err, TimeoutError):  # socket.timeout is TimeoutError
         return RequestTimeoutError(message)
     if isinstance(err, OSError):
@@ -123,6 +157,8 @@ class DetectorClient(ABC):
         try:
             ready = self._call(lambda c: c.is_model_ready(model, self.version, **self._timeout_kw()))
         except (ServerUnavailableError, RequestTimeoutError) as err:
+            if self.protocol == "grpc" and _speaks_http(self.url, min(self.timeout_s, 5.0)):
+                raise wrong_protocol(self.url, self.protocol) from None
             raise ServerUnavailableError(f"cannot reach Triton at {self.url} over {self.protocol}: {err}",
                                          status=err.status) from None
         if not ready:
@@ -183,10 +219,14 @@ class DetectorClient(ABC):
                 # "in ensemble 'm', " repeats the model name the message already starts with
                 message = str(err.message()).removeprefix(f"in ensemble '{self.model}', ")
                 error = classify(err.status(), f"{self.model}: {message}")
+                if any(s in message for s in _GRPC_AT_HTTP):
+                    error = wrong_protocol(self.url, self.protocol)
             except Exception as err:  # noqa: BLE001 - sorted below: transport failures, or re-raised
                 error = _transport_error(err, f"{self.model}: {self.protocol} {type(err).__name__}: {err}")
                 if error is None:
                     raise
+                if isinstance(error, WrongProtocolError):
+                    error = wrong_protocol(self.url, self.protocol)
             if not isinstance(error, ServerUnavailableError) or attempt >= self.retries:
                 if isinstance(error, ServerUnavailableError) and self.retries:
                     error.args = (f"{error} (after {self.retries} retries)",)

@@ -93,6 +93,9 @@ def backend_dir() -> Path:
 
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # SO_REUSEADDR like Triton's own bind: TIME-WAIT sockets (left by metrics scrapes) do not block a
+        # restart, while on Linux a socket that LISTENs on the port still refuses the bind.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

@@ -122,14 +122,23 @@ def resolve(weights: str | Path | None, family_weights: dict[str, WeightsInfo], 
     return path
 
 
-def load_state_dict_strict(model: Any, state_dict: dict[str, Any], source: str | Path, what: str) -> None:
+def load_state_dict_strict(model: Any, state_dict: dict[str, Any], source: str | Path, what: str, *,
+                           class_branch: tuple[str, ...] = ()) -> None:
     """model.load_state_dict(strict=True), but a mismatch raises ValueError naming the missing,
-    unexpected and mis-shaped keys (the usual cause: a checkpoint of another variant)."""
+    unexpected and mis-shaped keys (the usual cause: a checkpoint of another variant), or the two class
+    counts when only the class branch (state-dict prefixes `class_branch`) differs."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
-    wrong = [f"{k}: {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}" for k in expected
-             if k in state_dict and state_dict[k].shape != expected[k].shape]
+    shaped = [k for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape]
+    wrong = [f"{k}: {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}" for k in shaped]
+    # a classifier bias has one entry per class: its length is the class count on each side
+    bias = [k for k in shaped if k.startswith(class_branch) and k.endswith(".bias") and expected[k].dim() == 1]
+    if class_branch and bias and not missing and not unexpected and all(k.startswith(class_branch) for k in shaped):
+        n, m = state_dict[bias[0]].shape[0], expected[bias[0]].shape[0]
+        raise UserError(f"{source} has {n} classes but this {what} expects {m} (only the class branch differs, "
+                         f"e.g. {wrong[:1]}): export the `tdet train` checkpoint of your dataset (it records its "
+                         f"classes), or fine-tune this one with `tdet train --weights`")
     if missing or unexpected or wrong:
         raise UserError(f"{source} does not match this {what}: {len(missing)} missing (e.g. {missing[:3]}), "
                          f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(wrong)} with other shapes "

@@ -41,7 +41,9 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, num_classes: int) -> 
     """Load `path` into a train-form model of `num_classes` classes with strict=True; mismatches raise
     ValueError naming keys."""
     sd = slice_legacy_head(extract_state_dict(read_checkpoint(path)), num_classes)
-    load_state_dict_strict(model, sd, path, "DAMO-YOLO variant")
+    from . import CLASS_BRANCH  # the package imports this module: not at import time
+
+    load_state_dict_strict(model, sd, path, "DAMO-YOLO variant", class_branch=CLASS_BRANCH)
 
 
 def training_checkpoint(*, model: nn.Module, ema: dict, optimizer: dict, scaler: dict | None, epoch: int,

@@ -72,7 +72,10 @@ def checkpoint_state_dict(ckpt: dict, model: nn.Module) -> dict[str, torch.Tenso
 def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     """Load an official v2 (or v1, upgraded) checkpoint into `model` strictly; ValueError names the
     missing/unexpected/mis-shaped keys when the file belongs to another variant."""
-    load_state_dict_strict(model, checkpoint_state_dict(read_checkpoint(path), model), path, "RT-DETRv2 variant")
+    from . import CLASS_BRANCH  # the package imports this module: not at import time
+
+    load_state_dict_strict(model, checkpoint_state_dict(read_checkpoint(path), model), path, "RT-DETRv2 variant",
+                           class_branch=CLASS_BRANCH)
 
 
 def training_checkpoint(*, model: nn.Module, ema: dict, optimizer: dict, scaler: dict | None, epoch: int,
