@@ -18,7 +18,7 @@ import sys
 import traceback
 from typing import Any
 
-from .errors import InferenceError, UserError
+from .errors import InferenceError, UserError, train_extra_missing
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -67,7 +67,7 @@ def make_reference(variant: str, weights: str | None) -> Any:
     try:
         module = importlib.import_module("tdet.training.reference")
     except ImportError as err:
-        raise UserError(f"--reference runs the model in-process and needs the train extra (torch): {err}") from None
+        raise train_extra_missing("--reference (the model run in-process)", err.name or "torch") from None
     return module.TorchReference(variant, weights)
 
 

@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .files import atomic_write
-
 from .evaluation import evaluate, load_dataset
+from .files import atomic_write
 
 
 @dataclass(frozen=True)
@@ -80,9 +79,9 @@ def compare(models: list[str], url: str, coco_json: Path, images_dir: Path, *, o
                        out=out / "eval" / model, **client_kw)
         p50, tput = _latency_and_throughput(model, url, protocol, blobs, single=single, seconds=seconds,
                                             concurrency=concurrency, client_kw=client_kw)
-        num = (lambda k: float(params[k]) if params.get(k) else None)
         rows.append(Row(model, params.get("variant", model), res.metrics["AP"], res.metrics["AP50"], p50, tput,
-                        num("params_m"), num("gflops"), params.get("engine", ""), params.get("weights", ""),
+                        _number(params, "params_m"), _number(params, "gflops"), params.get("engine", ""),
+                        params.get("weights", ""),
                         res.num_images))
     atomic_write(out / "compare.json", json.dumps([asdict(r) for r in rows], indent=1))
     atomic_write(out / "compare.md", markdown_table(rows))
@@ -90,8 +89,16 @@ def compare(models: list[str], url: str, coco_json: Path, images_dir: Path, *, o
     return rows
 
 
+def _number(params: dict[str, str], key: str) -> float | None:
+    return float(params[key]) if params.get(key) else None
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
 def markdown_table(rows: list[Row]) -> str:
-    fmt = (lambda v, f: "-" if v is None else format(v, f))
+    fmt = _fmt
     # the seed page's column order (model, mAP, latency, params, GFLOPs), then what it could not measure
     # rows by served model name (an A/B of a fine-tuned model vs its base has one variant twice)
     lines = ["| Model | mAP 50:95 | mAP 50 | Latency p50 (ms) | Params (M) | GFLOPs | Throughput (img/s) | Engine "

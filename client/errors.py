@@ -62,3 +62,10 @@ class RequestTimeoutError(InferenceError, TimeoutError):
 class WrongProtocolError(InferenceError, UserError):
     """The port answered, but not in the client's protocol: an HTTP client at the gRPC port or the reverse.
     Never retried."""
+
+
+def train_extra_missing(what: str, missing: str = "torch", hint: str = "") -> UserError:
+    """The one wording for a client-only install asked for something that needs torch: what, what is missing,
+    the pip line (and a hint of what works without it)."""
+    return UserError(f"{what} needs the train extra ({missing} not installed): pip install 'tdet[train]'"
+                     + (f"; {hint}" if hint else ""))

@@ -28,20 +28,27 @@ import random
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
-from .errors import (InferenceError, InvalidInputError, ModelNotFoundError, RequestTimeoutError, ServerError,
-                     WrongProtocolError,
-                     ServerUnavailableError, UserError)
+from .errors import (
+    InferenceError,
+    InvalidInputError,
+    ModelNotFoundError,
+    RequestTimeoutError,
+    ServerError,
+    ServerUnavailableError,
+    UserError,
+    WrongProtocolError,
+)
 from .image_input import ImageInput, encode_image
 from .options import NAMES, DetectOptions, resolve, to_parameters
 from .postprocess import Detection, Detections, from_wire
-from .specs import config_parameters
+from .specs import WIRE_OUTPUTS, config_parameters
 
-WIRE = ("NUM_DETECTIONS", "BOXES", "SCORES", "CLASSES")
 PROTOCOLS = ("grpc", "http")
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
 DEFAULT_TIMEOUT_S = 60.0
@@ -202,7 +209,7 @@ class DetectorClient(ABC):
                     self._clients.remove(client)
             try:
                 client.close()
-            except Exception:  # noqa: BLE001 - closing a dead connection may fail; it is dropped anyway
+            except Exception:
                 pass
 
     def _call(self, fn: Callable[[Any], T]) -> T:
@@ -221,7 +228,7 @@ class DetectorClient(ABC):
                 error = classify(err.status(), f"{self.model}: {message}")
                 if any(s in message for s in _GRPC_AT_HTTP):
                     error = wrong_protocol(self.url, self.protocol)
-            except Exception as err:  # noqa: BLE001 - sorted below: transport failures, or re-raised
+            except Exception as err:
                 error = _transport_error(err, f"{self.model}: {self.protocol} {type(err).__name__}: {err}")
                 if error is None:
                     raise
@@ -297,10 +304,10 @@ class DetectorClient(ABC):
         arr = np.array([[b] for b in blobs], dtype=np.object_)
         inp = mod.InferInput("IMAGE", list(arr.shape), "BYTES")
         inp.set_data_from_numpy(arr)
-        outputs = [mod.InferRequestedOutput(n) for n in WIRE]
+        outputs = [mod.InferRequestedOutput(n) for n in WIRE_OUTPUTS]
         res = self._call(lambda c: c.infer(self.model, [inp], model_version=self.version, outputs=outputs,
                                            parameters=parameters or None, **self._timeout_kw()))
-        num, boxes, scores, classes = (res.as_numpy(n) for n in WIRE)
+        num, boxes, scores, classes = (res.as_numpy(n) for n in WIRE_OUTPUTS)
         return [from_wire(num[i], boxes[i], scores[i], classes[i], self.class_names) for i in range(len(blobs))]
 
     def infer_batch(self, images: Sequence[ImageInput], **options: Any) -> list[Detections]:

@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from tdet.client.errors import UserError
 from tdet.client.files import atomic_write
+from tdet.client.ports import free_port, port_free
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,8 @@ def _pytriton_root() -> Path:
     try:
         import pytriton
     except ImportError:
-        raise FileNotFoundError("the local tritonserver comes from nvidia-pytriton: pip install 'tdet[server]'") from None
+        raise FileNotFoundError("the local tritonserver comes from nvidia-pytriton: "
+                                "pip install 'tdet[server]'") from None
     return Path(pytriton.__file__).parent / "tritonserver"
 
 
@@ -89,24 +90,6 @@ def backend_dir() -> Path:
     ort.mkdir(exist_ok=True)
     _install(Path(str(resources.files("tdet.ensembles") / "backends/onnxruntime/model.py")), ort / "model.py")
     return dest
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        # SO_REUSEADDR like Triton's own bind: TIME-WAIT sockets (left by metrics scrapes) do not block a
-        # restart, while on Linux a socket that LISTENs on the port still refuses the bind.
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def check_repository(repository: Path) -> list[str]:
@@ -148,7 +131,7 @@ def start(repository: Path, *, http_port: int = 8000, grpc_port: int = 8001, met
     # 0 means any free port (tests, several servers side by side)
     http_port, grpc_port, metrics_port = (p or free_port() for p in (http_port, grpc_port, metrics_port))
     for port, what in ((http_port, "--http-port"), (grpc_port, "--grpc-port"), (metrics_port, "--metrics-port")):
-        if not _port_free(port):
+        if not port_free(port):
             raise UserError(f"port {port} ({what}) is already in use: stop what holds it or pick another port")
     log = log or state_dir() / f"server-{http_port}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -225,7 +208,8 @@ def load_errors(log: str, lines: int = 25) -> str:
             failed.setdefault(m.group(1), first.removeprefix("Internal: ").removeprefix("Invalid argument: "))
     if failed:
         return "\n".join(f"  model {name!r} failed to load: {why}" for name, why in failed.items())
-    errors = [l for l in text if (l[:1] == "E" or "error" in l.lower()) and not any(n in l for n in _NOISE)]
+    errors = [line for line in text
+              if (line[:1] == "E" or "error" in line.lower()) and not any(n in line for n in _NOISE)]
     return "\n".join((errors or text)[-lines:])
 
 

@@ -21,6 +21,7 @@ from matching import assert_same_detections
 from tdet.client.errors import UserError
 from tdet.client.image_input import encode_image, fetch_url
 from tdet.client.infer import class_color, draw_detections, label_layout, label_rects, output_names, url_name
+from tdet.client.ports import free_port  # nothing listens on a port it returns
 from tdet.client.postprocess import Detections
 
 
@@ -33,13 +34,6 @@ def _one_line_error(res: subprocess.CompletedProcess) -> str:
     assert res.returncode == 2, (res.stdout, res.stderr)
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     return res.stderr
-
-
-def _closed_port() -> int:
-    """A port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
@@ -75,7 +69,7 @@ def test_fetch_url_returns_the_served_bytes_and_names_what_failed(web):
         fetch_url(f"{base}/photos/missing.jpg")
     with pytest.raises(UserError, match=r"larger than the 1000 bytes allowed"):
         fetch_url(f"{base}/photos/bus%20stop.jpg", max_bytes=1000)
-    dead = f"http://127.0.0.1:{_closed_port()}/x.jpg"
+    dead = f"http://127.0.0.1:{free_port()}/x.jpg"
     with pytest.raises(UserError, match=rf"could not fetch {dead}: .*refused"):
         fetch_url(dead)
 
@@ -101,12 +95,12 @@ def test_url_result_names_are_the_last_segment_sanitized(tmp_path):
 
 def test_infer_url_errors_are_one_line_exit_2_before_any_request(web, tmp_path):
     base, _ = web
-    no_server = f"127.0.0.1:{_closed_port()}"  # the URL fails first: the server is never asked
+    no_server = f"127.0.0.1:{free_port()}"  # the URL fails first: the server is never asked
     missing = f"{base}/photos/missing.jpg"
     err = _one_line_error(_tdet("infer", missing, "--model", "damo_yolo_t", "--url", no_server,
                                 "--out", str(tmp_path / "out")))
     assert f"could not fetch {missing}: HTTP 404" in err  # the URL whole: no slash lost to a Path
-    dead = f"https://127.0.0.1:{_closed_port()}/bus.jpg"
+    dead = f"https://127.0.0.1:{free_port()}/bus.jpg"
     err = _one_line_error(_tdet("infer", dead, "--model", "damo_yolo_t", "--url", no_server))
     assert f"could not fetch {dead}: " in err and "refused" in err
 
@@ -151,7 +145,7 @@ def _video(path: Path) -> Path:
 
 def test_infer_says_plainly_that_video_is_not_supported(tmp_path):
     clip = _video(tmp_path / "clip.mp4")
-    no_server = f"127.0.0.1:{_closed_port()}"
+    no_server = f"127.0.0.1:{free_port()}"
     err = _one_line_error(_tdet("infer", str(clip), "--model", "damo_yolo_t", "--url", no_server))
     assert f"{clip}: video is not supported yet by `tdet infer`" in err
     err = _one_line_error(_tdet("infer", "https://example.com/a/CLIP.MOV?x=1", "--model", "damo_yolo_t",

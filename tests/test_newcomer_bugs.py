@@ -10,7 +10,8 @@ import time
 import pytest
 
 from tdet.client.errors import UserError
-from tdet.ensembles.server import _port_free, free_port, start, stop_process
+from tdet.client.ports import port_free
+from tdet.ensembles.server import free_port, start, stop_process
 
 
 def _time_wait_on(port: int) -> None:
@@ -34,12 +35,12 @@ def _time_wait_on(port: int) -> None:
 def test_port_check_time_wait_is_free_listener_is_not():
     port = free_port()
     _time_wait_on(port)
-    assert _port_free(port)
+    assert port_free(port)
     with socket.socket() as live:
         live.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as tritonserver binds
         live.bind(("127.0.0.1", port))
         live.listen()
-        assert not _port_free(port)
+        assert not port_free(port)
 
 
 @pytest.mark.server

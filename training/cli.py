@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from tdet.client.errors import UserError
+from tdet.client.errors import train_extra_missing
 
 from .train_cli import register_train
 
@@ -54,8 +54,7 @@ def _require_train_extra(command: str) -> None:
 
     missing = [m for m in ("torch", "onnx") if absent(m)]
     if missing:
-        raise UserError(f"tdet {command} needs the train extra ({', '.join(missing)} not installed): "
-                        "pip install 'tdet[train]'")
+        raise train_extra_missing(f"tdet {command}", ", ".join(missing))
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -151,12 +151,15 @@ def check_against_torch(path: str | Path, wrapper, family: str, hw: tuple[int, i
 
 
 def compare_outputs(family: str, got: dict, ref: dict) -> dict[str, CheckResult]:
-    """max |got - ref| per output against CHECK_RTOL x max |ref|. RT-DETRv2's queries are paired one-to-one
-    first (Hungarian assignment on box distance): its top-k query selection may order near-equal queries
-    either way under float noise, so row i of one run need not be row i of the other."""
+    """max |got - ref| per output against CHECK_RTOL x max |ref|. A family with UNORDERED_ROWS (RT-DETRv2's
+    queries) has its rows paired one-to-one first (Hungarian assignment on box distance): a top-k query
+    selection may order near-equal queries either way under float noise, so row i of one run need not be row i
+    of the other."""
     import numpy as np
 
-    if family == specs.RTDETRV2:
+    from .registry import family_module
+
+    if family_module(family).UNORDERED_ROWS:
         order = [_pair_queries(g, r) for g, r in zip(got["boxes"], ref["boxes"])]
         got = {n: np.stack([v[o] for v, o in zip(got[n], order)]) for n in got}
     return {n: CheckResult(float(np.abs(got[n] - ref[n]).max()), CHECK_RTOL * max(float(np.abs(ref[n]).max()), 1e-6))

@@ -22,6 +22,7 @@ class Family(Protocol):
     WEIGHTS: dict[str, WeightsInfo]  # variant name -> official release file
     TARGET_FORMAT: str  # the boxes the criterion takes: "xyxy_pixels" or "cxcywh_normalized"
     CLASS_BRANCH: tuple[str, ...]  # state-dict prefixes whose shapes depend on the class count
+    UNORDERED_ROWS: bool  # the export's output rows are a set (RT-DETRv2's top-k queries), not a fixed order
 
     def build_model(self, name: str, *, weights: str | Path | None = None, deploy: bool = False, seed: int = 0,
                     num_classes: int | None = None, input_hw: tuple[int, int] | None = None,

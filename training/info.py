@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from tdet.client import specs
-from tdet.client.errors import UserError
+from tdet.client.errors import UserError, train_extra_missing
 
 from .weights import cache_dir
 
@@ -99,8 +99,8 @@ def all_info(names: list[str] | None = None, *, measured: bool = False) -> list[
     try:
         import torch
     except ModuleNotFoundError:
-        raise UserError("measuring builds the models and needs the train extra (torch): pip install 'tdet[train]'; "
-                        "without --measure, tdet info shows the shipped figures") from None
+        raise train_extra_missing("tdet info --measure (it builds the models)",
+                                  hint="without --measure, tdet info shows the shipped figures") from None
     with torch.no_grad():  # not set_grad_enabled(False): a caller (a test session) keeps its grad mode
         return [measure(n) for n in wanted]
 

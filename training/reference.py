@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from tdet.client.errors import UserError
+from tdet.client.errors import UserError, train_extra_missing
 from tdet.client.labels import COCO_CATEGORY_IDS
 from tdet.client.postprocess import DEFAULT_IOU, DEFAULT_MAX_DET, Detections, postprocess_one
 from tdet.client.preprocess import preprocess, to_float_input
@@ -66,7 +66,7 @@ class TorchReference:
         try:
             import torch  # noqa: F401
         except ImportError as err:
-            raise UserError(f"--reference runs the model in-process and needs the train extra (torch): {err}") from None
+            raise train_extra_missing("--reference (the model run in-process)", err.name or "torch") from None
         from .registry import variant_names
 
         if variant not in variant_names():

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 from pathlib import Path
 
-from tdet.client.errors import UserError
+from tdet.client.errors import UserError, train_extra_missing
+from tdet.client.ports import free_port
 
 # arguments a resumed run may change: they do not affect what is computed
 RESUME_CHANGEABLE = {"workers", "eval_every", "out", "val_data", "val_images"}
@@ -102,12 +102,6 @@ def _train_args(args: argparse.Namespace):
     return TrainArgs(**given), resume
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _spawned(rank: int, world: int, port: int, args, resume) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
@@ -123,7 +117,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         import torch
     except ModuleNotFoundError:
-        raise UserError("training needs the train extra: pip install 'tdet[train]'") from None
+        raise train_extra_missing("tdet train") from None
     from .engine.logger import percent
     from .engine.trainer import Interrupted, Trainer
 
@@ -137,7 +131,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if targs.nproc > 1 and "WORLD_SIZE" not in os.environ:
         import torch.multiprocessing as mp
 
-        mp.spawn(_spawned, args=(targs.nproc, _free_port(), targs, resume), nprocs=targs.nproc, join=True)
+        mp.spawn(_spawned, args=(targs.nproc, free_port(), targs, resume), nprocs=targs.nproc, join=True)
         print(f"done: {targs.out}")
         return 0
     try:

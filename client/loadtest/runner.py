@@ -144,7 +144,7 @@ def run_once(model: str, url: str, *, protocol: str = "grpc", users: int = 4, sp
            "--only-summary", "--loglevel", "WARNING", user_class]
     port = distributed.MASTER_PORT
     if workers and not remote_workers:
-        from tdet.ensembles.server import free_port  # the one free-port helper; only local runs need it
+        from ..ports import free_port
 
         port = free_port()
     if workers:

@@ -126,6 +126,52 @@ def resolve_recipe(args: TrainArgs) -> Recipe:
     return dataclasses.replace(r, **changes)
 
 
+@dataclass
+class RunState:
+    """The run's counters: what a checkpoint saves (train_state) and a resume restores, named once."""
+
+    epoch: int = 0  # epochs completed
+    batch: int = 0  # batches done in the current epoch
+    step: int = 0  # optimizer steps done
+    best_ap: float = -1.0
+    sums: dict[str, float] = dataclasses.field(default_factory=dict)  # loss sums of the current epoch
+    images: int = 0  # images of the current epoch
+    seconds: float = 0.0  # training time of the current epoch
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> RunState:
+        return cls(**{f.name: saved[f.name] for f in dataclasses.fields(cls)})
+
+    def start_next_epoch(self) -> None:
+        self.epoch, self.batch, self.sums, self.images, self.seconds = self.epoch + 1, 0, {}, 0, 0.0
+
+
+@dataclass
+class Run:
+    """The objects of one run, set up once by Trainer._setup."""
+
+    model: nn.Module  # what the loop calls (DDP-wrapped when distributed)
+    bare: nn.Module  # the model itself: what the EMA follows and checkpoints hold
+    ema: ModelEMA
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    criterion: nn.Module
+    schedule: LRSchedule
+    loader: Any  # the train DataLoader (its batch_sampler is the TrainSampler)
+    val_ds: Any  # CocoDetection or None
+    meta: dict[str, Any]  # the checkpoint's "tdet" metadata
+    log: RunLog | None  # rank 0 only
+    accumulate: int  # batches per optimizer step
+    amp: bool
+    amp_dtype: torch.dtype
+    batches_per_epoch: int
+    stop: StopRequest = dataclasses.field(default_factory=StopRequest)
+    last_print: float = dataclasses.field(default_factory=time.perf_counter)
+
+
 class Trainer:
     def __init__(self, args: TrainArgs, *, resume: str | Path | None = None) -> None:
         self.args = args
@@ -137,6 +183,7 @@ class Trainer:
         self.fam = family_of(args.variant)
         self.recipe = resolve_recipe(args)
         self.out = Path(args.out)
+        self.state = RunState()
 
     # ---------------------------------------------------------------- setup
     def _datasets(self):
@@ -167,24 +214,28 @@ class Trainer:
                 "class_names": list(train_ds.class_names), "category_ids": [int(i) for i in train_ds.category_ids],
                 "input_hw": list(self.recipe.input_size), "recipe": self.recipe.as_dict(), "args": self.args.as_dict()}
 
-    # ---------------------------------------------------------------- run
-    def fit(self) -> dict[str, Any]:
+    def _announce(self, train_ds, val_ds, skipped: list[str]) -> None:
+        """What a user should know before the first step: the data, the starting weights."""
+        a = self.args
+        for ds, split in ((train_ds, "train"), (val_ds, "val")):
+            if ds is not None:
+                print(f"data: {ds.summary(split)}")
+        for w in getattr(train_ds, "warnings", []):
+            print(f"data: {w}")
+        if not a.weights:
+            print(no_weights_note(a.variant))
+        if skipped:
+            print(f"fine-tuning from {a.weights}: the class branch was re-initialised ({len(skipped)} tensors "
+                  f"skipped: {', '.join(skipped)})")
+
+    def _setup(self) -> Run:
         a, r, dist = self.args, self.recipe, self.dist
         torch.manual_seed(a.seed)
         train_ds, val_ds = self._datasets()
         model, skipped = self._model(len(train_ds.category_ids), train_ds.category_ids)
         if dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            for ds, split in ((train_ds, "train"), (val_ds, "val")):
-                if ds is not None:
-                    print(f"data: {ds.summary(split)}")
-            for w in getattr(train_ds, "warnings", []):
-                print(f"data: {w}")
-            if not a.weights:
-                print(no_weights_note(a.variant))
-            if skipped:
-                print(f"fine-tuning from {a.weights}: the class branch was re-initialised ({len(skipped)} tensors "
-                      f"skipped: {', '.join(skipped)})")
+            self._announce(train_ds, val_ds, skipped)
         criterion = self.fam.build_criterion(a.variant, len(train_ds.category_ids))
         ema = ModelEMA(model, decay=r.ema.decay, warmups=r.ema.warmups, first_update=r.ema.first_update)
         accumulate = max(1, round(a.nominal_batch / (a.batch * dist.world))) if a.nominal_batch else 1
@@ -206,9 +257,8 @@ class Trainer:
         warning = warmup_warning(r, schedule.warmup, steps_per_epoch)
         if warning and dist.is_main:
             print(warning, file=sys.stderr)
-        state = {"epoch": 0, "batch": 0, "step": 0, "best_ap": -1.0, "sums": {}, "images": 0, "seconds": 0.0}
         if self.resume_path is not None:
-            state = self._restore(self.resume_path, model, ema, optimizer, scaler)
+            self.state = self._restore(self.resume_path, model, ema, optimizer, scaler)
         bare = model
         if dist.enabled:
             if self.device.type == "cuda":
@@ -217,30 +267,31 @@ class Trainer:
             model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         meta = self._meta(train_ds)
-        log = RunLog(self.out) if dist.is_main else None
         if dist.is_main:
-            (self.out / "config.yaml").write_text(yaml.safe_dump({"args": a.as_dict(), "recipe": r.as_dict(),
-                                                                  "accumulate": accumulate,
-                                                                  "effective_batch": effective,
-                                                                  "base_lr": base_lr, "amp": amp,
-                                                                  "classes": meta["class_names"],
-                                                                  "category_ids": meta["category_ids"]},
-                                                                 sort_keys=False))
-        ctx = dict(model=model, bare=bare, ema=ema, optimizer=optimizer, scaler=scaler, meta=meta, log=log,
-                   criterion=criterion, schedule=schedule, accumulate=accumulate, amp=amp, amp_dtype=amp_dtype,
-                   loader=loader, val_ds=val_ds, batches_per_epoch=batches_per_epoch, last_print=time.perf_counter())
+            config = {"args": a.as_dict(), "recipe": r.as_dict(), "accumulate": accumulate,
+                      "effective_batch": effective, "base_lr": base_lr, "amp": amp, "classes": meta["class_names"],
+                      "category_ids": meta["category_ids"]}
+            (self.out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        return Run(model=model, bare=bare, ema=ema, optimizer=optimizer, scaler=scaler, criterion=criterion,
+                   schedule=schedule, loader=loader, val_ds=val_ds, meta=meta,
+                   log=RunLog(self.out) if dist.is_main else None, accumulate=accumulate, amp=amp,
+                   amp_dtype=amp_dtype, batches_per_epoch=batches_per_epoch)
+
+    # ---------------------------------------------------------------- run
+    def fit(self) -> dict[str, Any]:
+        self.run = self._setup()
         try:
-            with StopRequest() as ctx["stop"]:
-                while state["epoch"] < r.epochs:
-                    self._epoch(state, ctx)
+            with self.run.stop:
+                while self.state.epoch < self.recipe.epochs:
+                    self._epoch()
         except _StopAtStep:
-            self._save(self.out / "last.pth", state, ctx)
-            if dist.is_main:
-                print(f"\ninterrupted at epoch {state['epoch'] + 1}, batch {state['batch']}: saved "
+            self._save(self.out / "last.pth")
+            if self.dist.is_main:
+                print(f"\ninterrupted at epoch {self.state.epoch + 1}, batch {self.state.batch}: saved "
                       f"{self.out / 'last.pth'} (continue with --resume)")
             raise Interrupted() from None
-        summary = self._summary(state, ctx)
-        D.shutdown(dist)
+        summary = self._summary()
+        D.shutdown(self.dist)
         return summary
 
     def _train_loader(self, train_ds):
@@ -250,93 +301,106 @@ class Trainer:
         return build_train_loader(train_ds, self.fam.FAMILY, r.augment, r.input_size, a.batch, a.seed, a.workers,
                                   self.dist.rank, self.dist.world, r.multi_scale)
 
-    def _epoch(self, state: dict, ctx: dict) -> None:
-        r, dist = self.recipe, self.dist
-        model, bare, ema, optimizer, scaler = ctx["model"], ctx["bare"], ctx["ema"], ctx["optimizer"], ctx["scaler"]
-        epoch, accumulate = state["epoch"], ctx["accumulate"]
-        strong = epoch < r.epochs - r.no_aug_epochs
-        loader = ctx["loader"]
-        loader.batch_sampler.set_epoch(epoch, strong=strong, start_batch=state["batch"])
-        model.train()
-        bar = tqdm(total=ctx["batches_per_epoch"], initial=state["batch"], desc=f"epoch {epoch + 1}/{r.epochs}",
+    def _epoch(self) -> None:
+        r, dist, run, state = self.recipe, self.dist, self.run, self.state
+        strong = state.epoch < r.epochs - r.no_aug_epochs
+        run.loader.batch_sampler.set_epoch(state.epoch, strong=strong, start_batch=state.batch)
+        run.model.train()
+        bar = tqdm(total=run.batches_per_epoch, initial=state.batch, desc=f"epoch {state.epoch + 1}/{r.epochs}",
                    unit="batch", disable=not dist.is_main or None, leave=dist.is_main, dynamic_ncols=True)
         tick = time.perf_counter()
         pending = 0  # batches accumulated since the last optimizer step
-        lr = ctx["schedule"].apply(optimizer, state["step"])
+        lr = run.schedule.apply(run.optimizer, state.step)
         step_sums: dict[str, float] = {}  # loss sums of the batches since the last optimizer step
-        for batch in loader:
-            images, targets = batch.images.to(self.device, non_blocking=True), batch.targets
-            targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets]
-            sync = pending + 1 == accumulate or not isinstance(model, nn.parallel.DistributedDataParallel)
-            with (contextlib.nullcontext() if sync else model.no_sync()):
-                with torch.autocast(self.device.type, dtype=ctx["amp_dtype"], enabled=ctx["amp"]):
-                    outputs = model(images, targets)
-                with torch.autocast(self.device.type, enabled=False):
-                    losses = ctx["criterion"](outputs_to_fp32(outputs), targets)
-                scaler.scale(losses["total"] / accumulate).backward()
-            pending += 1
-            values = torch.stack([v.detach() for v in losses.values()]).tolist()  # one device sync per batch
-            for k, v in zip(losses, values):
+        for batch in run.loader:
+            for k, v in self._train_step(batch, sync=pending + 1 == run.accumulate).items():
                 step_sums[k] = step_sums.get(k, 0.0) + v
-            if pending < accumulate:
+            pending += 1
+            if pending < run.accumulate:
                 continue
-            if not math.isfinite(step_sums["total"]):
-                raise FloatingPointError(f"loss is not finite at step {state['step']}: {step_sums}")
-            if r.grad_clip:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), r.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            ema.update(bare)
+            self._optimizer_step(step_sums)
             pending = 0
             for k, v in step_sums.items():
-                state["sums"][k] = state["sums"].get(k, 0.0) + v
+                state.sums[k] = state.sums.get(k, 0.0) + v
             step_sums = {}
-            state["step"] += 1
-            state["batch"] += accumulate
-            state["images"] += images.shape[0] * accumulate
-            lr = ctx["schedule"].apply(optimizer, state["step"])
+            state.step += 1
+            state.batch += run.accumulate
+            state.images += batch.images.shape[0] * run.accumulate
+            lr = run.schedule.apply(run.optimizer, state.step)
             now = time.perf_counter()
-            state["seconds"] += now - tick
+            state.seconds += now - tick
             tick = now
-            n = state["batch"]
-            progress = " ".join(f"{k}={v / n:.3f}" for k, v in state["sums"].items() if k == "total" or
-                                k.count("_") <= 1) + f" lr={lr:.2e} img/s={state['images'] / state['seconds']:.1f}"
-            bar.update(accumulate)
-            bar.set_postfix_str(progress)
-            if bar.disable and dist.is_main and now - ctx["last_print"] > 60:  # a log file, not a terminal
-                print(f"epoch {epoch + 1}/{r.epochs} batch {n}/{ctx['batches_per_epoch']} {progress}", flush=True)
-                ctx["last_print"] = now
-            if ctx["stop"].requested(dist):  # Ctrl-C / SIGTERM: stop at this step boundary, all ranks together
+            self._progress(bar, lr, now)
+            if run.stop.requested(dist):  # Ctrl-C / SIGTERM: stop at this step boundary, all ranks together
                 bar.close()
                 raise _StopAtStep
-            if state["batch"] + accumulate > ctx["batches_per_epoch"]:
+            if state.batch + run.accumulate > run.batches_per_epoch:
                 break
         bar.close()
-        self._end_epoch(state, ctx, lr)
+        self._end_epoch(lr)
 
-    def _end_epoch(self, state: dict, ctx: dict, lr: float) -> None:
-        a, r, dist = self.args, self.recipe, self.dist
-        epoch = state["epoch"]
-        sums = _all_reduce_sums(dist, state["sums"], state["batch"])
+    def _train_step(self, batch, *, sync: bool) -> dict[str, float]:
+        """Forward (autocast), the criterion in fp32, backward of the loss / accumulate; the loss terms' values.
+        sync=False (a batch inside an accumulation) skips DDP's gradient all-reduce."""
+        run = self.run
+        images = batch.images.to(self.device, non_blocking=True)
+        targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in batch.targets]
+        ddp = isinstance(run.model, nn.parallel.DistributedDataParallel)
+        with (run.model.no_sync() if ddp and not sync else contextlib.nullcontext()):
+            with torch.autocast(self.device.type, dtype=run.amp_dtype, enabled=run.amp):
+                outputs = run.model(images, targets)
+            with torch.autocast(self.device.type, enabled=False):
+                losses = run.criterion(outputs_to_fp32(outputs), targets)
+            run.scaler.scale(losses["total"] / run.accumulate).backward()
+        values = torch.stack([v.detach() for v in losses.values()]).tolist()  # one device sync per batch
+        return dict(zip(losses, values))
+
+    def _optimizer_step(self, step_sums: dict[str, float]) -> None:
+        """Gradient clipping (when the recipe asks), the optimizer and scaler step, the EMA update."""
+        run = self.run
+        if not math.isfinite(step_sums["total"]):
+            raise FloatingPointError(f"loss is not finite at step {self.state.step}: {step_sums}")
+        if self.recipe.grad_clip:
+            run.scaler.unscale_(run.optimizer)
+            nn.utils.clip_grad_norm_(run.model.parameters(), self.recipe.grad_clip)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.optimizer.zero_grad(set_to_none=True)
+        run.ema.update(run.bare)
+
+    def _progress(self, bar: tqdm, lr: float, now: float) -> None:
+        state, run = self.state, self.run
+        n = state.batch
+        progress = " ".join(f"{k}={v / n:.3f}" for k, v in state.sums.items() if k == "total" or
+                            k.count("_") <= 1) + f" lr={lr:.2e} img/s={state.images / state.seconds:.1f}"
+        bar.update(run.accumulate)
+        bar.set_postfix_str(progress)
+        if bar.disable and self.dist.is_main and now - run.last_print > 60:  # a log file, not a terminal
+            print(f"epoch {state.epoch + 1}/{self.recipe.epochs} batch {n}/{run.batches_per_epoch} {progress}",
+                  flush=True)
+            run.last_print = now
+
+    def _end_epoch(self, lr: float) -> None:
+        a, r, dist, run, state = self.args, self.recipe, self.dist, self.run, self.state
+        epoch = state.epoch
+        sums = _all_reduce_sums(dist, state.sums, state.batch)
         row: dict[str, float] = {"epoch": epoch + 1, "lr": lr, **sums,
-                                 "images_per_s": state["images"] * dist.world / max(state["seconds"], 1e-9),
-                                 "seconds": state["seconds"]}
+                                 "images_per_s": state.images * dist.world / max(state.seconds, 1e-9),
+                                 "seconds": state.seconds}
         last = epoch + 1 == r.epochs
-        evaluate_now = ctx["val_ds"] is not None and (last or (a.eval_every > 0 and (epoch + 1) % a.eval_every == 0))
-        state.update(epoch=epoch + 1, batch=0, sums={}, images=0, seconds=0.0)
+        evaluate_now = run.val_ds is not None and (last or (a.eval_every > 0 and (epoch + 1) % a.eval_every == 0))
+        state.start_next_epoch()
         improved = False
         if evaluate_now and dist.is_main:
-            metrics = self._evaluate(ctx)
+            metrics = self._evaluate()
             row.update(metrics)
-            improved = metrics["AP"] > state["best_ap"]
+            improved = metrics["AP"] > state.best_ap
             if improved:
-                state["best_ap"] = metrics["AP"]
+                state.best_ap = metrics["AP"]
             print(f"epoch {epoch + 1}: EMA model on val: AP {percent(metrics['AP'])}  "
                   f"AP50 {percent(metrics['AP50'])}")
         D.barrier(dist)
-        self._save(self.out / "last.pth", state, ctx)
+        self._save(self.out / "last.pth")
         if dist.is_main:
             if improved:  # best.pth is the checkpoint of this epoch: a second name for the file, or a copy
                 (self.out / "best.pth").unlink(missing_ok=True)
@@ -344,33 +408,33 @@ class Trainer:
                     (self.out / "best.pth").hardlink_to(self.out / "last.pth")
                 except OSError:
                     shutil.copyfile(self.out / "last.pth", self.out / "best.pth")
-            ctx["log"].add(row, final=last)
+            run.log.add(row, final=last)
 
-    def _evaluate(self, ctx: dict) -> dict[str, float]:
+    def _evaluate(self) -> dict[str, float]:
         from ..data.loader import build_val_loader
 
-        val_ds, r = ctx["val_ds"], self.recipe
-        batches = build_val_loader(val_ds, self.fam.FAMILY, r.input_size, max(1, self.args.batch), self.args.workers)
-        return evaluate(ctx["ema"].module, self.fam.FAMILY, batches, val_ds.coco, ctx["meta"]["category_ids"],
+        run, r = self.run, self.recipe
+        batches = build_val_loader(run.val_ds, self.fam.FAMILY, r.input_size, max(1, self.args.batch),
+                                   self.args.workers)
+        return evaluate(run.ema.module, self.fam.FAMILY, batches, run.val_ds.coco, run.meta["category_ids"],
                         r.input_size, postprocess_kwargs(r.eval))
 
     # ---------------------------------------------------------------- checkpoints
-    def _save(self, path: Path, state: dict, ctx: dict) -> None:
+    def _save(self, path: Path) -> None:
         if not self.dist.is_main:
             return
-        steps_per_epoch = ctx["schedule"].steps_per_epoch
-        lr_state = {"lr_warmup_scheduler": {"last_step": state["step"], "warmup_duration": ctx["schedule"].warmup},
-                    "lr_scheduler": {"last_epoch": state["epoch"], "steps_per_epoch": steps_per_epoch}}
-        train_state = {**{k: state[k] for k in ("epoch", "batch", "step", "best_ap", "sums", "images", "seconds")},
-                       "rng": torch.get_rng_state(),
+        run, state = self.run, self.state
+        lr_state = {"lr_warmup_scheduler": {"last_step": state.step, "warmup_duration": run.schedule.warmup},
+                    "lr_scheduler": {"last_epoch": state.epoch, "steps_per_epoch": run.schedule.steps_per_epoch}}
+        train_state = {**state.as_dict(), "rng": torch.get_rng_state(),
                        "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None}
-        ckpt = build_checkpoint(self.fam, model=ctx["bare"], ema=ctx["ema"].state_dict(),
-                                optimizer=ctx["optimizer"].state_dict(),
-                                scaler=ctx["scaler"].state_dict() if ctx["scaler"].is_enabled() else None,
-                                epoch=state["epoch"], meta=ctx["meta"], train_state=train_state, lr_state=lr_state)
+        ckpt = build_checkpoint(self.fam, model=run.bare, ema=run.ema.state_dict(),
+                                optimizer=run.optimizer.state_dict(),
+                                scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None,
+                                epoch=state.epoch, meta=run.meta, train_state=train_state, lr_state=lr_state)
         atomic_torch_save(ckpt, path)
 
-    def _restore(self, path: Path, model: nn.Module, ema: ModelEMA, optimizer, scaler) -> dict:
+    def _restore(self, path: Path, model: nn.Module, ema: ModelEMA, optimizer, scaler) -> RunState:
         ckpt = load_resume(path)
         saved = ckpt.get("tdet", {}).get("args", {})
         for k in ("variant", "batch", "nominal_batch", "seed", "img_size"):
@@ -386,17 +450,18 @@ class Trainer:
         torch.set_rng_state(ts["rng"])
         if ts.get("cuda_rng") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(ts["cuda_rng"])
+        state = RunState.from_dict(ts)
         if self.dist.is_main:
-            print(f"resuming {path}: epoch {ts['epoch'] + 1}, batch {ts['batch']}, step {ts['step']}")
-        return {k: ts[k] for k in ("epoch", "batch", "step", "best_ap", "sums", "images", "seconds")}
+            print(f"resuming {path}: epoch {state.epoch + 1}, batch {state.batch}, step {state.step}")
+        return state
 
-    def _summary(self, state: dict, ctx: dict) -> dict[str, Any]:
+    def _summary(self) -> dict[str, Any]:
         # a digest of each rank's weights: DDP must keep them bit-identical
         digest = hashlib.sha256()
-        for p in ctx["bare"].parameters():
+        for p in self.run.bare.parameters():
             digest.update(p.detach().cpu().contiguous().numpy().tobytes())
         per_rank = D.all_gather_objects(self.dist, digest.hexdigest())
-        summary = {"epochs": state["epoch"], "steps": state["step"], "best_ap": state["best_ap"],
+        summary = {"epochs": self.state.epoch, "steps": self.state.step, "best_ap": self.state.best_ap,
                    "last": str(self.out / "last.pth"),
                    "best": str(self.out / "best.pth") if (self.out / "best.pth").exists() else None,
                    "world": self.dist.world, "rank_weight_sha256": per_rank}

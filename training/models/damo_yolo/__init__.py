@@ -38,12 +38,14 @@ WEIGHTS: dict[str, WeightsInfo] = {
     "damo-yolo-l": WeightsInfo(_BASE + "damoyolo_tinynasL45_L_508.pth", "damoyolo_tinynasL45_L_508.pth", 50.8),
 }
 
+UNORDERED_ROWS = False  # one output row per anchor point, in a fixed order
 TARGET_FORMAT = "xyxy_pixels"  # targets: {"boxes": float32 [N, 4] xyxy network-input px, "labels": int64 [N]}
 CLASS_BRANCH = ("head.gfl_cls.",)  # state-dict prefixes whose shapes depend on the class count
 CLS_PRIOR_PROB = 0.01
 HEAD_INIT_STD = 0.01
 
-__all__ = ["CLASS_BRANCH", "FAMILY", "TARGET_FORMAT", "VARIANTS", "WEIGHTS", "DamoYolo", "DamoYoloConfig",
+__all__ = ["CLASS_BRANCH", "FAMILY", "TARGET_FORMAT", "UNORDERED_ROWS", "VARIANTS", "WEIGHTS",
+           "DamoYolo", "DamoYoloConfig",
            "DamoYoloCriterion", "build_criterion", "build_model", "export_module", "init_for_training",
            "num_params", "reinit_class_branch", "checkpoint_state_dict", "training_checkpoint", "train_transform",
            "train_collate"]

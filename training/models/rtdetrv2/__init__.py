@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 FAMILY = "rtdetrv2"
 # training interface: targets per image {"boxes": float [N,4] normalized cxcywh, "labels": int64 [N]}
 TARGET_FORMAT = "cxcywh_normalized"
+# the top-k query selection may order near-equal queries either way under float noise: compare rows as a set
+UNORDERED_ROWS = True
 # state-dict prefixes that depend on the class count (re-initialised by reinit_class_branch when fine-tuning)
 CLASS_BRANCH = ("decoder.enc_score_head.", "decoder.dec_score_head.", "decoder.denoising_class_embed.")
 _URL = "https://github.com/lyuwenyu/storage/releases/download/"
@@ -50,7 +52,8 @@ WEIGHTS: dict[str, WeightsInfo] = {
     "rtdetrv2-l-dsp": _release("v0.1", "rtdetrv2_r50vd_dsp_1x_coco.pth", 52.9),
 }
 
-__all__ = ["CLASS_BRANCH", "FAMILY", "TARGET_FORMAT", "VARIANTS", "WEIGHTS", "RTDETRv2", "RTDETRv2Config",
+__all__ = ["CLASS_BRANCH", "FAMILY", "TARGET_FORMAT", "UNORDERED_ROWS", "VARIANTS", "WEIGHTS",
+           "RTDETRv2", "RTDETRv2Config",
            "RTDETRv2Criterion", "build_criterion", "build_model", "export_module", "init_for_training",
            "num_params", "reinit_class_branch", "checkpoint_state_dict", "training_checkpoint", "train_transform",
            "train_collate"]
