@@ -8,28 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tdet.client.boxes import box_area
+from tdet.client.boxes import nms as old_nms  # the greedy NMS the served path used before: the oracle
 from tdet.client.postprocess import batched_nms, postprocess_damo_yolo
-
-
-def old_nms(boxes, scores, iou, *, labels=None, max_keep=None):
-    """The served NMS before the blocked one (tdet.client.boxes.nms at 69d8d96), verbatim: the oracle."""
-    order = np.argsort(-scores, kind="stable")
-    keep: list[int] = []
-    limit = len(order) if max_keep is None else max_keep
-    area = box_area(boxes)
-    while order.size and len(keep) < limit:
-        i, rest = order[0], order[1:]
-        keep.append(int(i))
-        lt = np.maximum(boxes[i, :2], boxes[rest, :2])
-        rb = np.minimum(boxes[i, 2:], boxes[rest, 2:])
-        inter = np.clip(rb - lt, 0, None).prod(-1)
-        overlap = inter / np.maximum(area[i] + area[rest] - inter, 1e-12)
-        suppress = overlap > iou
-        if labels is not None:
-            suppress &= labels[rest] == labels[i]
-        order = rest[~suppress]
-    return np.asarray(keep, dtype=np.int64)
 
 
 def crowded(seed: int, n: int = 600, objects: int = 12, classes: int = 4, quantum: float | None = None):
