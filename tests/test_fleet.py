@@ -201,3 +201,111 @@ def test_loadtest_spreads_users_over_two_servers(served, second, tmp_path):
         n = summary["servers"][u]["requests"]
         assert n > 0 and f"server {u}: {n} requests, 0 failures" in res.stdout, res.stdout
         assert scrape(m)[MODEL]["nv_inference_request_success"] - before[u] == n + 1
+
+
+# --- one of two real servers stopped mid-run -------------------------------------------------------------
+
+def _stop_when_answered(proc, metrics_url: str, n: int, how: str, stopped: dict) -> None:
+    """Stop the server of `proc` as soon as its own metrics count `n` answered requests of MODEL: requests to it
+    are then in flight or about to be sent. how: "stop" (SIGTERM to its process group, as `tdet stop` does:
+    Triton refuses new requests while it drains) or "kill" (SIGKILL: a crash, connections reset)."""
+    import os
+    import signal
+    import time
+
+    from tdet.client.loadtest.metrics import scrape
+    from tdet.ensembles.server import stop_process
+
+    while proc.poll() is None:
+        answered = scrape(metrics_url).get(MODEL, {}).get("nv_inference_request_success", 0)
+        if answered >= n:
+            stopped["answered"] = answered
+            if how == "kill":
+                stopped["shm"] = _shm_regions(proc.pid)  # a killed server cannot unlink its own
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                stop_process(proc.pid)
+            proc.wait(timeout=60)
+            stopped["done"] = True
+            return
+        time.sleep(0.02)  # polling the counter, not waiting for an event
+
+
+def _shm_regions(pgid: int) -> set[Path]:
+    """The /dev/shm files the processes of a server's process group (server and python stubs) have mapped."""
+    found = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        try:
+            if int(maps.with_name("stat").read_text().rsplit(")", 1)[1].split()[2]) != pgid:
+                continue
+            found |= {Path(line.split(None, 5)[5].strip()) for line in maps.read_text().splitlines()
+                      if "/dev/shm/" in line}
+        except (OSError, IndexError):  # gone meanwhile
+            continue
+    return found
+
+
+def _coco_detections(out: Path) -> dict[int, tuple]:
+    """results.json of `tdet eval` -> {image_id: (xyxy boxes, scores, category ids)}."""
+    got: dict[int, tuple] = {}
+    for r in json.loads((out / "results.json").read_text()):
+        x, y, w, h = r["bbox"]
+        boxes, scores, cats = got.setdefault(r["image_id"], ([], [], []))
+        boxes.append([x, y, x + w, y + h])
+        scores.append(r["score"])
+        cats.append(r["category_id"])
+    return got
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("how", ["stop", "kill"])
+def test_eval_survives_one_of_two_servers_stopped_mid_run(served, tmp_path, how):
+    """Two real servers, one stopped (or killed) after it answered 3 requests while 4 are in flight: every image
+    still gets its detections (the same as a one-server run), the stopped server is reported DOWN, and the
+    survivor's own metrics count exactly the requests the stopped one did not answer (its share after the stop
+    plus the requests that failed over)."""
+    import re
+    import threading
+
+    from tdet.client.evaluation import evaluate
+    from tdet.client.loadtest.metrics import scrape
+    from tdet.client.synth import synthesize
+    from tdet.ensembles.server import free_port, start, stop_process
+
+    n = 24
+    ann = synthesize(tmp_path / "synth", num=n, seed=23, size=(320, 240))
+    images = tmp_path / "synth" / "images"
+    one = evaluate(MODEL, served.grpc_url, ann, images, out=tmp_path / "one", concurrency=4)
+    proc, victim = start(served.repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                         log=tmp_path / "victim.log", timeout_s=240, model_control_mode="explicit")
+    stopped: dict = {}
+    try:
+        stopper = threading.Thread(target=_stop_when_answered, args=(proc, victim.metrics_url, 3, how, stopped))
+        before = scrape(served.metrics_url)[MODEL]["nv_inference_request_success"]
+        stopper.start()
+        two = evaluate(MODEL, f"{victim.grpc_url},{served.grpc_url}", ann, images, out=tmp_path / "two",
+                       concurrency=4, retries=0)
+        stopper.join(timeout=120)
+    finally:
+        stop_process(proc.pid)  # returns at once when it is gone
+        proc.wait(timeout=60)
+        for region in stopped.get("shm", ()):
+            region.unlink(missing_ok=True)
+    assert stopped.get("done"), f"the run ended before the server was stopped: {two.servers}"
+    lines = dict(re.findall(r"server (\S+): (.*)", two.servers))
+    assert lines.keys() == {victim.grpc_url, served.grpc_url}, two.servers
+    assert "DOWN (" in lines[victim.grpc_url] and "DOWN" not in lines[served.grpc_url], two.servers
+    ok = {u: int(re.match(r"(\d+) answered", s).group(1)) for u, s in lines.items()}
+    failed = re.search(r"(\d+) failed over", lines[victim.grpc_url])
+    assert failed and int(failed.group(1)) >= 1, two.servers  # the first request the stop broke went elsewhere
+    # a kill may lose the answer to a request the server counted; a drain sends every answer it counted
+    assert ok[victim.grpc_url] >= (1 if how == "kill" else 3) and ok[victim.grpc_url] + ok[served.grpc_url] == n, two.servers
+    survivor = scrape(served.metrics_url)[MODEL]["nv_inference_request_success"] - before
+    assert survivor == ok[served.grpc_url] == n - ok[victim.grpc_url], (survivor, two.servers)
+    got, want = _coco_detections(tmp_path / "two"), _coco_detections(tmp_path / "one")
+    assert got.keys() == want.keys() and len(want) > n // 2, (len(got), len(want))  # random-init: most have boxes
+    for image_id in want:  # results.json rounds nothing; the two servers may batch differently: last bits
+        assert_same_detections(got[image_id], want[image_id], scale=320, box_tol=1e-4, score_tol=1e-4,
+                               what=f"image {image_id}")
+    for m, v in one.metrics.items():
+        assert abs(two.metrics[m] - v) <= 1e-6 + 1e-4 * abs(v), m
