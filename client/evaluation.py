@@ -25,9 +25,11 @@ from tqdm import tqdm
 from .boxes import xyxy_to_xywh
 from .errors import InferenceError, UserError
 from .files import IMAGE_SUFFIXES, atomic_write
+from .optionfields import settings
+from .options import DetectOptions, resolve
 from .pool import finished_batches
-from .postprocess import COCO_EVAL_PARAMETERS, Detections
-from .specs import RTDETRV2, config_parameters
+from .postprocess import COCO_EVAL_PARAMETERS, Detections, family_postprocess
+from .specs import config_parameters
 
 if TYPE_CHECKING:  # tritonclient is imported when a server is contacted, not with this module
     from .triton import DetectorClient
@@ -242,7 +244,7 @@ def eval_parameters(family: str, conf: float | None = None, iou: float | None = 
     out: dict = {**COCO_EVAL_PARAMETERS.get(family, {}), "clip": False}  # COCO scores unclipped boxes
     if conf is not None:
         out["conf"] = conf
-    if iou is not None and family != RTDETRV2:
+    if iou is not None and family_postprocess(family).nms:  # without an NMS, iou means nothing
         out["iou"] = iou
     return out
 
@@ -257,9 +259,8 @@ def served_parameters(client: DetectorClient, sent: dict | None = None) -> dict[
         raise UserError(f"--reference needs the parameters of {client.model}_postprocess: {err}") from None
     out = config_parameters(post)
     out.update(variant=client.parameters.get("variant", ""), weights=client.parameters.get("weights", ""))
-    for name, key in (("conf", "score_threshold"), ("iou", "iou_threshold")):
-        if sent and name in sent:
-            out[key] = str(sent[name])
+    if sent:  # the sent request parameters, under the config's setting names (conf -> score_threshold, ...)
+        out.update(settings(resolve(sent, DetectOptions(), max_k=2 ** 31, category_ids=()), only=sent))
     return out
 
 
