@@ -100,3 +100,14 @@ def test_train_args_out_defaults_to_what_the_cli_shows():
     train = build_parser()._subparsers._group_actions[0].choices["train"]
     help_text = next(a.help for a in train._actions if "--out" in a.option_strings)
     assert "runs/VARIANT" in help_text
+
+
+def test_a_bad_recipe_eval_key_fails_when_the_recipe_loads(tmp_path):
+    pytest.importorskip("torch")
+    from tdet.training.recipe import load_recipe, recipe_path
+
+    assert load_recipe("damo-yolo-t").eval == {"score_threshold": 0.05, "iou_threshold": 0.7, "max_detections": 100}
+    bad = tmp_path / "r.yaml"
+    bad.write_text(f"base: {recipe_path('damo-yolo-t')}\neval: {{score_threshold: 2}}\n")
+    with pytest.raises(UserError, match=r"recipe eval key score_threshold=2 must be a number in \[0, 1\]"):
+        load_recipe("damo-yolo-t", bad)

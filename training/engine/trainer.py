@@ -147,15 +147,6 @@ class RunState:
     images: int = 0  # images of the current epoch
     seconds: float = 0.0  # training time of the current epoch
 
-    def __post_init__(self) -> None:
-        if not self.out:
-            object.__setattr__(self, "out", self.default_out(self.variant))
-
-    @staticmethod
-    def default_out(variant: str) -> str:
-        """The run folder of a run without --out: runs/VARIANT (the `tdet train` default)."""
-        return f"runs/{variant}"
-
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
