@@ -51,6 +51,7 @@ def median_ms(fn, reps: int) -> float:
 
 def in_process(engine_onnx: Path, family: str, threads: int, images: list[bytes]) -> dict[str, float]:
     from tdet.client.labels import COCO_CATEGORY_IDS
+    from tdet.client.options import DetectOptions
     from tdet.client.pipeline import postprocess_rows, preprocess_rows
     from tdet.client.specs import EXPORT_INPUT, PREPROCESS
     from tdet.ensembles.ort_session import ort_session
@@ -59,17 +60,17 @@ def in_process(engine_onnx: Path, family: str, threads: int, images: list[bytes]
     sess = ort_session(engine_onnx, threads=threads, inter_threads=1)
     ids = np.asarray(COCO_CATEGORY_IDS, np.int32)
     x, sizes = preprocess_rows([images[0]], spec)
+    opts = DetectOptions()  # the repository's defaults: conf 0.05, iou 0.7, K = 100
 
     def pipeline(data: bytes):
         batch, hw = preprocess_rows([data], spec)
         outs = sess.run(None, {EXPORT_INPUT: batch})
-        return postprocess_rows(family, outs, hw, ids, score_thr=0.05, iou=0.7, max_det=100)
+        return postprocess_rows(family, outs, hw, ids, opts)
 
     outs = sess.run(None, {EXPORT_INPUT: x})
     res = {"preprocess_ms": median_ms(lambda: preprocess_rows([images[0]], spec), 30),
            "engine_ms": median_ms(lambda: sess.run(None, {EXPORT_INPUT: x}), 10),
-           "postprocess_ms": median_ms(lambda: postprocess_rows(family, outs, sizes, ids, score_thr=0.05, iou=0.7,
-                                                                max_det=100), 20)}
+           "postprocess_ms": median_ms(lambda: postprocess_rows(family, outs, sizes, ids, opts), 20)}
     # the engine alone at the batch sizes the server forms: the ceiling the ensemble is measured against
     for b in ENGINE_BATCHES:
         xb, _ = preprocess_rows(images[:b], spec)

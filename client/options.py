@@ -16,12 +16,12 @@ Torch-free: the client, the served step and the CLI all import this.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from .errors import UserError
+from .optionfields import check, from_settings, option, parse_value
 
 NAMES = ("conf", "iou", "max_det", "classes", "clip")
 # added by tritonclient's HTTP transport itself (binary_data_output), or reserved by Triton
@@ -35,34 +35,27 @@ class InvalidParameterError(UserError):
 
 @dataclass(frozen=True)
 class DetectOptions:
-    """Resolved options of one request. classes: dataset category ids to keep (None: all)."""
+    """Resolved options of one request, and the served postprocess's defaults (its config parameters, the
+    `tdet repo build` flags and recipe `eval` keys use the setting names: score_threshold, iou_threshold,
+    max_detections, clip). classes: dataset category ids to keep (None: all)."""
 
-    conf: float
-    iou: float
-    max_det: int
+    conf: float = option(0.05, "default conf: detections with score > this are returned, both families (a "
+                               "request's conf overrides it)", name="score_threshold", lo=0.0, hi=1.0)
+    iou: float = option(0.7, "default iou: DAMO-YOLO's class-aware NMS IoU (RT-DETRv2 has no NMS)",
+                        name="iou_threshold", lo=0.0, hi=1.0)
+    max_det: int = option(100, "K: the output size, the most detections per image (a request's max_det may "
+                               "lower it)", name="max_detections", lo=1)
     classes: tuple[int, ...] | None = None
-    clip: bool = False
+    clip: bool = option(False, "clip boxes to the image by default (a request's clip overrides it; off: as the "
+                               "official COCO evaluations)")
 
+    def __post_init__(self) -> None:
+        check(self, lambda f: f.name, InvalidParameterError)
 
-def _number(name: str, value: Any, lo: float, hi: float) -> float:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise InvalidParameterError(f"request parameter {name}={value!r} is not a number") from None
-    if isinstance(value, bool) or not math.isfinite(out) or not lo <= out <= hi:
-        raise InvalidParameterError(f"request parameter {name}={value!r} must be a number in [{lo:g}, {hi:g}]")
-    return out
-
-
-def _bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes"):
-        return True
-    if text in ("0", "false", "no"):
-        return False
-    raise InvalidParameterError(f"request parameter {name}={value!r} must be true or false")
+    @classmethod
+    def from_config(cls, params: Mapping[str, str]) -> DetectOptions:
+        """The defaults a `<m>_postprocess` config holds (its parameters, by setting name)."""
+        return cls(**from_settings(cls, params, what="config parameter"))
 
 
 def parse_classes(value: Any) -> tuple[int, ...]:
@@ -85,26 +78,17 @@ def resolve(parameters: Mapping[str, Any], defaults: DetectOptions, *, max_k: in
     unknown = sorted(set(parameters) - set(NAMES) - TRANSPORT_PARAMETERS)
     if unknown:
         raise InvalidParameterError(f"unknown request parameter(s) {unknown}; known: {', '.join(NAMES)}")
-    out = defaults
-    if "conf" in parameters:
-        out = replace(out, conf=_number("conf", parameters["conf"], 0.0, 1.0))
-    if "iou" in parameters:
-        out = replace(out, iou=_number("iou", parameters["iou"], 0.0, 1.0))
-    if "max_det" in parameters:
-        value = _number("max_det", parameters["max_det"], 1, max_k)
-        if value != int(value):
-            raise InvalidParameterError(f"request parameter max_det={parameters['max_det']!r} must be an integer")
-        out = replace(out, max_det=int(value))
+    changes = {f.name: parse_value(f, parameters[f.name], f"request parameter {f.name}", error=InvalidParameterError,
+                                   hi=max_k if f.name == "max_det" else None)
+               for f in fields(DetectOptions) if f.metadata.get("option") and f.name in parameters}
     if "classes" in parameters:
         classes = parse_classes(parameters["classes"])
         known = set(int(c) for c in category_ids)
         missing = sorted(set(classes) - known)
         if missing:
             raise InvalidParameterError(f"request parameter classes: this model has no category id(s) {missing}")
-        out = replace(out, classes=classes)
-    if "clip" in parameters:
-        out = replace(out, clip=_bool("clip", parameters["clip"]))
-    return out
+        changes["classes"] = classes
+    return replace(defaults, **changes)
 
 
 def to_parameters(*, conf: float | None = None, iou: float | None = None, max_det: int | None = None,

@@ -16,6 +16,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from .errors import InvalidImageError
+from .options import DetectOptions
 from .postprocess import postprocess_one, to_wire
 from .preprocess import MAX_PIXELS, decode_bgr
 from .specs import PreprocessSpec
@@ -66,22 +67,21 @@ def preprocess_rows(rows: Sequence[bytes | U8], spec: PreprocessSpec, *, max_pix
 
 
 def postprocess_rows(family: str, outputs: Sequence[npt.NDArray[np.float32]], sizes: npt.NDArray[np.integer],
-                     category_ids: npt.NDArray[np.int32], *, score_thr: float, iou: float, max_det: int,
-                     input_hw: tuple[int, int] | None = None, classes: Sequence[int] | None = None,
-                     clip: bool = False, pad_to: int | None = None
+                     category_ids: npt.NDArray[np.int32], opts: DetectOptions, *,
+                     input_hw: tuple[int, int] | None = None, pad_to: int | None = None
                      ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32], npt.NDArray[np.float32],
                                 npt.NDArray[np.int32]]:
     """Engine outputs of one request ([B, ...] each, specs.EXPORT_OUTPUTS order) + sizes [B, 2] ->
     wire tensors NUM_DETECTIONS [B, 1], BOXES [B, K, 4], SCORES [B, K], CLASSES [B, K].
 
-    input_hw: the engine's input (height, width); None: 640x640. classes: dataset category ids to keep
-    (None: all); clip: boxes clipped to each image. At most max_det detections per row, padded to
-    K = pad_to (the config's output size; default max_det)."""
-    allowed = None if classes is None else np.isin(category_ids, np.asarray(classes))
-    k = max_det if pad_to is None else pad_to
+    opts: the request's thresholds, classes (dataset category ids to keep; None: all) and clip.
+    input_hw: the engine's input (height, width); None: 640x640. At most opts.max_det detections per row,
+    padded to K = pad_to (the config's output size; default opts.max_det)."""
+    allowed = None if opts.classes is None else np.isin(category_ids, np.asarray(opts.classes))
+    k = opts.max_det if pad_to is None else pad_to
     rows = [to_wire(*postprocess_one(family, [o[b] for o in outputs], (int(sizes[b][0]), int(sizes[b][1])),
-                                     score_thr=score_thr, iou=iou, max_det=max_det, input_hw=input_hw,
-                                     allowed=allowed, clip=clip),
+                                     conf=opts.conf, iou=opts.iou, max_det=opts.max_det,
+                                     input_hw=input_hw, allowed=allowed, clip=opts.clip),
                     category_ids, k)
             for b in range(len(sizes))]
     return tuple(np.stack(parts) for parts in zip(*rows))  # type: ignore[return-value]

@@ -1,10 +1,10 @@
 """numpy postprocess per family (the served path's; the PyTorch references live in training/), and the
 typed `Detections` every client call returns.
 
-DAMO-YOLO (official eval): multi-label candidates with score > score_thr (no pre-NMS cap, as the
+DAMO-YOLO (official eval): multi-label candidates with score > conf (no pre-NMS cap, as the
 official), class-aware NMS, top K.
 RT-DETRv2 (RTDETRPostProcessor, focal loss): sigmoid, top K over queries x classes, no NMS; then, as for
-DAMO-YOLO, only scores > score_thr are kept (one meaning of the threshold for both families).
+DAMO-YOLO, only scores > conf are kept (one meaning of the threshold for both families).
 
 Both take an optional class mask (a request's `classes`, applied before NMS / top K, so K detections of
 the wanted classes come back) and `clip` (boxes clipped to the image; off for COCO evaluation, as in the
@@ -13,7 +13,7 @@ official evaluations).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, overload
 
@@ -28,13 +28,10 @@ F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 Mask = npt.NDArray[np.bool_]
 
-DEFAULT_SCORE_THR = 0.05  # the repository's default `conf` (DAMO-YOLO's official eval threshold)
+DEFAULT_CONF = 0.05  # the repository's default `conf` (DAMO-YOLO's official eval threshold)
 DEFAULT_IOU = 0.7
 DEFAULT_MAX_DET = 100
 NMS_BLOCK = 128  # candidates per NMS step (bench/nms_speed.py): fewer numpy calls vs wasted IoU past max_det
-# Each family's official COCO evaluation protocol (what `tdet eval` sends per request): DAMO-YOLO's
-# nms_conf_thre / nms_iou_thre; RT-DETRv2's RTDETRPostProcessor keeps every top-K score (no threshold).
-COCO_EVAL_PARAMETERS: dict[str, dict[str, float]] = {DAMO_YOLO: {"conf": 0.05, "iou": 0.7}, RTDETRV2: {"conf": 0.0}}
 
 
 class Detection(NamedTuple):
@@ -108,14 +105,14 @@ class Detections:
 
 
 def postprocess_damo_yolo(scores: F32, boxes: F32, orig_hw: tuple[int, int], *,
-                          score_thr: float = DEFAULT_SCORE_THR, iou: float = DEFAULT_IOU,
+                          conf: float = DEFAULT_CONF, iou: float = DEFAULT_IOU,
                           max_det: int = DEFAULT_MAX_DET, input_hw: tuple[int, int] | None = None,
                           allowed: Mask | None = None, clip: bool = False) -> tuple[F32, F32, I64]:
     """One image: scores [N, C] (sigmoid), boxes [N, 4] xyxy in network-input px ->
     (boxes [K, 4] xyxy original px, scores [K], labels [K] 0-based), K <= max_det.
     input_hw: the network input (height, width) the boxes are in; None: 640x640.
     allowed: bool [C], the labels to keep (None: all); clip: clip boxes to the original image."""
-    candidates = scores > score_thr
+    candidates = scores > conf
     if allowed is not None:
         candidates &= allowed[None, :]
     idx, labels = np.nonzero(candidates)
@@ -190,12 +187,12 @@ def _greedy(within: Mask) -> Mask:
     return keep
 
 
-def postprocess_rtdetrv2(logits: F32, boxes: F32, orig_hw: tuple[int, int], *, score_thr: float = 0.0,
+def postprocess_rtdetrv2(logits: F32, boxes: F32, orig_hw: tuple[int, int], *, conf: float = 0.0,
                          max_det: int = DEFAULT_MAX_DET, allowed: Mask | None = None, clip: bool = False
                          ) -> tuple[F32, F32, I64]:
     """One image: logits [Q, C], boxes [Q, 4] normalized cxcywh ->
     (boxes [K, 4] xyxy original px, scores [K], labels [K] 0-based): the top min(max_det, Q*C) over
-    queries x classes (of the `allowed` labels, bool [C]), then only scores > score_thr (0: the official
+    queries x classes (of the `allowed` labels, bool [C]), then only scores > conf (0: the official
     RTDETRPostProcessor, which keeps them all). clip: clip boxes to the original image."""
     num_classes = logits.shape[-1]
     flat = logits.astype(np.float32)
@@ -207,7 +204,7 @@ def postprocess_rtdetrv2(logits: F32, boxes: F32, orig_hw: tuple[int, int], *, s
     top = top[np.argsort(-flat[top], kind="stable")]
     with np.errstate(over="ignore"):  # exp(inf) of a masked-out logit: its score is 0, dropped below
         scores = (1.0 / (1.0 + np.exp(-flat[top]))).astype(np.float32)
-    keep = scores > score_thr
+    keep = scores > conf
     top, scores = top[keep], scores[keep]
     labels, query = top % num_classes, top // num_classes
     h, w = orig_hw
@@ -217,21 +214,53 @@ def postprocess_rtdetrv2(logits: F32, boxes: F32, orig_hw: tuple[int, int], *, s
     return xyxy.astype(np.float32), scores, labels.astype(np.int64)
 
 
+@dataclass(frozen=True)
+class FamilyPostprocess:
+    """What the served postprocess does per family: `run` (one image's engine outputs, in
+    specs.EXPORT_OUTPUTS order -> boxes, scores, labels), whether `iou` means anything (an NMS), and the
+    family's official COCO evaluation protocol (the request parameters `tdet eval` sends)."""
+
+    run: Callable[..., tuple[F32, F32, I64]]
+    nms: bool
+    coco_eval: Mapping[str, float]
+
+
+def _run_damo_yolo(outputs: Sequence[F32], orig_hw: tuple[int, int], **kw: Any) -> tuple[F32, F32, I64]:
+    return postprocess_damo_yolo(outputs[0], outputs[1], orig_hw, **kw)
+
+
+def _run_rtdetrv2(outputs: Sequence[F32], orig_hw: tuple[int, int], *, conf: float, max_det: int,
+                  allowed: Mask | None, clip: bool, **_: Any) -> tuple[F32, F32, I64]:
+    """No NMS (iou unused) and normalized boxes (input_hw unused)."""
+    return postprocess_rtdetrv2(outputs[0], outputs[1], orig_hw, conf=conf, max_det=max_det, allowed=allowed,
+                                clip=clip)
+
+
+# Each family's official COCO evaluation protocol: DAMO-YOLO's nms_conf_thre / nms_iou_thre; RT-DETRv2's
+# RTDETRPostProcessor keeps every top-K score (no threshold).
+FAMILY_POSTPROCESS = {
+    DAMO_YOLO: FamilyPostprocess(_run_damo_yolo, nms=True, coco_eval={"conf": 0.05, "iou": 0.7}),
+    RTDETRV2: FamilyPostprocess(_run_rtdetrv2, nms=False, coco_eval={"conf": 0.0}),
+}
+COCO_EVAL_PARAMETERS: dict[str, Mapping[str, float]] = {f: p.coco_eval for f, p in FAMILY_POSTPROCESS.items()}
+
+
+def family_postprocess(family: str) -> FamilyPostprocess:
+    if family not in FAMILY_POSTPROCESS:
+        raise ValueError(f"unknown family {family!r}")
+    return FAMILY_POSTPROCESS[family]
+
+
 def postprocess_one(family: str, outputs: Sequence[F32], orig_hw: tuple[int, int], *,
-                    score_thr: float | None = None, iou: float = DEFAULT_IOU,
+                    conf: float | None = None, iou: float = DEFAULT_IOU,
                     max_det: int = DEFAULT_MAX_DET, input_hw: tuple[int, int] | None = None,
                     allowed: Mask | None = None, clip: bool = False) -> tuple[F32, F32, I64]:
-    """Dispatch on family; `outputs` are one image's engine outputs in specs.EXPORT_OUTPUTS order, for a
-    network input of `input_hw` (height, width; None: 640x640). score_thr None: the family's official
-    COCO-eval threshold (COCO_EVAL_PARAMETERS)."""
-    if family not in COCO_EVAL_PARAMETERS:
-        raise ValueError(f"unknown family {family!r}")
-    thr = COCO_EVAL_PARAMETERS[family]["conf"] if score_thr is None else score_thr
-    if family == DAMO_YOLO:
-        return postprocess_damo_yolo(outputs[0], outputs[1], orig_hw, score_thr=thr, iou=iou,
-                                     max_det=max_det, input_hw=input_hw, allowed=allowed, clip=clip)
-    return postprocess_rtdetrv2(outputs[0], outputs[1], orig_hw, score_thr=thr, max_det=max_det, allowed=allowed,
-                                clip=clip)
+    """The family's postprocess (FAMILY_POSTPROCESS) of one image; `outputs` are its engine outputs in
+    specs.EXPORT_OUTPUTS order, for a network input of `input_hw` (height, width; None: 640x640). conf
+    None: the family's official COCO-eval threshold (COCO_EVAL_PARAMETERS)."""
+    post = family_postprocess(family)
+    return post.run(outputs, orig_hw, conf=post.coco_eval["conf"] if conf is None else conf, iou=iou,
+                    max_det=max_det, input_hw=input_hw, allowed=allowed, clip=clip)
 
 
 def to_wire(boxes: F32, scores: F32, labels: I64, category_ids: npt.NDArray[np.int32], max_det: int

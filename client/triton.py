@@ -21,9 +21,7 @@ retried), ModelNotFoundError, ServerError, ServerUnavailableError, RequestTimeou
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import random
 import threading
 import time
@@ -34,6 +32,19 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from .connection import (
+    DEFAULT_BACKOFF_S,
+    DEFAULT_PORTS,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT_S,
+    GRPC_AT_HTTP,
+    PROTOCOLS,
+    classify,
+    speaks_http,
+    strip_scheme,
+    transport_error,
+    wrong_protocol,
+)
 from .errors import (
     InferenceError,
     InvalidInputError,
@@ -47,95 +58,18 @@ from .errors import (
 from .image_input import ImageInput, encode_image
 from .options import NAMES, DetectOptions, resolve, to_parameters
 from .postprocess import Detection, Detections, from_wire
+from .server_args import add_connection_args, add_url_args, detached_server, metrics_url, server_url
 from .specs import WIRE_OUTPUTS, config_parameters
 
-PROTOCOLS = ("grpc", "http")
-DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
-DEFAULT_TIMEOUT_S = 60.0
 _STEP_SUFFIXES = ("_preprocess", "_engine", "_postprocess")  # an ensemble's steps (ensembles/builder.py)
-DEFAULT_RETRIES = 2
-DEFAULT_BACKOFF_S = 0.5  # first wait; doubles per retry (0.5 s, 1 s, 2 s, ...), with 25% jitter
 
 __all__ = ["Detection", "Detections", "DetectorClient", "InferenceError", "InvalidInputError", "ModelNotFoundError",
-           "RequestTimeoutError", "ServerError", "ServerUnavailableError", "add_connection_args", "connect"]
+           "RequestTimeoutError", "ServerError", "ServerUnavailableError", "add_connection_args", "connect",
+           # moved to .connection / .server_args, still importable from here
+           "DEFAULT_BACKOFF_S", "DEFAULT_PORTS", "DEFAULT_RETRIES", "DEFAULT_TIMEOUT_S", "PROTOCOLS", "add_url_args",
+           "classify", "detached_server", "metrics_url", "server_url", "wrong_protocol"]
 
 T = TypeVar("T")
-
-# gRPC status names -> error types (the rest, INTERNAL and UNKNOWN included, are server faults)
-_GRPC_STATUS = {"INVALID_ARGUMENT": InvalidInputError, "OUT_OF_RANGE": InvalidInputError,
-                "RESOURCE_EXHAUSTED": InvalidInputError,  # a request over the message size limit
-                "NOT_FOUND": ModelNotFoundError, "UNAVAILABLE": ServerUnavailableError,
-                "DEADLINE_EXCEEDED": RequestTimeoutError}
-_HTTP_STATUS = {404: ModelNotFoundError, 408: RequestTimeoutError, 503: ServerUnavailableError,
-                504: RequestTimeoutError}
-
-
-def classify(status: str | None, message: str) -> InferenceError:
-    """The error type for a server answer: `status` as tritonclient gives it ("StatusCode.X" for gRPC,
-    "400" for HTTP, None when the failure was on the client side)."""
-    status = status or ""
-    name = status.removeprefix("StatusCode.")
-    if name.isdigit():
-        code = int(name)
-        cls = _HTTP_STATUS.get(code) or (InvalidInputError if 400 <= code < 500 else ServerError)
-    elif name:
-        cls = _GRPC_STATUS.get(name, ServerError)
-    else:
-        cls = InferenceError
-    return cls(message, status=status)
-
-
-def wrong_protocol(url: str, protocol: str) -> WrongProtocolError:
-    """The port at `url` answered in the other protocol than `protocol`: say so, and what to use."""
-    other = "grpc" if protocol == "http" else "http"
-    names = {"http": "HTTP", "grpc": "gRPC"}
-    return WrongProtocolError(f"{protocol}://{url} did not answer {names[protocol]}: is it the {names[other]} "
-                              f"port? use --protocol {other} or the {names[protocol]} port "
-                              f"(default {DEFAULT_PORTS[protocol]})")
-
-
-# what the gRPC client says when an HTTP/1 server (Triton's HTTP port) answers (some gRPC versions; others
-# only say "Socket closed", hence _speaks_http)
-_GRPC_AT_HTTP = ("http1.x server", "Trying to connect an http1")
-
-
-def _speaks_http(url: str, timeout_s: float) -> bool:
-    """Whether `url` answers a plain HTTP/1 request: asked when a gRPC client could not connect, to tell
-    Triton's HTTP port (gRPC only reports "Socket closed") from a server that is down."""
-    import http.client
-
-    host, _, port = url.rpartition(":")
-    conn = http.client.HTTPConnection(host or url, int(port) if port.isdigit() else None, timeout=timeout_s)
-    try:
-        conn.request("GET", "/v2/health/live")
-        conn.getresponse()
-    except (OSError, http.client.HTTPException):
-        return False
-    finally:
-        conn.close()
-    return True
-
-
-def _transport_error(err: BaseException, message: str) -> InferenceError | None:
-    """A socket-level failure (HTTP client: refused, reset, closed mid-answer, read timeout) as an error
-    type; None for anything that is not a transport failure (a bug: let it propagate)."""
-    if type(err).__name__ == "HTTPParseError":  # an answer that is not HTTP: most likely Triton's gRPC port
-        return WrongProtocolError(message)
-    if isinstance(err, TimeoutError):  # socket.timeout is TimeoutError
-        return RequestTimeoutError(message)
-    if isinstance(err, OSError):
-        return ServerUnavailableError(message)
-    if type(err).__module__.startswith("geventhttpclient"):  # HTTPConnectionClosed / HTTPParseError
-        return ServerUnavailableError(message)
-    return None
-
-
-def _strip_scheme(url: str) -> str:
-    for prefix in ("grpc://", "http://", "https://"):
-        if url.startswith(prefix):
-            return url[len(prefix):].rstrip("/")
-    return url.rstrip("/")
-
 
 def known_classes(class_names: dict[int, str], shown: int = 12) -> str:
     """"3=coin, 9=kite": the first `shown` classes; "..." and the count only when some are left out."""
@@ -156,7 +90,7 @@ class DetectorClient(ABC):
                  **options: Any) -> None:
         if not timeout_s > 0 or retries < 0 or backoff_s < 0:
             raise UserError(f"the request timeout must be > 0 s and retries >= 0, got {timeout_s} s and {retries}")
-        self.url, self.model, self.version = _strip_scheme(url), model, str(version or "")
+        self.url, self.model, self.version = strip_scheme(url), model, str(version or "")
         self.timeout_s, self.retries, self.backoff_s = float(timeout_s), int(retries), float(backoff_s)
         self._local = threading.local()  # HTTP clients are not thread-safe: one per thread
         self._clients: list[Any] = []
@@ -164,7 +98,7 @@ class DetectorClient(ABC):
         try:
             ready = self._call(lambda c: c.is_model_ready(model, self.version, **self._timeout_kw()))
         except (ServerUnavailableError, RequestTimeoutError) as err:
-            if self.protocol == "grpc" and _speaks_http(self.url, min(self.timeout_s, 5.0)):
+            if self.protocol == "grpc" and speaks_http(self.url, min(self.timeout_s, 5.0)):
                 raise wrong_protocol(self.url, self.protocol) from None
             raise ServerUnavailableError(f"cannot reach Triton at {self.url} over {self.protocol}: {err}",
                                          status=err.status) from None
@@ -226,10 +160,10 @@ class DetectorClient(ABC):
                 # "in ensemble 'm', " repeats the model name the message already starts with
                 message = str(err.message()).removeprefix(f"in ensemble '{self.model}', ")
                 error = classify(err.status(), f"{self.model}: {message}")
-                if any(s in message for s in _GRPC_AT_HTTP):
+                if any(s in message for s in GRPC_AT_HTTP):
                     error = wrong_protocol(self.url, self.protocol)
             except Exception as err:
-                error = _transport_error(err, f"{self.model}: {self.protocol} {type(err).__name__}: {err}")
+                error = transport_error(err, f"{self.model}: {self.protocol} {type(err).__name__}: {err}")
                 if error is None:
                     raise
                 if isinstance(error, WrongProtocolError):
@@ -417,56 +351,3 @@ def connect(url: str, model: str, protocol: str = "grpc", *, timeout_s: float = 
     cls = GrpcDetectorClient if protocol == "grpc" else HttpDetectorClient
     return cls(url, model, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s, version=str(version),
                conf=conf, iou=iou, max_det=max_det, classes=classes, clip=clip)
-
-
-def add_connection_args(p: argparse.ArgumentParser, *, retries: int = DEFAULT_RETRIES) -> None:
-    """--timeout and --retries, the same on every command that talks to the server."""
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS", help="request timeout")
-    p.add_argument("--retries", type=int, default=retries, metavar="N",
-                   help="retries with backoff when the server is unavailable, never for a bad request")
-
-
-def add_url_args(p: argparse.ArgumentParser) -> None:
-    """--url and --protocol, the same on every command that talks to one server."""
-    p.add_argument("--url", help="server host:port (default: $TDET_URL, else the one server `tdet serve --detach` "
-                                 f"runs, else 127.0.0.1:{DEFAULT_PORTS['grpc']} for gRPC, "
-                                 f"127.0.0.1:{DEFAULT_PORTS['http']} for HTTP); infer, eval and loadtest take "
-                                 "several, comma-separated (a:8001,b:8001), and spread requests over them "
-                                 "(infer and eval go on without a server that is down)")
-    p.add_argument("--protocol", choices=PROTOCOLS, default="grpc", help="transport")
-
-
-def detached_server() -> Any:
-    """The one running `tdet serve --detach` server's record (an ensembles.server.ServerInfo), None if none
-    runs; UserError listing them when several run (which one is meant cannot be guessed)."""
-    from tdet.ensembles.server import running_servers  # torch-free, like the rest of client/
-
-    servers = [info for _, info in running_servers()]
-    if len(servers) > 1:
-        listing = "; ".join(f"gRPC {s.grpc_url} / HTTP {s.http_url} ({s.repository})" for s in servers)
-        raise UserError(f"{len(servers)} detached servers are running: {listing}; choose one with --url or TDET_URL")
-    return servers[0] if servers else None
-
-
-def server_url(args: argparse.Namespace) -> str:
-    """--url, else $TDET_URL, else the port for --protocol of the one detached server, else the local default
-    port for --protocol (an HTTP client on the gRPC port fails obscurely)."""
-    if args.url or os.environ.get("TDET_URL"):
-        return args.url or os.environ["TDET_URL"]
-    info = detached_server()
-    if info is not None:
-        return info.grpc_url if args.protocol == "grpc" else info.http_url
-    return f"127.0.0.1:{DEFAULT_PORTS[args.protocol]}"
-
-
-def metrics_url(args: argparse.Namespace) -> str | None:
-    """--metrics-url, else $TDET_METRICS_URL, else the detached server's when its URL was taken from its record;
-    None: the default from the server's host (client.loadtest.runner)."""
-    if args.metrics_url is not None:
-        return args.metrics_url
-    if os.environ.get("TDET_METRICS_URL") is not None:
-        return os.environ["TDET_METRICS_URL"]
-    if args.url or os.environ.get("TDET_URL"):
-        return None
-    info = detached_server()
-    return info.metrics_url if info is not None else None

@@ -258,14 +258,7 @@ def build_repository(onnx_files: list[str | Path], out: str | Path = "model_repo
     that version is only replaced with `replace`. Each variant is staged in a temp directory next to
     `out` and moved in only when complete, so an error never leaves a half-written model that Triton
     would try to load. Models of other names are left alone."""
-    opts = opts or BuildOptions()
-    instances = (opts.preprocess_instances, opts.engine_instances, opts.postprocess_instances)
-    if opts.max_batch_size < 1 or opts.max_detections < 1 or min(instances) < 1 or opts.ort_threads < 0:
-        raise UserError("max batch size, max detections and instance counts must be >= 1, ORT threads >= 0")
-    if opts.engine not in ("onnxruntime", "tensorrt"):
-        raise UserError(f"unknown engine kind {opts.engine!r}; use onnxruntime or tensorrt")
-    if opts.precision not in ("fp16", "fp32"):
-        raise UserError(f"unknown precision {opts.precision!r}; use fp16 or fp32")
+    opts = opts or BuildOptions()  # checked when made (BuildOptions.__post_init__)
     if version < 1:
         raise UserError(f"--version must be >= 1, got {version}")
     if name is not None:

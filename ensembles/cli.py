@@ -8,17 +8,9 @@ import time
 from pathlib import Path
 
 from tdet.client.errors import UserError
+from tdet.client.optionfields import add_arguments, from_args
 
-from .options import BuildOptions, VersionPolicy
-
-_D = BuildOptions()  # the defaults the flags show
-
-
-def _policy(text: str) -> VersionPolicy:
-    try:
-        return VersionPolicy.parse(text)
-    except UserError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+from .options import BuildOptions
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,35 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--version", type=int, default=1,
                    help="Triton version of the engine: N/ holds this checkpoint; other versions already there are "
                         "kept (same family, input size and classes required)")
-    p.add_argument("--version-policy", type=_policy, default=_D.version_policy,
-                   help="which engine versions Triton loads: latest[:N] (the newest N), all, or specific:1,3; the "
-                        "ensemble uses the newest loaded one")
+    add_arguments(p, BuildOptions, only=["version_policy"])
     p.add_argument("--replace", action="store_true", help="replace a model of the same name built from other weights")
-    p.add_argument("--engine", choices=["onnxruntime", "tensorrt"], default=_D.engine,
-                   help="onnxruntime: model.onnx (CPU here, or Triton's ORT backend); tensorrt: model.plan built "
-                        "on the GPU host by NAME_engine/build_engine.sh (docker compose run engine-builder)")
-    p.add_argument("--precision", choices=["fp16", "fp32"], default=_D.precision,
-                   help="TensorRT engine precision (--engine tensorrt)")
-    p.add_argument("--max-batch-size", type=int, default=_D.max_batch_size, help="rows per request and per batch")
-    p.add_argument("--max-detections", type=int, default=_D.max_detections,
-                   help="K: the output size, the most detections per image (a request's max_det may lower it)")
-    p.add_argument("--score-threshold", type=float, default=_D.score_threshold,
-                   help="default conf: detections with score > this are returned, both families (a request's "
-                        "conf overrides it)")
-    p.add_argument("--iou-threshold", type=float, default=_D.iou_threshold,
-                   help="default iou: DAMO-YOLO's class-aware NMS IoU (RT-DETRv2 has no NMS)")
-    p.add_argument("--clip", action="store_true", help="clip boxes to the image by default (a request's clip "
-                                                       "overrides it; off: as the official COCO evaluations)")
-    p.add_argument("--queue-delay-us", type=int, default=_D.queue_delay_us,
-                   help="dynamic batching: the longest a request waits for a batch to fill (microseconds)")
-    p.add_argument("--preprocess-instances", type=int, default=_D.preprocess_instances,
-                   help="preprocess processes (image decoding is CPU-bound Python: about one per core)")
-    p.add_argument("--engine-instances", type=int, default=_D.engine_instances, help="engine instances")
-    p.add_argument("--postprocess-instances", type=int, default=_D.postprocess_instances,
-                   help="postprocess processes")
-    p.add_argument("--ort-threads", type=int, default=_D.ort_threads,
-                   help="ONNX Runtime intra-op threads per engine instance (0: ORT's own choice, all cores)")
-    p.add_argument("--device", choices=["cpu", "gpu"], default=_D.device, help="onnxruntime engine instance kind")
+    add_arguments(p, BuildOptions, skip=["version_policy"])
     p.set_defaults(func=cmd_repo_build)
 
     p = sub.add_parser("serve", help="start the local tritonserver (CPU) on a repository",
@@ -96,12 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_repo_build(args: argparse.Namespace) -> int:
     from .builder import build_repository
 
-    opts = BuildOptions(engine=args.engine, max_batch_size=args.max_batch_size, max_detections=args.max_detections,
-                        score_threshold=args.score_threshold, iou_threshold=args.iou_threshold, clip=args.clip,
-                        queue_delay_us=args.queue_delay_us, preprocess_instances=args.preprocess_instances,
-                        engine_instances=args.engine_instances, postprocess_instances=args.postprocess_instances,
-                        ort_threads=args.ort_threads, device=args.device, precision=args.precision,
-                        version_policy=args.version_policy)
+    opts = from_args(BuildOptions, args)
     for b in build_repository(args.onnx, args.out, opts, name=args.name, version=args.version, replace=args.replace):
         versions = ", ".join(map(str, b.versions))
         print(f"built {b.name} ({b.name}_preprocess -> {b.name}_engine [{args.engine}, version {b.version}; "

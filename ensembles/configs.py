@@ -15,6 +15,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from tdet.client import specs
+from tdet.client.optionfields import settings
 
 from .options import BuildOptions, VersionPolicy
 
@@ -113,10 +114,9 @@ def postprocess_config(name: str, family: str, input_hw: tuple[int, int], output
                        opts: BuildOptions, category_ids: list[int]) -> mc.ModelConfig:
     inputs = [(n, mc.TYPE_FP32, output_dims[n]) for n in specs.EXPORT_OUTPUTS[family]]
     inputs.append(("orig_hw", mc.TYPE_INT32, [2]))
-    params = {"family": family, "input_hw": _hw(input_hw), "score_threshold": str(opts.score_threshold),
-              "iou_threshold": str(opts.iou_threshold), "max_detections": str(opts.max_detections),
-              "clip": "true" if opts.clip else "false", "category_ids": json.dumps(category_ids)}
-    cfg = _model(name, opts, inputs, _wire(opts.max_detections), backend="python", params=params)
+    params = {"family": family, "input_hw": _hw(input_hw), **settings(opts.detect),  # the request defaults
+              "category_ids": json.dumps(category_ids)}
+    cfg = _model(name, opts, inputs, _wire(opts.max_det), backend="python", params=params)
     _step_defaults(cfg, opts, opts.postprocess_instances, mc.ModelInstanceGroup.KIND_CPU)
     return cfg
 
@@ -125,7 +125,7 @@ def ensemble_config(model: str, family: str, opts: BuildOptions, meta: dict[str,
     """The public model: IMAGE -> NUM_DETECTIONS/BOXES/SCORES/CLASSES. Class names and category ids are
     config parameters, so a client discovers them with one model-config call."""
     outs = specs.EXPORT_OUTPUTS[family]
-    cfg = _model(model, opts, [("IMAGE", mc.TYPE_STRING, [1])], _wire(opts.max_detections), platform="ensemble",
+    cfg = _model(model, opts, [("IMAGE", mc.TYPE_STRING, [1])], _wire(opts.max_det), platform="ensemble",
                  params=meta)
     steps = [
         (f"{model}_preprocess", {"IMAGE": "IMAGE"}, {specs.EXPORT_INPUT: "images", "orig_hw": "orig_hw"}),

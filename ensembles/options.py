@@ -3,9 +3,11 @@ defaults in --help without loading anything heavy)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from tdet.client.errors import UserError
+from tdet.client.optionfields import check, option, same_as
+from tdet.client.options import DetectOptions
 
 
 @dataclass(frozen=True)
@@ -45,19 +47,39 @@ class VersionPolicy:
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """Repository knobs (the `tdet repo build` flags)."""
+    """Repository knobs: each field is a `tdet repo build` flag (tdet.client.optionfields; the CLI is built
+    from these fields in this order, so a new knob is one more field). The detection defaults (max_det,
+    conf, iou, clip) are DetectOptions' fields, written to the postprocess config as its parameters."""
 
-    engine: str = "onnxruntime"  # "onnxruntime" | "tensorrt"
-    max_batch_size: int = 16
-    max_detections: int = 100
-    preprocess_instances: int = 2  # decode is CPU-bound Python: one process per core
-    engine_instances: int = 1
-    postprocess_instances: int = 1
-    queue_delay_us: int = 1000
-    ort_threads: int = 2  # intra-op threads per engine instance (0: ONNX Runtime's default, all cores)
-    device: str = "cpu"  # engine instance kind for onnxruntime; tensorrt is always GPU
-    score_threshold: float = 0.05  # default `conf`: keep scores > this (both families; requests may override)
-    iou_threshold: float = 0.7  # default `iou` of DAMO-YOLO's NMS
-    clip: bool = False  # default `clip`: boxes clipped to the image (off: as the official COCO evaluations)
-    precision: str = "fp16"  # TensorRT engine precision: fp16 | fp32
-    version_policy: VersionPolicy = field(default_factory=VersionPolicy)  # the engine's
+    version_policy: VersionPolicy = option(
+        help="which engine versions Triton loads: latest[:N] (the newest N), all, or specific:1,3; the ensemble "
+             "uses the newest loaded one", parse=VersionPolicy.parse, default_factory=VersionPolicy)
+    engine: str = option("onnxruntime", "onnxruntime: model.onnx (CPU here, or Triton's ORT backend); tensorrt: "
+                         "model.plan built on the GPU host by NAME_engine/build_engine.sh (docker compose run "
+                         "engine-builder)", choices=("onnxruntime", "tensorrt"))
+    precision: str = option("fp16", "TensorRT engine precision (--engine tensorrt)", choices=("fp16", "fp32"))
+    max_batch_size: int = option(16, "rows per request and per batch", lo=1)
+    max_det: int = same_as(DetectOptions, "max_det")
+    conf: float = same_as(DetectOptions, "conf")
+    iou: float = same_as(DetectOptions, "iou")
+    clip: bool = same_as(DetectOptions, "clip")
+    queue_delay_us: int = option(1000, "dynamic batching: the longest a request waits for a batch to fill "
+                                       "(microseconds)", lo=0)
+    preprocess_instances: int = option(2, "preprocess processes (image decoding is CPU-bound Python: about one "
+                                          "per core)", lo=1)
+    engine_instances: int = option(1, "engine instances", lo=1)
+    postprocess_instances: int = option(1, "postprocess processes", lo=1)
+    ort_threads: int = option(2, "ONNX Runtime intra-op threads per engine instance (0: ORT's own choice, all "
+                                 "cores)", lo=0)
+    device: str = option("cpu", "onnxruntime engine instance kind", choices=("cpu", "gpu"))  # tensorrt: GPU
+
+    def __post_init__(self) -> None:
+        check(self)
+
+    @property
+    def detect(self) -> DetectOptions:
+        """The served postprocess's defaults (requests may override them)."""
+        return DetectOptions(**{n: getattr(self, n) for n in DETECT_FIELDS})
+
+
+DETECT_FIELDS = ("max_det", "conf", "iou", "clip")  # the BuildOptions fields that are DetectOptions'

@@ -146,10 +146,10 @@ def test_torch_postprocess_matches_numpy():
     model = D.export_module(D.build_model("damo-yolo-t", deploy=True, seed=4).eval())
     scores, boxes = model(images(2, seed=5))
     for s, b in zip(scores, boxes):
-        b_t, s_t, l_t = torch_postprocess(s, b, score_thr=0.05, iou=0.7, max_det=100)
+        b_t, s_t, l_t = torch_postprocess(s, b, conf=0.05, iou=0.7, max_det=100)
         assert 0 < len(s_t) <= 100
         # orig_hw = input size: the numpy path's box rescale is the identity
-        b_n, s_n, l_n = numpy_post.postprocess_damo_yolo(s.numpy(), b.numpy(), (640, 640), score_thr=0.05,
+        b_n, s_n, l_n = numpy_post.postprocess_damo_yolo(s.numpy(), b.numpy(), (640, 640), conf=0.05,
                                                          iou=0.7, max_det=100)
         # the same candidates selected by the same rules, rescaled by exactly 1.0: bit-identical detections
         # (paired, not by index: equal scores may leave NMS in either order)

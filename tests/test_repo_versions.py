@@ -66,7 +66,7 @@ def test_config_thresholds_are_the_defaults_of_both_families(served, exported, i
         thresholds[model] = float((scores[len(scores) // 2] + scores[len(scores) // 2 + 1]) / 2)
         names[model] = f"{model}_thr"
         build_repository([exported[variant]], served.repository,
-                         BuildOptions(score_threshold=thresholds[model], clip=True), name=names[model])
+                         BuildOptions(conf=thresholds[model], clip=True), name=names[model])
     _load(served, *names.values())
     try:
         for model, name in names.items():

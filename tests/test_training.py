@@ -96,7 +96,7 @@ def test_trainer_overfits_a_few_images(variant, tmp_path):
     ds = CocoDetection(ann, images)
     untrained = fam.build_model(variant, init="train", num_classes=6, input_hw=(128, 128))
     before = evaluate(untrained, fam.FAMILY, build_val_loader(ds, fam.FAMILY, (128, 128), 2, 0),
-                      ds.coco, ds.category_ids, (128, 128), {"score_thr": 0.05, "iou": 0.7, "max_det": 100})
+                      ds.coco, ds.category_ids, (128, 128), {"conf": 0.05, "iou": 0.7, "max_det": 100})
     summary = Trainer(args).fit()
     with open(tmp_path / "run/log.csv") as f:
         rows = list(csv.DictReader(f))

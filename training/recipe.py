@@ -15,6 +15,8 @@ from typing import Any
 import yaml
 
 from tdet.client.errors import UserError
+from tdet.client.optionfields import from_settings
+from tdet.client.options import DetectOptions
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,9 @@ class Recipe:
     augment: dict[str, Any] = field(default_factory=dict)  # family-specific, validated by the transform builder
     multi_scale: tuple[int, ...] | None = None
     eval: dict[str, Any] = field(default_factory=dict)  # postprocess parameters for the periodic evaluation
+
+    def __post_init__(self) -> None:  # a bad eval key fails when the recipe loads, not at the first evaluation
+        from_settings(DetectOptions, self.eval, what="recipe eval key", strict=True)
 
     def as_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))

@@ -17,6 +17,8 @@ import numpy.typing as npt
 
 from tdet.client.errors import UserError, train_extra_missing
 from tdet.client.labels import COCO_CATEGORY_IDS
+from tdet.client.optionfields import from_settings
+from tdet.client.options import DetectOptions
 from tdet.client.postprocess import DEFAULT_IOU, DEFAULT_MAX_DET, Detections, postprocess_one
 from tdet.client.preprocess import preprocess, to_float_input
 from tdet.client.specs import parse_hw, preprocess_spec
@@ -25,8 +27,8 @@ Prediction = tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray
 
 
 def predict(model: Any, family: str, images: npt.NDArray[np.uint8], orig_hw: list[tuple[int, int]],
-            input_hw: tuple[int, int], *, score_thr: float | None = None, iou: float = DEFAULT_IOU,
-            max_det: int = DEFAULT_MAX_DET) -> list[Prediction]:
+            input_hw: tuple[int, int], *, conf: float | None = None, iou: float = DEFAULT_IOU,
+            max_det: int = DEFAULT_MAX_DET, clip: bool = False) -> list[Prediction]:
     """Detections of a batch, in PyTorch, exactly as the served ensemble computes them.
 
     model: the family's detector (train or deploy form) in eval mode, on any device.
@@ -34,7 +36,7 @@ def predict(model: Any, family: str, images: npt.NDArray[np.uint8], orig_hw: lis
         makes it); orig_hw: each image's original (height, width); input_hw: (H, W).
     Returns per image (boxes float32 [K, 4] xyxy in original pixels, scores float32 [K], labels int64 [K]
     0-based), by descending score, K <= max_det: the export wrapper under no_grad, then the served
-    numpy postprocess (tdet.client.postprocess.postprocess_one) with these thresholds (score_thr None:
+    numpy postprocess (tdet.client.postprocess.postprocess_one) with these thresholds and clip (conf None:
     the family's official COCO-eval threshold, 0.05 DAMO-YOLO, none RT-DETRv2).
     """
     import torch
@@ -54,7 +56,7 @@ def predict(model: Any, family: str, images: npt.NDArray[np.uint8], orig_hw: lis
     with torch.no_grad():
         outputs = [t.float().cpu().numpy() for t in family_module(family).export_module(model)(x)]
     return [postprocess_one(family, [o[b] for o in outputs], (int(orig_hw[b][0]), int(orig_hw[b][1])),
-                            score_thr=score_thr, iou=iou, max_det=max_det, input_hw=input_hw)
+                            conf=conf, iou=iou, max_det=max_det, input_hw=input_hw, clip=clip)
             for b in range(len(images))]
 
 
@@ -108,9 +110,7 @@ class TorchReference:
         spec = preprocess_spec(family, input_hw)
         weights, seed = self._build
         model = build_model(self.variant, weights=weights, deploy=True, seed=seed, input_hw=input_hw).eval()
-        kw = {"max_det": int(served.get("max_detections", DEFAULT_MAX_DET))}
-        if "score_threshold" in served:
-            kw.update(score_thr=float(served["score_threshold"]), iou=float(served["iou_threshold"]))
+        kw = from_settings(DetectOptions, served, what="served parameter")  # the served thresholds
         ids = json.loads(served["category_ids"]) if "category_ids" in served else COCO_CATEGORY_IDS
         ids = np.asarray(ids, np.int32)
         rows: list[dict] = []

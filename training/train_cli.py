@@ -72,7 +72,7 @@ def _train_args(args: argparse.Namespace):
     given = {k: v for k, v in vars(args).items() if k in TrainArgs.__dataclass_fields__}
     resume = None
     if args.resume is not None:
-        out = Path(given.get("out", f"runs/{args.variant}"))
+        out = Path(given.get("out", TrainArgs.default_out(args.variant)))
         resume = Path(args.resume) if args.resume else out / "last.pth"
         saved = load_resume(resume).get("tdet", {}).get("args")
         if not isinstance(saved, dict):
@@ -90,7 +90,7 @@ def _train_args(args: argparse.Namespace):
         raise UserError(f"{' and '.join(missing)} required (the training set: COCO JSON and images folder)")
     if ("val_data" in given) != ("val_images" in given):
         raise UserError("--val-data and --val-images go together")
-    given.setdefault("out", f"runs/{args.variant}")
+    given.setdefault("out", TrainArgs.default_out(args.variant))
     held = [n for n in ("last.pth", "best.pth") if (Path(given["out"]) / n).is_file()]
     if resume is None and held and not getattr(args, "exist_ok", False):  # never overwrite a run silently
         raise UserError(f"{given['out']} already holds a run ({', '.join(held)}): continue it with --resume, "

@@ -2,9 +2,9 @@
 px), SCORES, CLASSES (category ids), padded to max_detections. Thin: the work is
 tdet.client.pipeline.postprocess_rows (numpy).
 
-The config parameters (score_threshold, iou_threshold, max_detections, clip) are the defaults; a request
-may override them with its parameters `conf`, `iou`, `max_det`, `classes`, `clip` (tdet.client.options),
-which the ensemble forwards to this step. A parameter it cannot use is the client's error:
+The config parameters (score_threshold, iou_threshold, max_detections, clip: DetectOptions.from_config)
+are the defaults; a request may override them with its parameters `conf`, `iou`, `max_det`, `classes`,
+`clip` (tdet.client.options), which the ensemble forwards to this step. A parameter it cannot use is the client's error:
 INVALID_ARGUMENT. Everything else here works on what the engine produced, so any other failure is a
 server fault: INTERNAL.
 """
@@ -24,9 +24,8 @@ class TritonPythonModel:
         params = config_parameters(json.loads(args["model_config"]))
         self.family = params["family"]
         self.inputs = EXPORT_OUTPUTS[self.family]
-        self.max_k = int(params["max_detections"])  # the output size K
-        self.defaults = DetectOptions(conf=float(params["score_threshold"]), iou=float(params["iou_threshold"]),
-                                      max_det=self.max_k, clip=params.get("clip", "false") == "true")
+        self.defaults = DetectOptions.from_config(params)
+        self.max_k = self.defaults.max_det  # the output size K
         self.category_ids = np.asarray(json.loads(params["category_ids"]), np.int32)
         self.input_hw = parse_hw(params["input_hw"])  # the engine's input size
 
@@ -42,9 +41,8 @@ class TritonPythonModel:
         try:
             outputs = [pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in self.inputs]
             sizes = pb_utils.get_input_tensor_by_name(request, "orig_hw").as_numpy()
-            wire = postprocess_rows(self.family, outputs, sizes, self.category_ids, score_thr=opts.conf, iou=opts.iou,
-                                    max_det=opts.max_det, input_hw=self.input_hw, classes=opts.classes,
-                                    clip=opts.clip, pad_to=self.max_k)
+            wire = postprocess_rows(self.family, outputs, sizes, self.category_ids, opts, input_hw=self.input_hw,
+                                    pad_to=self.max_k)
         except Exception as err:  # this request fails; the others in the batch go on
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(
                 f"postprocess: {type(err).__name__}: {err}", pb_utils.TritonError.INTERNAL))

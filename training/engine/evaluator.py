@@ -14,20 +14,18 @@ from collections.abc import Iterable
 import numpy as np
 from torch import nn
 
-from tdet.client.errors import UserError
 from tdet.client.evaluation import coco_metrics, to_coco_results
+from tdet.client.optionfields import from_settings
+from tdet.client.options import DetectOptions
 from tdet.client.postprocess import Detections
 
 from ..reference import predict
 
 
 def postprocess_kwargs(eval_cfg: dict) -> dict:
-    """Recipe `eval` section -> postprocess keyword arguments."""
-    names = {"score_threshold": "score_thr", "iou_threshold": "iou", "max_detections": "max_det"}
-    unknown = set(eval_cfg) - set(names)
-    if unknown:
-        raise UserError(f"unknown recipe eval key(s) {sorted(unknown)}; known: {sorted(names)}")
-    return {names[k]: v for k, v in eval_cfg.items()}
+    """Recipe `eval` section (DetectOptions' setting names: score_threshold, iou_threshold, max_detections,
+    clip) -> the postprocess keyword arguments given there (predict's conf, iou, max_det, clip)."""
+    return from_settings(DetectOptions, eval_cfg, what="recipe eval key", strict=True)
 
 
 def evaluate(model: nn.Module, family: str, batches: Iterable, coco, category_ids: list[int],

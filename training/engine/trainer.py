@@ -50,7 +50,7 @@ class TrainArgs:
     variant: str
     data: str  # COCO annotations (train)
     images: str  # train images folder
-    out: str = "runs/train"
+    out: str = ""  # the run folder; "": default_out(variant), as `tdet train` shows
     val_data: str | None = None
     val_images: str | None = None
     weights: str | None = None  # fine-tune from: "official" or a checkpoint path
@@ -67,6 +67,15 @@ class TrainArgs:
     eval_every: int = 1  # epochs between evaluations (0: only at the end)
     grad_clip: float | None = None  # None: the recipe's
     nproc: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.out:
+            object.__setattr__(self, "out", self.default_out(self.variant))
+
+    @staticmethod
+    def default_out(variant: str) -> str:
+        """The run folder of a run without --out: runs/VARIANT (the `tdet train` default)."""
+        return f"runs/{variant}"
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

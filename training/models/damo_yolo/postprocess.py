@@ -48,7 +48,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou: float, *, labels: torch.
     return torch.tensor(keep, dtype=torch.long, device=boxes.device)
 
 
-def postprocess(scores: torch.Tensor, boxes: torch.Tensor, *, score_thr: float = 0.05, iou: float = 0.7,
+def postprocess(scores: torch.Tensor, boxes: torch.Tensor, *, conf: float = 0.05, iou: float = 0.7,
                 max_det: int = 100) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One image: scores [N, C] (sigmoid), boxes [N, 4] xyxy input px ->
     (boxes [K, 4] xyxy input px, scores [K], labels [K] int64 0-based), by descending score, K <= max_det.
@@ -58,7 +58,7 @@ def postprocess(scores: torch.Tensor, boxes: torch.Tensor, *, score_thr: float =
     if scores.ndim != 2 or boxes.shape != (scores.shape[0], 4):
         raise ValueError(f"expected scores [N, C] and boxes [N, 4], got {tuple(scores.shape)} and "
                          f"{tuple(boxes.shape)}")
-    idx, labels = torch.nonzero(scores > score_thr, as_tuple=True)
+    idx, labels = torch.nonzero(scores > conf, as_tuple=True)
     cand_boxes, cand_scores = boxes[idx], scores[idx, labels]
     keep = nms(cand_boxes, cand_scores, iou, labels=labels, max_keep=max_det)
     return cand_boxes[keep], cand_scores[keep], labels[keep]
