@@ -48,9 +48,21 @@ def preprocess_spec(family: str, input_hw: tuple[int, int] | None = None) -> Pre
 
 
 def parse_hw(text: str) -> tuple[int, int]:
-    """"640,640" (height,width, as config parameters and ONNX metadata write it) -> (640, 640)."""
-    h, w = (int(v) for v in text.split(","))
+    """"640,640" (height,width, as config parameters and ONNX metadata write it) -> (640, 640).
+    The one parser of that text; format_hw writes it."""
+    parts = str(text).split(",")
+    try:
+        h, w = (int(v) for v in parts)
+    except ValueError:
+        raise ValueError(f"bad input size {text!r}: expected 'height,width', e.g. '640,640'") from None
+    if h <= 0 or w <= 0:
+        raise ValueError(f"bad input size {text!r}: height and width must be positive")
     return h, w
+
+
+def format_hw(hw: tuple[int, int]) -> str:
+    """(640, 640) -> "640,640", the text parse_hw reads."""
+    return f"{int(hw[0])},{int(hw[1])}"
 
 
 def spec_from_parameters(params: Mapping[str, str]) -> PreprocessSpec:

@@ -97,7 +97,10 @@ def read_onnx_info(model) -> OnnxInfo:
         raise UserError("the ONNX input is not float32: pass the file `tdet export` wrote, not an engine graph")
     dims = {n: [d.dim_value if d.HasField("dim_value") else -1 for d in o.type.tensor_type.shape.dim][1:]
             for n, o in outputs.items()}
-    h, w = (int(v) for v in meta.get(specs.META_INPUT_HW, "640,640").split(","))
+    try:
+        h, w = specs.parse_hw(meta.get(specs.META_INPUT_HW, "640,640"))
+    except ValueError as e:
+        raise UserError(f"the ONNX metadata {specs.META_INPUT_HW}: {e}") from None
     names, ids = json.loads(meta[specs.META_CLASS_NAMES]), json.loads(meta[specs.META_CATEGORY_IDS])
     if len(names) != len(ids):
         raise UserError(f"{len(names)} class names but {len(ids)} category ids in ONNX metadata")
@@ -190,7 +193,7 @@ def _write_variant(stage: Path, model, info: OnnxInfo, opts: BuildOptions, max_p
     newest = str(max(int(v) for v in versions))
     meta = {"family": info.family, "variant": info.variant, "weights": versions[newest],
             "versions": json.dumps(versions, sort_keys=True), "class_names": json.dumps(info.class_names),
-            "category_ids": json.dumps(info.category_ids), "input_hw": f"{info.input_hw[0]},{info.input_hw[1]}",
+            "category_ids": json.dumps(info.category_ids), "input_hw": specs.format_hw(info.input_hw),
             "engine": opts.engine, **info.size}
     ens = stage / m
     (ens / "1").mkdir(parents=True)  # an ensemble needs an (empty) version directory
@@ -220,7 +223,7 @@ def _plan(out: Path, m: str, info: OnnxInfo, opts: BuildOptions, version: int, r
     """Which engine versions `m` holds after this build (version -> weights) and which weights it replaces.
     UserError when the build would silently replace other weights, or mix incompatible versions."""
     params, versions = _existing_versions(out, m)
-    new = {"family": info.family, "input_hw": f"{info.input_hw[0]},{info.input_hw[1]}",
+    new = {"family": info.family, "input_hw": specs.format_hw(info.input_hw),
            "category_ids": json.dumps(info.category_ids), "engine": opts.engine}
     clash = [k for k in SHARED if params and params.get(k) != new[k]]
     if clash:

@@ -60,16 +60,12 @@ def _wire(k: int) -> list[tuple[str, int, list[int]]]:
             (classes, mc.TYPE_INT32, [k])]
 
 
-def _hw(input_hw: tuple[int, int]) -> str:
-    return f"{input_hw[0]},{input_hw[1]}"
-
-
 def preprocess_config(name: str, family: str, input_hw: tuple[int, int], opts: BuildOptions,
                       max_pixels: int, warmup_file: str | None) -> mc.ModelConfig:
     spec = specs.preprocess_spec(family, input_hw)
     cfg = _model(name, opts, [("IMAGE", mc.TYPE_STRING, [1])],
                  [(specs.EXPORT_INPUT, mc.TYPE_UINT8, [3, *input_hw]), ("orig_hw", mc.TYPE_INT32, [2])],
-                 backend="python", params={"family": family, "input_hw": _hw(input_hw),
+                 backend="python", params={"family": family, "input_hw": specs.format_hw(input_hw),
                                            "max_pixels": str(max_pixels), "resize": spec.resize})
     _step_defaults(cfg, opts, opts.preprocess_instances, mc.ModelInstanceGroup.KIND_CPU)
     if warmup_file:  # a real encoded image: the decode path is warm before the model reports READY
@@ -114,7 +110,7 @@ def postprocess_config(name: str, family: str, input_hw: tuple[int, int], output
                        opts: BuildOptions, category_ids: list[int]) -> mc.ModelConfig:
     inputs = [(n, mc.TYPE_FP32, output_dims[n]) for n in specs.EXPORT_OUTPUTS[family]]
     inputs.append(("orig_hw", mc.TYPE_INT32, [2]))
-    params = {"family": family, "input_hw": _hw(input_hw), **settings(opts.detect),  # the request defaults
+    params = {"family": family, "input_hw": specs.format_hw(input_hw), **settings(opts.detect),  # the request defaults
               "category_ids": json.dumps(category_ids)}
     cfg = _model(name, opts, inputs, _wire(opts.max_det), backend="python", params=params)
     _step_defaults(cfg, opts, opts.postprocess_instances, mc.ModelInstanceGroup.KIND_CPU)

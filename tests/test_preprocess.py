@@ -130,3 +130,12 @@ def test_formats_opencv_does_not_decode_are_refused_by_name(rgb, fmt):
     Image.fromarray(rgb).save(buf, fmt)
     with pytest.raises(ValueError, match=f"unsupported image format {fmt}"):
         pp.decode_image(buf.getvalue())
+
+
+def test_hw_text_round_trips_and_bad_text_names_the_problem():
+    from tdet.client.specs import format_hw, parse_hw
+    assert parse_hw(format_hw((320, 480))) == (320, 480)
+    assert format_hw(parse_hw("640,640")) == "640,640"
+    for bad in ("640", "640,x", "640,640,3", "0,640", ""):
+        with pytest.raises(ValueError, match="height,width|positive"):
+            parse_hw(bad)

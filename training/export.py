@@ -106,7 +106,7 @@ def export_onnx(variant: str, out: str | Path, *, weights: str | Path | None = N
         meta = {
             specs.META_FAMILY: fam.FAMILY,
             specs.META_VARIANT: variant,
-            specs.META_INPUT_HW: f"{h},{w}",
+            specs.META_INPUT_HW: specs.format_hw((h, w)),
             specs.META_CLASS_NAMES: json.dumps(class_names),
             specs.META_CATEGORY_IDS: json.dumps(category_ids),
             specs.META_WEIGHTS: weights_desc,
