@@ -266,6 +266,8 @@ def build_repository(onnx_files: list[str | Path], out: str | Path = "model_repo
         raise UserError(f"unknown engine kind {opts.engine!r}; use onnxruntime or tensorrt")
     if opts.precision not in ("fp16", "fp32"):
         raise UserError(f"unknown precision {opts.precision!r}; use fp16 or fp32")
+    if opts.jpeg_scale not in specs.JPEG_SCALES:
+        raise UserError(f"unknown jpeg scale {opts.jpeg_scale!r}; use {' or '.join(specs.JPEG_SCALES)}")
     if version < 1:
         raise UserError(f"--version must be >= 1, got {version}")
     if name is not None:

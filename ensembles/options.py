@@ -60,4 +60,5 @@ class BuildOptions:
     iou_threshold: float = 0.7  # default `iou` of DAMO-YOLO's NMS
     clip: bool = False  # default `clip`: boxes clipped to the image (off: as the official COCO evaluations)
     precision: str = "fp16"  # TensorRT engine precision: fp16 | fp32
+    jpeg_scale: str = "off"  # off: exact decode | auto: DCT-domain 1/2, 1/4 JPEG decode, never below the input size
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)  # the engine's
