@@ -134,3 +134,44 @@ def test_cli_rejects_a_bad_jpeg_scale_in_one_line(tmp_path):
                            "--out", str(tmp_path / "repo"), "--jpeg-scale", "half"], capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "--jpeg-scale: invalid choice: 'half'" in proc.stderr
+
+
+@pytest.mark.server
+def test_served_auto_preprocess_is_the_in_process_auto_pipeline(served, exported, frames):
+    """A model built with --jpeg-scale auto serves exactly what the in-process pipeline with the same spec
+    gives (the config parameter reaches the Triton preprocess), on a 2560x1440 JPEG (reduced 1/2 at 640)."""
+    import onnx
+    import tritonclient.grpc as grpcclient
+    from matching import assert_same_detections
+
+    from tdet.client.pipeline import postprocess_rows, preprocess_rows
+    from tdet.client.specs import EXPORT_INPUT
+    from tdet.client.triton import connect
+    from tdet.ensembles.builder import build_repository, read_onnx_info
+    from tdet.ensembles.configs import BuildOptions, read_config
+    from tdet.ensembles.ort_session import ort_session
+
+    name = "damo_yolo_t_jpeg_auto"
+    build_repository([exported["damo-yolo-t"]], served.repository, BuildOptions(jpeg_scale="auto"), name=name)
+    cfg = read_config(served.repository / f"{name}_preprocess" / "config.pbtxt")
+    assert cfg.parameters["jpeg_scale"].string_value == "auto"
+    admin = grpcclient.InferenceServerClient(served.grpc_url)
+    admin.load_model(name)
+    data = frames["2560x1440"]
+    try:
+        with connect(served.grpc_url, name) as client:
+            got = client.infer(data)
+    finally:
+        admin.unload_model(name, unload_dependents=True)
+    info = read_onnx_info(onnx.load(str(exported["damo-yolo-t"])))
+    spec = replace(preprocess_spec(info.family, info.input_hw), jpeg_scale="auto")
+    assert pp.jpeg_reduction(2560, 1440, spec.size_hw) == 2
+    x, sizes = preprocess_rows([data], spec)
+    sess = ort_session(served.repository / f"{name}_engine" / "1" / "model.onnx", threads=2, inter_threads=1)
+    num, boxes, scores, classes = postprocess_rows(
+        info.family, sess.run(None, {EXPORT_INPUT: x}), sizes, np.asarray(info.category_ids, np.int32),
+        score_thr=0.05, iou=0.7, max_det=100, input_hw=info.input_hw)
+    n = int(num[0][0])
+    assert n == len(got.scores) > 0
+    assert_same_detections((got.boxes, got.scores, got.category_ids), (boxes[0][:n], scores[0][:n], classes[0][:n]),
+                           scale=2560, box_tol=1e-5, score_tol=1e-5, what="served vs in-process, jpeg_scale auto")
