@@ -37,8 +37,9 @@ demo-model: venv
 	$(BIN)/python -m tdet.training.demo_model damo-yolo-t --work $(BUILD)/demo-model
 	$(BIN)/python -m tdet.training.demo_model rtdetrv2-s --work $(BUILD)/demo-model
 
+# BENCH_ARGS="--quick" (or --variants/--rows/--requests, see the script) for a shorter run
 bench: venv
-	$(BIN)/python bench/ensemble_overhead.py
+	$(BIN)/python bench/ensemble_overhead.py $(BENCH_ARGS)
 
 bench-train: venv
 	$(BIN)/python bench/train_throughput.py

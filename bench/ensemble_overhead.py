@@ -1,12 +1,17 @@
-"""Ensemble overhead on this machine: in-process pipeline vs the served Triton ensemble (a benchmark,
-not a test). Same ONNX (the uint8 engine graph from the repository), same ORT threads, spinning off.
+"""What the served path costs next to the engine, for the models users serve (a benchmark, not a test).
 
-    .venv/bin/python bench/ensemble_overhead.py [--variants damo-yolo-t rtdetrv2-s] [--requests 48]
+    .venv/bin/python bench/ensemble_overhead.py [--variants damo-yolo-t rtdetrv2-s] [--requests 64] [--quick]
 
-Prints per variant: preprocess of a 1280x720 JPEG, the engine alone (batch 1 and 4), the in-process
-JPEG->detections pipeline (sequential), the served ensemble over gRPC at saturation (concurrent
-requests), the ratios served/in-process and served/engine-alone, and Triton's per-step compute time
-and engine batch size.
+Models, per variant: the trained demo checkpoint (training/demo/<variant>.pth, exported at the size it was
+trained at, as `make demo` serves it), the seeded random-init export at 640 as a second row, and the trained
+model again with `--jpeg-scale auto` (DCT-domain reduced JPEG decode). Frames: the project's synthetic val
+split (`tdet data synth --split val`, real shapes and textures) scaled to 1280x720 JPEG, one distinct frame
+per request. Same uint8 engine graph, same ORT threads, spinning off, everywhere.
+
+Prints, per model: per step in-process on one thread (pre, engine at batch 1, post) and (pre+post)/engine;
+the engine alone at the batch the server is given (ORT, same threads) vs the served ensemble at saturation
+(gRPC, concurrent requests) side by side and their ratio; Triton's per-step compute and the engine batch it
+formed. Then the preprocess split into JPEG decode, resize and layout, exact vs reduced decode.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import platform
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -24,62 +30,87 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import cv2
 import numpy as np
 
+DEMO_DIR = Path(__file__).resolve().parents[1] / "training" / "demo"
+FRAME_WH = (1280, 720)
 
-def jpegs(n: int, seed: int = 0) -> list[bytes]:
-    """n distinct synthetic 1280x720 JPEGs (distinct so no cache or branch predictor flatters anything)."""
-    rng = np.random.default_rng(seed)
+
+@dataclass(frozen=True)
+class Row:
+    """One served model of the bench: its ensemble name, variant, ONNX, what it is, and its jpeg_scale."""
+
+    name: str
+    variant: str
+    onnx: Path
+    kind: str  # "trained" | "random-init"
+    jpeg_scale: str = "off"
+
+
+def frames(n: int, work: Path, seed: int = 0) -> list[bytes]:
+    """n distinct real-content 1280x720 JPEGs: the synthetic val split (mixed sizes) scaled to 1280x720."""
+    from tdet.client.synth import synthesize
+
+    synthesize(work / "val", n, seed=seed, split="val")
     out = []
-    for _ in range(n):
-        img = cv2.resize(rng.integers(0, 255, (12, 20, 3), dtype=np.uint8), (1280, 720), interpolation=cv2.INTER_CUBIC)
-        img = cv2.add(img, rng.integers(0, 30, img.shape, dtype=np.uint8))
+    for path in sorted((work / "val" / "images").glob("*.jpg"))[:n]:
+        img = cv2.resize(cv2.imread(str(path)), FRAME_WH, interpolation=cv2.INTER_LINEAR)
         out.append(cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
     return out
-
-
-ENGINE_BATCHES = (1, 4)
 
 
 def median_ms(fn, reps: int) -> float:
     fn()
     times = []
-    for _ in range(reps):
+    for _ in range(max(reps, 1)):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
     return 1000 * statistics.median(times)
 
 
-def in_process(engine_onnx: Path, family: str, threads: int, images: list[bytes]) -> dict[str, float]:
-    from tdet.client.labels import COCO_CATEGORY_IDS
+def cycle_ms(fn, items: list, reps: int) -> float:
+    """Median ms of fn(item) over `reps` items taken in turn (distinct inputs, no cache flatters it)."""
+    fn(items[0])
+    times = []
+    for i in range(max(reps, 1)):
+        item = items[i % len(items)]
+        t = time.perf_counter()
+        fn(item)
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def _model_spec(onnx_path: Path, jpeg_scale: str):
+    import onnx
+
+    from tdet.client.specs import preprocess_spec
+    from tdet.ensembles.builder import read_onnx_info
+
+    info = read_onnx_info(onnx.load(str(onnx_path)))
+    return info, replace(preprocess_spec(info.family, info.input_hw), jpeg_scale=jpeg_scale)
+
+
+def in_process(row: Row, engine_onnx: Path, threads: int, batch: int, images: list[bytes], reps: int
+               ) -> dict[str, float]:
+    """Per step on one thread (pre/post single-threaded as in the server's python steps), and the engine
+    alone at `batch` (the ceiling the served ensemble is measured against)."""
     from tdet.client.options import DetectOptions
     from tdet.client.pipeline import postprocess_rows, preprocess_rows
-    from tdet.client.specs import EXPORT_INPUT, PREPROCESS
+    from tdet.client.specs import EXPORT_INPUT
     from tdet.ensembles.ort_session import ort_session
 
-    spec = PREPROCESS[family]
+    info, spec = _model_spec(row.onnx, row.jpeg_scale)
     sess = ort_session(engine_onnx, threads=threads, inter_threads=1)
-    ids = np.asarray(COCO_CATEGORY_IDS, np.int32)
+    ids = np.asarray(info.category_ids, np.int32)
     x, sizes = preprocess_rows([images[0]], spec)
-    opts = DetectOptions()  # the repository's defaults: conf 0.05, iou 0.7, K = 100
-
-    def pipeline(data: bytes):
-        batch, hw = preprocess_rows([data], spec)
-        outs = sess.run(None, {EXPORT_INPUT: batch})
-        return postprocess_rows(family, outs, hw, ids, opts)
-
     outs = sess.run(None, {EXPORT_INPUT: x})
-    res = {"preprocess_ms": median_ms(lambda: preprocess_rows([images[0]], spec), 30),
-           "engine_ms": median_ms(lambda: sess.run(None, {EXPORT_INPUT: x}), 10),
-           "postprocess_ms": median_ms(lambda: postprocess_rows(family, outs, sizes, ids, opts), 20)}
-    # the engine alone at the batch sizes the server forms: the ceiling the ensemble is measured against
-    for b in ENGINE_BATCHES:
-        xb, _ = preprocess_rows(images[:b], spec)
-        res[f"engine_ips_b{b}"] = b / (median_ms(lambda xb=xb: sess.run(None, {EXPORT_INPUT: xb}), 5) / 1000)
-    pipeline(images[0])
-    t = time.perf_counter()
-    for data in images:
-        pipeline(data)
-    res["inproc_ips"] = len(images) / (time.perf_counter() - t)
+    opts = DetectOptions()  # the repository's defaults: conf 0.05, iou 0.7, K = 100
+    res = {"pre_ms": cycle_ms(lambda d: preprocess_rows([d], spec), images, reps * 3),
+           "engine_ms": median_ms(lambda: sess.run(None, {EXPORT_INPUT: x}), reps),
+           "post_ms": median_ms(lambda: postprocess_rows(info.family, outs, sizes, ids, opts, input_hw=info.input_hw),
+                                reps * 2)}
+    xb, _ = preprocess_rows(images[:batch], spec)
+    res["engine_ips"] = batch / (median_ms(lambda: sess.run(None, {EXPORT_INPUT: xb}), max(reps // 2, 2)) / 1000)
+    res["input"] = f"{info.input_hw[0]}x{info.input_hw[1]}"
     return res
 
 
@@ -106,51 +137,122 @@ def served(grpc_url: str, model: str, images: list[bytes], concurrency: int) -> 
     return res
 
 
+def preprocess_split(images: list[bytes], size_hw: tuple[int, int], reps: int) -> dict[str, float]:
+    """The preprocess of one 1280x720 JPEG split into its parts (ms, one thread): header check, JPEG decode
+    (full and DCT-reduced), resize per family (from the full and the reduced decode), HWC->CHW + BGR->RGB."""
+    from PIL import Image
+
+    from tdet.client.preprocess import JPEG_REDUCED, _header, jpeg_reduction
+
+    h, w = size_hw
+    r = jpeg_reduction(*FRAME_WH, size_hw)
+    flag = JPEG_REDUCED.get(r, cv2.IMREAD_COLOR)
+    bufs = [np.frombuffer(b, np.uint8) for b in images]
+    full = cv2.imdecode(bufs[0], cv2.IMREAD_COLOR)
+    small = cv2.imdecode(bufs[0], flag)
+    net = cv2.resize(full, (w, h))
+    return {"reduction": r,
+            "header": cycle_ms(_header, images, reps),
+            "decode": cycle_ms(lambda b: cv2.imdecode(b, cv2.IMREAD_COLOR), bufs, reps),
+            "decode_reduced": cycle_ms(lambda b: cv2.imdecode(b, flag), bufs, reps),
+            "cv2_resize": median_ms(lambda: cv2.resize(full, (w, h), interpolation=cv2.INTER_LINEAR), reps),
+            "cv2_resize_reduced": median_ms(lambda: cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR), reps),
+            "pil_resize": median_ms(lambda: Image.fromarray(full).resize((w, h), Image.BILINEAR), reps),
+            "pil_resize_reduced": median_ms(lambda: Image.fromarray(small).resize((w, h), Image.BILINEAR), reps),
+            "layout": median_ms(lambda: np.ascontiguousarray(net.transpose(2, 0, 1)[::-1]), reps)}
+
+
+def build_rows(variants: list[str], work: Path, kinds: list[str], jpeg_auto: bool) -> list[Row]:
+    from tdet.training.export import export_onnx
+
+    rows = []
+    for v in variants:
+        m = v.replace("-", "_")
+        ckpt = DEMO_DIR / f"{v}.pth"
+        if "trained" in kinds and ckpt.is_file():
+            path = export_onnx(v, work / f"{v}.trained.onnx", weights=ckpt).path
+            rows.append(Row(m, v, path, "trained"))
+            if jpeg_auto:
+                rows.append(Row(f"{m}_jpeg_auto", v, path, "trained", "auto"))
+        elif "trained" in kinds:
+            print(f"(no demo checkpoint {ckpt}: {v} has no trained row)")
+        if "random" in kinds:
+            rows.append(Row(f"{m}_random", v, export_onnx(v, work / f"{v}.random.onnx").path, "random-init"))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variants", nargs="+", default=["damo-yolo-t"])
-    ap.add_argument("--requests", type=int, default=48)
+    ap.add_argument("--variants", nargs="+", default=["damo-yolo-t", "rtdetrv2-s"])
+    ap.add_argument("--rows", nargs="+", choices=["trained", "random"], default=["trained", "random"],
+                    help="trained: the demo checkpoints at their served size; random: seeded random init at 640")
+    ap.add_argument("--no-jpeg-auto", action="store_true", help="skip the trained model served with --jpeg-scale auto")
+    ap.add_argument("--requests", type=int, default=64, help="distinct frames; the served run sends each once")
+    ap.add_argument("--reps", type=int, default=10, help="repetitions per in-process timing (median)")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--ort-threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=4, help="engine-alone batch (the server's dynamic batches)")
+    ap.add_argument("--quick", action="store_true", help="about a minute less: 24 frames, 4 reps")
     args = ap.parse_args()
+    if args.quick:
+        args.requests, args.reps = min(args.requests, 24), min(args.reps, 4)
 
-    from tdet.client.specs import PREPROCESS
     from tdet.ensembles.builder import build_repository
     from tdet.ensembles.configs import BuildOptions
     from tdet.ensembles.server import free_port, start, stop_process
-    from tdet.training.export import export_onnx
-    from tdet.training.registry import family_of
 
+    cv2.setNumThreads(1)  # as the server's python steps: one thread each
+    args.load_at_start = os.getloadavg()[0]  # other jobs on the cores inflate every number: say how busy it was
     work = Path(tempfile.mkdtemp(prefix="tdet-bench-"))
-    onnx_files = [export_onnx(v, work / f"{v}.onnx").path for v in args.variants]
+    images = frames(max(args.requests, args.batch, args.concurrency), work)
+    rows = build_rows(args.variants, work, args.rows, not args.no_jpeg_auto)
     repo = work / "model_repository"
-    build_repository(onnx_files, repo, BuildOptions(ort_threads=args.ort_threads))
-    images = jpegs(args.requests)
-    rows = {}
-    for v in args.variants:  # in-process first, with the server not yet running (no CPU contention)
-        rows[v] = in_process(repo / f"{v.replace('-', '_')}_engine" / "1" / "model.onnx", family_of(v).FAMILY,
-                             args.ort_threads, images)
-    proc, info = start(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), timeout_s=300)
+    for row in rows:
+        build_repository([row.onnx], repo, BuildOptions(ort_threads=args.ort_threads, jpeg_scale=row.jpeg_scale),
+                         name=row.name)
+    results: dict[str, dict] = {}
+    for row in rows:  # in-process first, with the server not yet running (no CPU contention)
+        results[row.name] = in_process(row, repo / f"{row.name}_engine" / "1" / "model.onnx", args.ort_threads,
+                                       args.batch, images, args.reps)
+    splits = {}
+    for row in rows:
+        if row.jpeg_scale == "off":
+            _, spec = _model_spec(row.onnx, "off")
+            splits.setdefault(spec.size_hw, preprocess_split(images, spec.size_hw, args.reps * 3))
+    proc, info = start(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), timeout_s=600)
     try:
-        for v in args.variants:
-            rows[v].update(served(info.grpc_url, v.replace("-", "_"), images, args.concurrency))
+        for row in rows:
+            results[row.name].update(served(info.grpc_url, row.name, images[:args.requests], args.concurrency))
     finally:
         stop_process(proc.pid)
+    report(rows, results, splits, args)
 
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; ORT threads "
-          f"{args.ort_threads}; {args.requests} distinct 1280x720 JPEGs; served: gRPC, concurrency {args.concurrency}")
-    header = ("variant", "pre 1280x720 ms", "engine b1 ms", "post ms", "in-proc pipeline img/s",
-              "engine alone img/s (b1, b4)", "served img/s", "served/in-proc", "served/engine b4",
-              "server pre|engine|post ms/img", "engine batch")
-    print(" | ".join(header))
-    for v, r in rows.items():
-        print(" | ".join([v, f"{r['preprocess_ms']:.2f}", f"{r['engine_ms']:.1f}", f"{r['postprocess_ms']:.2f}",
-                          f"{r['inproc_ips']:.2f}", f"{r['engine_ips_b1']:.2f}, {r['engine_ips_b4']:.2f}",
-                          f"{r['served_ips']:.2f}", f"{r['served_ips'] / r['inproc_ips']:.2f}x",
-                          f"{r['served_ips'] / r['engine_ips_b4']:.2f}x",
-                          f"{r['preprocess_server_ms']:.1f}|{r['engine_server_ms']:.1f}|{r['postprocess_server_ms']:.1f}",
-                          f"{r['engine_batch']:.2f}"]))
-    print(f"(preprocess spec: {', '.join(f'{f}: {s.resize}' for f, s in PREPROCESS.items())})")
+
+def report(rows: list[Row], results: dict[str, dict], splits: dict, args: argparse.Namespace) -> None:
+    load = f"1-min load average {args.load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
+    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {load}; ORT threads "
+          f"{args.ort_threads}; {args.requests} distinct real-content 1280x720 JPEGs (synthetic val split, scaled); "
+          f"served: gRPC, concurrency {args.concurrency}; engine alone at batch {args.batch}")
+    header = ("model", "weights", "input", "jpeg", "pre ms", "engine b1 ms", "post ms", "(pre+post)/engine",
+              f"engine alone b{args.batch} img/s", "served img/s", "served/engine", "server pre|engine|post ms/img",
+              "engine batch")
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for row in rows:
+        r = results[row.name]
+        print("| " + " | ".join([
+            row.variant, row.kind, r["input"], row.jpeg_scale, f"{r['pre_ms']:.2f}", f"{r['engine_ms']:.1f}",
+            f"{r['post_ms']:.2f}", f"{(r['pre_ms'] + r['post_ms']) / r['engine_ms']:.2f}", f"{r['engine_ips']:.2f}",
+            f"{r['served_ips']:.2f}", f"**{r['served_ips'] / r['engine_ips']:.2f}x**",
+            f"{r['preprocess_server_ms']:.1f}|{r['engine_server_ms']:.1f}|{r['postprocess_server_ms']:.1f}",
+            f"{r['engine_batch']:.2f}"]) + " |")
+    print("\npreprocess of one 1280x720 JPEG by part (ms, one thread; reduced: DCT-domain decode at 1/r):")
+    header = ("model input", "r", "header", "decode full", "decode 1/r", "cv2 resize full|1/r",
+              "PIL resize full|1/r", "CHW+RGB layout")
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for hw, s in splits.items():
+        print("| " + " | ".join([f"{hw[0]}x{hw[1]}", str(s["reduction"]), f"{s['header']:.2f}", f"{s['decode']:.2f}",
+                                 f"{s['decode_reduced']:.2f}", f"{s['cv2_resize']:.2f}|{s['cv2_resize_reduced']:.2f}",
+                                 f"{s['pil_resize']:.2f}|{s['pil_resize_reduced']:.2f}", f"{s['layout']:.3f}"]) + " |")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def cheap_repository(root: Path, size: int) -> Path:
     torch.save({"model": sd, "tdet": {"variant": "damo-yolo-t", "input_hw": [size, size]}}, ckpt)
     onnx = export_onnx("damo-yolo-t", root / "damo-yolo-t.onnx", weights=ckpt).path
     repo = root / "model_repository"
-    build_repository([onnx], repo, BuildOptions(max_detections=1, ort_threads=1))
+    build_repository([onnx], repo, BuildOptions(max_det=1, ort_threads=1))
     return repo
 
 

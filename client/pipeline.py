@@ -18,7 +18,7 @@ from PIL import Image
 from .errors import InvalidImageError
 from .options import DetectOptions
 from .postprocess import postprocess_one, to_wire
-from .preprocess import MAX_PIXELS, decode_bgr
+from .preprocess import MAX_PIXELS, decode_checked
 from .specs import PreprocessSpec
 
 U8 = npt.NDArray[np.uint8]
@@ -30,11 +30,12 @@ def preprocess_image(data: bytes | U8, spec: PreprocessSpec, *, max_pixels: int 
 
     Raises InvalidImageError naming the problem, as tdet.client.preprocess.decode_bgr does (empty, not
     an image, unsupported format, too small, over `max_pixels`, corrupt/truncated). Grayscale and RGBA
-    inputs become RGB; an EXIF orientation is applied.
+    inputs become RGB; an EXIF orientation is applied. spec.jpeg_scale "auto": a large JPEG is decoded
+    at 1/2 or 1/4 (DCT domain, never below spec.size_hw) before the same resize; "off": every pixel.
     """
-    bgr = decode_bgr(data, max_pixels=max_pixels)
-    height, width = bgr.shape[:2]
     h, w = spec.size_hw
+    bgr, (height, width) = decode_checked(data, max_pixels=max_pixels,
+                                          at_least_hw=spec.size_hw if spec.jpeg_scale == "auto" else None)
     if spec.resize == "cv2-linear":
         # resize (INTER_LINEAR) + BGR->RGB + HWC->CHW in one call, staying uint8
         chw = cv2.dnn.blobFromImage(bgr, 1.0, (w, h), swapRB=True, crop=False, ddepth=cv2.CV_8U)[0]

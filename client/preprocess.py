@@ -63,15 +63,24 @@ def image_size(data: bytes) -> tuple[int, int]:
     return (height, width) if orientation >= 5 else (width, height)
 
 
-def decode_bgr(data: bytes | npt.NDArray[np.uint8], *, max_pixels: int = MAX_PIXELS) -> npt.NDArray[np.uint8]:
-    """Decode JPEG/PNG/BMP/WebP/TIFF bytes to a BGR uint8 array [H, W, 3] (OpenCV's order), with every check.
+# libjpeg-turbo's DCT-domain scaled decodes (cv2.imdecode flags): 1/r of each side, rounded up
+JPEG_REDUCED = {4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}
 
-    The result is the image as displayed: an EXIF orientation (phone photos) is applied, so boxes refer
-    to what a viewer shows. Grayscale, 16-bit, paletted, CMYK and RGBA inputs come back as 8-bit
-    3-channel (alpha dropped). Raises InvalidImageError naming the problem for empty, truncated,
-    non-image or unsupported bytes, images smaller than MIN_SIDE, and images over `max_pixels` (read
-    from the header before any pixel is decoded: decompression bombs).
-    """
+
+def jpeg_reduction(width: int, height: int, at_least_hw: tuple[int, int]) -> int:
+    """The largest reduction r in (4, 2) whose decode (ceil(side / r)) is still at least `at_least_hw`
+    (height, width) on both sides of the displayed `width` x `height` image; 1 when none is."""
+    for r in JPEG_REDUCED:
+        if -(-width // r) >= at_least_hw[1] and -(-height // r) >= at_least_hw[0]:
+            return r
+    return 1
+
+
+def decode_checked(data: bytes | npt.NDArray[np.uint8], *, max_pixels: int = MAX_PIXELS,
+                   at_least_hw: tuple[int, int] | None = None) -> tuple[npt.NDArray[np.uint8], tuple[int, int]]:
+    """decode_bgr, and the displayed (height, width) of the encoded image. With `at_least_hw`, a JPEG is
+    decoded at 1/2 or 1/4 of each side in libjpeg-turbo's DCT domain when that stays at least this size
+    (jpeg_reduction): fewer pixels to decode and resize; the size returned is still the full one."""
     buf = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
     if not buf:
         raise InvalidImageError("empty image: 0 bytes")
@@ -83,11 +92,27 @@ def decode_bgr(data: bytes | npt.NDArray[np.uint8], *, max_pixels: int = MAX_PIX
         raise InvalidImageError(f"image too large: {width}x{height} = {width * height} pixels > limit {max_pixels}")
     if min(width, height) < MIN_SIDE:
         raise InvalidImageError(f"image too small: {width}x{height}, need at least {MIN_SIDE} pixels per side")
+    shown = (width, height) if orientation < 5 else (height, width)
+    r = jpeg_reduction(*shown, at_least_hw) if at_least_hw is not None and fmt == "JPEG" else 1
     # orientation is applied here, not by OpenCV, so it is the same for every format and explicit
-    bgr = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if bgr is None or bgr.shape[0] != height or bgr.shape[1] != width:
+    flag = JPEG_REDUCED.get(r, cv2.IMREAD_COLOR)
+    bgr = cv2.imdecode(np.frombuffer(buf, np.uint8), flag | cv2.IMREAD_IGNORE_ORIENTATION)
+    if bgr is None or bgr.shape[0] != -(-height // r) or bgr.shape[1] != -(-width // r):
         raise InvalidImageError(f"corrupt or truncated {fmt} image ({len(buf)} bytes, header says {width}x{height})")
-    return _ORIENT[orientation](bgr) if orientation in _ORIENT else bgr
+    bgr = _ORIENT[orientation](bgr) if orientation in _ORIENT else bgr
+    return bgr, (shown[1], shown[0])
+
+
+def decode_bgr(data: bytes | npt.NDArray[np.uint8], *, max_pixels: int = MAX_PIXELS) -> npt.NDArray[np.uint8]:
+    """Decode JPEG/PNG/BMP/WebP/TIFF bytes to a BGR uint8 array [H, W, 3] (OpenCV's order), with every check.
+
+    The result is the image as displayed: an EXIF orientation (phone photos) is applied, so boxes refer
+    to what a viewer shows. Grayscale, 16-bit, paletted, CMYK and RGBA inputs come back as 8-bit
+    3-channel (alpha dropped). Raises InvalidImageError naming the problem for empty, truncated,
+    non-image or unsupported bytes, images smaller than MIN_SIDE, and images over `max_pixels` (read
+    from the header before any pixel is decoded: decompression bombs).
+    """
+    return decode_checked(data, max_pixels=max_pixels)[0]
 
 
 def decode_image(data: bytes | npt.NDArray[np.uint8], *, max_pixels: int = MAX_PIXELS) -> npt.NDArray[np.uint8]:

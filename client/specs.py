@@ -25,14 +25,18 @@ class PreprocessSpec:
     resize: "cv2-linear" is `cv2.resize(INTER_LINEAR)` (DAMO-YOLO's official eval transform);
         "pil-bilinear" is PIL's antialiased bilinear resize (RT-DETRv2's torchvision `Resize` on a PIL image).
     Both families stretch to size_hw (no letterbox) and feed RGB.
+    jpeg_scale: "off" decodes every pixel (exact, the default); "auto" lets libjpeg-turbo decode a JPEG at
+        1/2 or 1/4 in the DCT domain when it stays at least size_hw on both sides (faster, close, not exact).
     """
 
     size_hw: tuple[int, int]
     scale: float
     resize: Literal["cv2-linear", "pil-bilinear"]
+    jpeg_scale: Literal["off", "auto"] = "off"
 
 
 RESIZES = ("cv2-linear", "pil-bilinear")
+JPEG_SCALES = ("off", "auto")
 DAMO_YOLO_PRE = PreprocessSpec(size_hw=(640, 640), scale=1.0, resize="cv2-linear")
 RTDETRV2_PRE = PreprocessSpec(size_hw=(640, 640), scale=1 / 255, resize="pil-bilinear")
 PREPROCESS = {DAMO_YOLO: DAMO_YOLO_PRE, RTDETRV2: RTDETRV2_PRE}  # the official (640x640) input of each family
@@ -67,12 +71,16 @@ def format_hw(hw: tuple[int, int]) -> str:
 
 def spec_from_parameters(params: Mapping[str, str]) -> PreprocessSpec:
     """The preprocess spec a `<m>_preprocess` config asks for: `family`, `input_hw` and (optional)
-    `resize`, which overrides the family's resize (e.g. a model trained with the other one)."""
+    `resize`, which overrides the family's resize (e.g. a model trained with the other one), and
+    `jpeg_scale` (off | auto; missing: off)."""
     spec = preprocess_spec(params["family"], parse_hw(params["input_hw"]))
     resize = params.get("resize", spec.resize)
     if resize not in RESIZES:
         raise ValueError(f"unknown resize {resize!r} in the preprocess config; known: {RESIZES}")
-    return replace(spec, resize=resize)  # type: ignore[arg-type]
+    jpeg_scale = params.get("jpeg_scale", "off")
+    if jpeg_scale not in JPEG_SCALES:
+        raise ValueError(f"unknown jpeg_scale {jpeg_scale!r} in the preprocess config; known: {JPEG_SCALES}")
+    return replace(spec, resize=resize, jpeg_scale=jpeg_scale)  # type: ignore[arg-type]
 
 
 def config_parameters(config: Mapping[str, Any]) -> dict[str, str]:

@@ -66,7 +66,8 @@ def preprocess_config(name: str, family: str, input_hw: tuple[int, int], opts: B
     cfg = _model(name, opts, [("IMAGE", mc.TYPE_STRING, [1])],
                  [(specs.EXPORT_INPUT, mc.TYPE_UINT8, [3, *input_hw]), ("orig_hw", mc.TYPE_INT32, [2])],
                  backend="python", params={"family": family, "input_hw": specs.format_hw(input_hw),
-                                           "max_pixels": str(max_pixels), "resize": spec.resize})
+                                           "max_pixels": str(max_pixels), "resize": spec.resize,
+                                           "jpeg_scale": opts.jpeg_scale})
     _step_defaults(cfg, opts, opts.preprocess_instances, mc.ModelInstanceGroup.KIND_CPU)
     if warmup_file:  # a real encoded image: the decode path is warm before the model reports READY
         warm = cfg.model_warmup.add(name="jpeg", batch_size=1)

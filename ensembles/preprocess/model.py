@@ -1,7 +1,8 @@
 """Triton python model `<m>_preprocess`: IMAGE (encoded bytes, one per batch row) -> images uint8
 [3,H,W] RGB + orig_hw int32 [2]. Thin: the work is tdet.client.pipeline.preprocess_rows (numpy/OpenCV).
 
-Config parameters: family, input_hw ("H,W"), max_pixels, resize (cv2-linear | pil-bilinear).
+Config parameters: family, input_hw ("H,W"), max_pixels, resize (cv2-linear | pil-bilinear),
+jpeg_scale (off | auto: DCT-domain reduced JPEG decode; `tdet repo build --jpeg-scale`).
 A bad image fails its request with INVALID_ARGUMENT (HTTP 400) and a message naming the problem;
 anything else that goes wrong is a server fault: INTERNAL (HTTP 500).
 """
