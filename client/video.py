@@ -172,11 +172,11 @@ class VideoSource:
                 yield Frame(index, time.monotonic() - start if self.live else index / self.fps, bgr)
                 continue
             bad += 1
-            if self.frame_count and index + bad >= self.frame_count:  # read to its end (last frames unreadable?)
-                for _ in range(bad - 1):
-                    index += 1
-                    yield Frame(index, index / self.fps, None, "corrupt frame: the decoder could not read it")
-                return
+            if self.frame_count and index + bad >= self.frame_count:
+                if bad == 1:
+                    return  # read to its end
+                raise SourceLost(f"{self.source}: ended after frame {index} of {self.frame_count} "
+                                 "(the file is truncated or its end is unreadable)")
             if not self.live and bad <= MAX_BAD_FRAMES:
                 continue  # a corrupt frame, or the end: the next reads tell
             if not self.network:
