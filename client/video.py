@@ -103,6 +103,13 @@ class SourceLost(Exception):
     """The source stopped delivering frames before its end (the message says how and where)."""
 
 
+def _quiet_decoder() -> None:
+    """FFmpeg's and OpenCV's own log lines (a refused connection, each undecodable packet) off: every failure is
+    reported once, in tdet's words, naming the source and frame. OPENCV_FFMPEG_LOGLEVEL set by the user wins."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET; read when FFmpeg is first used
+    cv2.setLogLevel(2)  # errors only (no "VIDEOIO(FFMPEG): backend is generally available but ..." warnings)
+
+
 class VideoSource:
     """A cv2.VideoCapture with what `tdet infer` needs around it: clear open errors, frame numbering that shows
     frames the decoder skipped (corrupt ones), and reconnecting with backoff for streams."""
@@ -113,6 +120,7 @@ class VideoSource:
         self.network = "://" in self.source or (self.source.isdigit() and not Path(self.source).exists())
         self.reconnects, self.backoff_s, self.open_timeout_s = int(reconnects), float(backoff_s), float(open_timeout_s)
         self.reconnected, self._tries = 0, 0
+        _quiet_decoder()
         if not self.network and not Path(self.source).is_file():
             raise UserError(f"cannot open video {self.source}: no such file")
         self.cap = self._open()

@@ -137,7 +137,8 @@ def test_unopenable_sources_are_one_line_errors(tmp_path):
         res = _tdet("infer", str(source), "--model", MODEL, "--url", f"127.0.0.1:{free_port()}", "--out",
                     str(tmp_path / "out"))
         assert res.returncode == 2, res.stderr
-        line = res.stderr.strip().splitlines()[-1]
+        assert len(res.stderr.strip().splitlines()) == 1, res.stderr  # no FFmpeg / OpenCV log lines either
+        line = res.stderr.strip()
         assert line.startswith("tdet infer: error: cannot open video") and str(source) in line and says in line
         assert "Traceback" not in res.stderr
 
