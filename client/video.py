@@ -403,6 +403,148 @@ def _percentile(values: list[float], q: float) -> float:
     return round(float(np.percentile(values, q)), 2) if values else 0.0
 
 
+@dataclass
+class FrameResult:
+    """One frame's answer, in frame order. detections None: the frame has none (`error` says why: the decoder
+    could not give it, `decoded` False, or the server refused it). per_detection: the model's extra per-detection
+    outputs by name (a tracker ensemble's TRACK_IDS), one value per detection; extras: its other extra outputs."""
+
+    frame: Frame
+    detections: Detections | None
+    per_detection: dict[str, list] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+    latency_ms: float = 0.0
+    error: str = ""
+
+    @property
+    def decoded(self) -> bool:
+        return self.frame.bgr is not None
+
+    @property
+    def track_ids(self) -> list | None:
+        """The tracker's id of each detection, when the model returns TRACK_IDS (None otherwise)."""
+        return self.per_detection.get("TRACK_IDS")
+
+
+def is_sequence_model(config: dict) -> bool:
+    """A stateful model (Triton's sequence batcher, e.g. a tracker): one stream is one sequence, sent in order."""
+    return "sequence_batching" in config
+
+
+def _flagged(frames: Iterator[Frame], lookahead: bool) -> Iterator[tuple[Frame, bool]]:
+    """(frame, is it the last) with one frame of lookahead, or (frame, False) without (live sources: no delay)."""
+    if not lookahead:
+        yield from ((f, False) for f in frames)
+        return
+    current = next(frames, None)
+    while current is not None:
+        try:
+            upcoming = next(frames, None)
+        except SourceLost:
+            yield current, True  # the stream's last frame after all
+            raise
+        yield current, upcoming is None
+        current = upcoming
+
+
+def _results(frames: Iterator[Frame], call: Any, *, concurrency: int,
+             jpeg_quality: int, max_frames: int | None, sequence_id: int = 0, lookahead: bool = False
+             ) -> Iterator[FrameResult]:
+    """The core of video inference: JPEG-encode each frame and call(blob, sequence) -> infer_frame's triple on a
+    thread pool, `concurrency` in flight (the next frame is taken only when a slot is free: for a live source,
+    the newest one), results in frame order. sequence_id: a stateful model's correlation id (then concurrency 1,
+    start flag on the first frame, end flag on the last where `lookahead` can tell). SourceLost is raised after
+    the frames already sent were yielded; a server that went away raises at once, cancelling the rest."""
+
+    def one(frame: Frame, last: bool, first: bool) -> FrameResult:
+        ok, jpg = cv2.imencode(".jpg", frame.bgr, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+        if not ok:
+            return FrameResult(frame, None, error="could not JPEG-encode the frame")
+        sequence = {"sequence_id": sequence_id, "sequence_start": first, "sequence_end": last} if sequence_id else None
+        t0 = time.perf_counter()
+        try:
+            dets, per_det, other = call(jpg.tobytes(), sequence)
+        except (ServerUnavailableError, ModelNotFoundError):
+            raise
+        except (InferenceError, UserError) as err:  # this frame only (the server refused it)
+            return FrameResult(frame, None, error=str(err))
+        return FrameResult(frame, dets, per_det, other, (time.perf_counter() - t0) * 1000)
+
+    in_flight: deque[Future | FrameResult] = deque()
+    sent, lost = 0, None
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        try:
+            flagged = _flagged(frames, lookahead)
+            while max_frames is None or sent < max_frames:
+                while len(in_flight) >= concurrency:  # a free slot first, then the (newest) frame
+                    yield _done(in_flight.popleft())
+                try:
+                    frame, last = next(flagged, (None, False))
+                except SourceLost as err:
+                    lost = err
+                    break
+                if frame is None:
+                    break
+                if frame.bgr is None:
+                    in_flight.append(FrameResult(frame, None, error=frame.error))
+                    continue
+                last = last or (max_frames is not None and sent + 1 >= max_frames)
+                in_flight.append(pool.submit(one, frame, last, sent == 0))
+                sent += 1
+            while in_flight:
+                yield _done(in_flight.popleft())
+        finally:
+            for fut in in_flight:
+                if isinstance(fut, Future):
+                    fut.cancel()
+    if lost is not None:
+        raise lost
+
+
+def _done(item: Future | FrameResult) -> FrameResult:
+    return item.result() if isinstance(item, Future) else item
+
+
+def infer_video(client: Any, source: str, *, concurrency: int = 4, jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+                vid_stride: int = 1, start_s: float = 0.0, end_s: float | None = None, max_frames: int | None = None,
+                reconnects: int = DEFAULT_RECONNECTS, **options: Any) -> Iterator[FrameResult]:
+    """The Python client's video call: FrameResult per frame of `source` (file, camera index, stream URL), in
+    order, through a connected DetectorClient (tdet.client.triton.connect); options: conf, iou, max_det,
+    classes, clip. Raises UserError when the source cannot be opened, SourceLost (after the frames read) when a
+    stream dies for good or a file is truncated.
+
+        with connect("127.0.0.1:8001", "damo_yolo_t") as det:
+            for r in infer_video(det, "street.mp4", conf=0.3):
+                print(r.frame.index, len(r.detections or []), r.track_ids)
+    """
+    _check_video_options(jpeg_quality, vid_stride, start_s, end_s, max_frames, concurrency, reconnects)
+    src = VideoSource(source, reconnects=reconnects)
+    reader = None
+    try:
+        parameters = client.request_parameters(options)
+        extras = extra_outputs(client.config)
+        frames = select_frames(src.frames(), stride=vid_stride, start_s=start_s, end_s=end_s)
+        if src.live:
+            reader = LatestFrame(frames)
+            frames = iter(reader)
+        sequence = is_sequence_model(client.config)
+        yield from _results(frames, lambda blob, seq: infer_frame(client, blob, parameters, extras, seq),
+                            concurrency=1 if sequence else concurrency,
+                            jpeg_quality=jpeg_quality, max_frames=max_frames,
+                            sequence_id=new_sequence_id() if sequence else 0, lookahead=sequence and not src.live)
+    finally:
+        if reader is not None:
+            reader.close()
+        src.close()
+
+
+def new_sequence_id() -> int:
+    """A correlation id for one stream of a stateful model: random, so two clients never share one."""
+    import secrets
+
+    return secrets.randbits(62) + 1
+
+
 class _Writer:
     """Writes each finished frame in order: JSONL line, annotated video frame, summary counts, progress."""
 
@@ -411,25 +553,18 @@ class _Writer:
         self.latencies: list[float] = []
         self.reader: LatestFrame | None = None
 
-    def skip(self, frame: Frame, error: str) -> None:
-        self.outputs.write({"frame": frame.index, "time_s": round(frame.time_s, 4), "error": error}, None)
-        self.bar.write(f"warning: {self.summary.source}: frame {frame.index}: {error}", file=sys.stderr)
-
-    def finish(self, frame: Frame, fut: Future | None) -> None:
-        if fut is None:
-            self.summary.corrupt += 1
-            return self.skip(frame, frame.error)
-        try:
-            dets, per_det, other, ms = fut.result()
-        except (ServerUnavailableError, ModelNotFoundError):
-            raise
-        except (InferenceError, UserError) as err:  # this frame only (the server refused it)
-            self.summary.failed += 1
-            return self.skip(frame, str(err))
-        record = frame_record(frame, dets, per_det, other, ms)
-        annotated = draw_frame(frame.bgr, dets, record["detections"])
+    def write(self, r: FrameResult) -> None:
+        frame = r.frame
+        if r.detections is None:
+            self.summary.corrupt += not r.decoded
+            self.summary.failed += r.decoded
+            self.outputs.write({"frame": frame.index, "time_s": round(frame.time_s, 4), "error": r.error}, None)
+            self.bar.write(f"warning: {self.summary.source}: frame {frame.index}: {r.error}", file=sys.stderr)
+            return
+        record = frame_record(frame, r.detections, r.per_detection, r.extras, r.latency_ms)
+        annotated = draw_frame(frame.bgr, r.detections, record["detections"])
         self.outputs.write(record, annotated)
-        self.latencies.append(ms)
+        self.latencies.append(r.latency_ms)
         self.summary.frames += 1
         self.bar.update()
         if self.reader is not None:
@@ -437,31 +572,6 @@ class _Writer:
         if self.show:
             cv2.imshow(f"tdet {Path(self.outputs.video_path).stem}", annotated)
             cv2.waitKey(1)
-
-
-def _send_all(frames: Iterator[Frame], send: Any, writer: _Writer, concurrency: int, max_frames: int | None) -> None:
-    """Keep `concurrency` frames in flight, writing them in frame order; a SourceLost still writes what was sent;
-    a server that went away cancels the rest."""
-    in_flight: deque[tuple[Frame, Future | None]] = deque()
-    sent = 0
-    try:
-        while max_frames is None or sent < max_frames:
-            while len(in_flight) >= concurrency:  # a free slot first, then the (newest) frame
-                writer.finish(*in_flight.popleft())
-            frame = next(frames, None)
-            if frame is None:
-                break
-            in_flight.append((frame, None if frame.bgr is None else send(frame)))
-            sent += frame.bgr is not None
-    except SourceLost as err:
-        writer.summary.error = str(err)
-    try:
-        while in_flight:
-            writer.finish(*in_flight.popleft())
-    finally:
-        for _, fut in in_flight:
-            if fut is not None:
-                fut.cancel()
 
 
 def run_video(source: str, model: str, url: str, protocol: str, out: Path, *, concurrency: int = 4,
@@ -491,27 +601,25 @@ def run_video(source: str, model: str, url: str, protocol: str, out: Path, *, co
     began = time.monotonic()
     try:
         with connect_fleet(url, model, protocol, timeout_s=timeout_s, retries=retries) as fleet, \
-                ThreadPoolExecutor(max_workers=concurrency) as pool, \
                 tqdm(total=_expected(src, vid_stride, start_s, end_s, max_frames), desc=f"{name} {model}",
                      unit="frame", disable=None, file=sys.stderr) as bar:
             parameters = fleet.first.request_parameters(options)
             extras = extra_outputs(fleet.first.config)
+            sequence = is_sequence_model(fleet.first.config)
             writer = _Writer(summary, outputs, bar, show)
             frames: Iterator[Frame] = select_frames(src.frames(), stride=vid_stride, start_s=start_s, end_s=end_s)
             if src.live:
                 writer.reader = LatestFrame(frames)
                 frames = iter(writer.reader)
-
-            def one(frame: Frame) -> tuple[Detections, dict, dict, float]:
-                ok, jpg = cv2.imencode(".jpg", frame.bgr, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
-                if not ok:
-                    raise UserError(f"{source}: frame {frame.index}: could not JPEG-encode it")
-                t0 = time.perf_counter()
-                dets, per_det, other = fleet.call(lambda c: infer_frame(c, jpg.tobytes(), parameters, extras))
-                return dets, per_det, other, (time.perf_counter() - t0) * 1000
-
+            results = _results(frames, lambda blob, seq: fleet.call(
+                lambda c: infer_frame(c, blob, parameters, extras, seq)),
+                concurrency=1 if sequence else concurrency, jpeg_quality=jpeg_quality, max_frames=max_frames,
+                sequence_id=new_sequence_id() if sequence else 0, lookahead=sequence and not src.live)
             try:
-                _send_all(frames, lambda f: pool.submit(one, f), writer, concurrency, max_frames)
+                for r in results:
+                    writer.write(r)
+            except SourceLost as err:
+                summary.error = str(err)
             except (ServerUnavailableError, ModelNotFoundError) as err:
                 summary.error = f"{err}; stopped after {summary.frames} frames"
                 raise type(err)(f"{summary.error} (written to {out})", status=err.status) from None
