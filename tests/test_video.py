@@ -285,3 +285,114 @@ def test_stream_that_dies_is_reopened_then_given_up_with_outputs_valid(served, c
     assert [r["frame"] for r in lines] == sorted({r["frame"] for r in lines}) and lines[-1]["frame"] <= 13
     got, _, size, _ = _read_all(out / "cam.mp4")
     assert len(got) == summary["frames"] and size == (160, 120)
+
+
+# --- stateful models (a tracker's shape): correlation id, start/end flags, extra outputs passed through ----------
+
+SEQ_CONFIG = """name: "seq_tracks"
+backend: "python"
+max_batch_size: 1
+input [ { name: "IMAGE" data_type: TYPE_STRING dims: [ 1 ] } ]
+output [
+  { name: "NUM_DETECTIONS" data_type: TYPE_INT32 dims: [ 1 ] },
+  { name: "BOXES" data_type: TYPE_FP32 dims: [ 2, 4 ] },
+  { name: "SCORES" data_type: TYPE_FP32 dims: [ 2 ] },
+  { name: "CLASSES" data_type: TYPE_INT32 dims: [ 2 ] },
+  { name: "TRACK_IDS" data_type: TYPE_INT32 dims: [ 2 ] },
+  { name: "SEQ" data_type: TYPE_INT32 dims: [ 3 ] }
+]
+sequence_batching {
+  max_sequence_idle_microseconds: 10000000
+  control_input [
+    { name: "START" control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ] },
+    { name: "END" control [ { kind: CONTROL_SEQUENCE_END int32_false_true: [ 0, 1 ] } ] }
+  ]
+}
+parameters { key: "class_names" value { string_value: "[\\"rectangle\\", \\"ellipse\\"]" } }
+parameters { key: "category_ids" value { string_value: "[1, 2]" } }
+instance_group [ { count: 1 kind: KIND_CPU } ]
+"""
+
+# A stateful python model with a tracker's interface (the real tracker is issue 19 item 2): per correlation id it
+# counts the requests since the start flag; TRACK_IDS and SEQ (step, start, end) say what it saw.
+SEQ_MODEL = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.steps = {}
+
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            cid = r.correlation_id()
+            start = int(pb_utils.get_input_tensor_by_name(r, "START").as_numpy().reshape(-1)[0])
+            end = int(pb_utils.get_input_tensor_by_name(r, "END").as_numpy().reshape(-1)[0])
+            step = 1 if start else self.steps.get(cid, 0) + 1
+            self.steps[cid] = step
+            if end:
+                self.steps.pop(cid, None)
+            tensors = {"NUM_DETECTIONS": np.array([[2]], np.int32),
+                       "BOXES": np.array([[[1, 1, 20, 20], [30, 30, 60, 50]]], np.float32),
+                       "SCORES": np.array([[0.9, 0.8]], np.float32), "CLASSES": np.array([[1, 2]], np.int32),
+                       "TRACK_IDS": np.array([[10 * step + 1, 10 * step + 2]], np.int32),
+                       "SEQ": np.array([[step, start, end]], np.int32)}
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor(n, v) for n, v in tensors.items()]))
+        return out
+'''
+
+
+@pytest.fixture
+def seq_model(served):
+    import tritonclient.grpc as grpcclient
+
+    folder = served.repository / "seq_tracks"
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    (folder / "config.pbtxt").write_text(SEQ_CONFIG)
+    (folder / "1" / "model.py").write_text(SEQ_MODEL)
+    admin = grpcclient.InferenceServerClient(served.grpc_url)
+    admin.load_model("seq_tracks")
+    try:
+        yield "seq_tracks"
+    finally:
+        admin.unload_model("seq_tracks")
+
+
+@pytest.mark.server
+def test_stateful_model_gets_one_ordered_sequence_and_its_track_ids_pass_through(served, clip, seq_model, tmp_path):
+    from tdet.client.triton import connect
+    from tdet.client.video import infer_video
+
+    video = clip / f"{clip.name}.mp4"
+    with connect(served.grpc_url, seq_model) as det:
+        results = list(infer_video(det, str(video), concurrency=4))
+    assert len(results) == 20
+    for i, r in enumerate(results):  # in order, one sequence: start flag on the first, end flag on the last
+        assert r.frame.index == i and r.track_ids == [10 * (i + 1) + 1, 10 * (i + 1) + 2]
+        assert r.extras["SEQ"] == [i + 1, int(i == 0), int(i == 19)]
+    out = tmp_path / "out"
+    res = _tdet("infer", str(video), "--model", seq_model, "--url", served.grpc_url, "--out", str(out),
+                "--max-frames", "6")
+    assert res.returncode == 0, res.stderr
+    lines = _jsonl(out / f"{clip.name}.jsonl")
+    assert [[d["track_id"] for d in r["detections"]] for r in lines] == [[10 * s + 1, 10 * s + 2] for s in range(1, 7)]
+    assert [r["seq"] for r in lines] == [[s, int(s == 1), int(s == 6)] for s in range(1, 7)]
+    assert len(_read_all(out / f"{clip.name}.mp4")[0]) == 6  # drawn with "#id" labels
+
+
+@pytest.mark.server
+def test_python_client_infer_video_equals_infer_on_the_same_jpeg(served, clip):
+    from tdet.client.triton import connect
+    from tdet.client.video import infer_video
+
+    frames = _read_all(clip / f"{clip.name}.mp4")[0]
+    with connect(served.grpc_url, MODEL, conf=float(CONF)) as det:
+        results = list(infer_video(det, str(clip / f"{clip.name}.mp4"), max_frames=5, jpeg_quality=80))
+        assert [r.frame.index for r in results] == list(range(5)) and all(r.track_ids is None for r in results)
+        for r, f in zip(results, frames):
+            want = det.infer(cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes())
+            got = r.detections
+            assert_same_detections((got.boxes, got.scores, got.category_ids), (want.boxes, want.scores,
+                                   want.category_ids), scale=160, box_tol=1e-4, score_tol=1e-4)
