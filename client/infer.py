@@ -247,8 +247,11 @@ def register_infer(sub: argparse._SubParsersAction) -> None:
                        description="Send each image to the served ensemble MODEL and write, as each answer arrives, "
                                    "an annotated copy (NAME.jpg) and its detections (NAME.json: boxes xyxy in "
                                    "original pixels, scores, category ids, class names) to --out, plus an index "
-                                   f"({INDEX}). A file the server refuses is skipped with a warning. Exit status: 0 "
-                                   "all written, 1 some skipped, 2 nothing could run (bad arguments, no server).")
+                                   f"({INDEX}). A file the server refuses is skipped with a warning. A video, "
+                                   "camera or stream: its annotated video (NAME.mp4), one JSON line per frame "
+                                   "(NAME.jsonl) and a summary (NAME.summary.json). Exit status: 0 all written, 1 "
+                                   "some skipped (or video frames lost), 2 nothing could run (bad arguments, no "
+                                   "server, a source that cannot be opened).")
     p.add_argument("paths", nargs="+", help="image files, folders (the images directly in them) or http(s) URLs "
                                             "(fetched first); video files, camera indices (0) or stream URLs "
                                             "(rtsp://, http(s)://...mjpg|.m3u8|.mp4): NAME.mp4 annotated, "

@@ -107,7 +107,7 @@ def _quiet_decoder() -> None:
     """FFmpeg's and OpenCV's own log lines (a refused connection, each undecodable packet) off: every failure is
     reported once, in tdet's words, naming the source and frame. OPENCV_FFMPEG_LOGLEVEL set by the user wins."""
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET; read when FFmpeg is first used
-    cv2.setLogLevel(2)  # errors only (no "VIDEOIO(FFMPEG): backend is generally available but ..." warnings)
+    cv2.setLogLevel(1)  # fatal only (no "VIDEOIO(FFMPEG): backend ... can't be used", "Camera index out of range")
 
 
 class VideoSource:
@@ -117,7 +117,8 @@ class VideoSource:
     def __init__(self, source: str, *, reconnects: int = DEFAULT_RECONNECTS, backoff_s: float = RECONNECT_BACKOFF_S,
                  open_timeout_s: float = OPEN_TIMEOUT_S) -> None:
         self.source, self.live = str(source), is_live(source)
-        self.network = "://" in self.source or (self.source.isdigit() and not Path(self.source).exists())
+        self._camera = self.source.isdigit() and not Path(self.source).exists()
+        self.network = "://" in self.source or self._camera
         self.reconnects, self.backoff_s, self.open_timeout_s = int(reconnects), float(backoff_s), float(open_timeout_s)
         self.reconnected, self._tries = 0, 0
         _quiet_decoder()
@@ -125,7 +126,9 @@ class VideoSource:
             raise UserError(f"cannot open video {self.source}: no such file")
         self.cap = self._open()
         if self.cap is None:
-            raise UserError(f"cannot open video source {self.source}: OpenCV (FFmpeg) could not open or read it")
+            why = ("no camera with that index here (or it is in use)" if self._camera else
+                   "OpenCV (FFmpeg) could not open or read it")
+            raise UserError(f"cannot open video source {self.source}: {why}")
         fps = float(self.cap.get(cv2.CAP_PROP_FPS) or 0)
         self.fps = fps if 0 < fps <= 1000 else DEFAULT_FPS
         count = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
@@ -134,7 +137,7 @@ class VideoSource:
 
     def _open(self) -> cv2.VideoCapture | None:
         ms = int(self.open_timeout_s * 1000)
-        if self.source.isdigit() and not Path(self.source).exists():
+        if self._camera:
             cap = cv2.VideoCapture(int(self.source))
         else:
             cap = cv2.VideoCapture(self.source, cv2.CAP_FFMPEG,

@@ -133,7 +133,7 @@ def test_unopenable_sources_are_one_line_errors(tmp_path):
     from tdet.ensembles.server import free_port
 
     for source, says in ((tmp_path / "missing.mp4", "no such file"), (tmp_path / "junk.mp4", "could not open"),
-                         (f"rtsp://127.0.0.1:{free_port()}/cam", "could not open")):
+                         (f"rtsp://127.0.0.1:{free_port()}/cam", "could not open"), ("57", "no camera")):
         res = _tdet("infer", str(source), "--model", MODEL, "--url", f"127.0.0.1:{free_port()}", "--out",
                     str(tmp_path / "out"))
         assert res.returncode == 2, res.stderr
