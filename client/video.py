@@ -158,10 +158,10 @@ class VideoSource:
             if cap is not None:
                 self.cap = cap
                 self.reconnected += 1
-                print(f"warning: {self.source}: stream lost after frame {after}, reopened "
+                print(f"warning: {self.source}: stream lost {_where(after)}, reopened "
                       f"(try {self._tries} of {self.reconnects})", file=sys.stderr)
                 return
-        raise SourceLost(f"{self.source}: stream lost after frame {after}; gave up after {self.reconnects} "
+        raise SourceLost(f"{self.source}: stream lost {_where(after)}; gave up after {self.reconnects} "
                          "reconnect tries")
 
     def frames(self) -> Iterator[Frame]:
@@ -186,13 +186,13 @@ class VideoSource:
             if self.frame_count and index + bad >= self.frame_count:
                 if bad == 1:
                     return  # read to its end
-                raise SourceLost(f"{self.source}: ended after frame {index} of {self.frame_count} "
+                raise SourceLost(f"{self.source}: ended {_where(index)} of {self.frame_count} "
                                  "(the file is truncated or its end is unreadable)")
             if not self.live and bad <= MAX_BAD_FRAMES:
                 continue  # a corrupt frame, or the end: the next reads tell
             if not self.network:
                 if self.frame_count:
-                    raise SourceLost(f"{self.source}: ended after frame {index} of {self.frame_count} "
+                    raise SourceLost(f"{self.source}: ended {_where(index)} of {self.frame_count} "
                                      "(the file is truncated or its end is unreadable)")
                 return
             self._reconnect(index)
@@ -203,6 +203,10 @@ class VideoSource:
 
     def close(self) -> None:
         self.cap.release()
+
+
+def _where(index: int) -> str:
+    return f"after frame {index}" if index >= 0 else "before its first frame"
 
 
 class LatestFrame:
