@@ -9,6 +9,7 @@ from __future__ import annotations
 import configparser
 import http.server
 import json
+import shutil
 import struct
 import subprocess
 import sys
@@ -359,6 +360,7 @@ def seq_model(served):
         yield "seq_tracks"
     finally:
         admin.unload_model("seq_tracks")
+        shutil.rmtree(folder)  # the session's repository stays as the other tests expect it
 
 
 @pytest.mark.server
@@ -397,3 +399,45 @@ def test_python_client_infer_video_equals_infer_on_the_same_jpeg(served, clip):
             got = r.detections
             assert_same_detections((got.boxes, got.scores, got.category_ids), (want.boxes, want.scores,
                                    want.category_ids), scale=160, box_tol=1e-4, score_tol=1e-4)
+
+
+@pytest.mark.server
+def test_server_that_goes_away_mid_video_stops_with_outputs_valid(exported, clip, tmp_path):
+    from tdet.ensembles.builder import build_repository
+    from tdet.ensembles.server import free_port, start, stop_process
+
+    repo = tmp_path / "repo"
+    build_repository([exported["damo-yolo-t"]], repo)
+    proc, info = start(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                       log=tmp_path / "server.log", timeout_s=240)
+    frames = _read_all(clip / f"{clip.name}.mp4")[0]
+    handler = type("Cam", (_Mjpeg,), {"frames": [cv2.imencode(".jpg", f)[1].tobytes() for f in frames] * 3,
+                                      "parts": [60], "connections": 0})
+    camera = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=camera.serve_forever, daemon=True).start()
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "tdet.client.cli", "infer", f"http://127.0.0.1:{camera.server_port}/cam.mjpg",
+           "--model", MODEL, "--url", info.grpc_url, "--out", str(out), "--retries", "1"]
+    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (
+                (out / "cam.jsonl").is_file() and len((out / "cam.jsonl").read_text().splitlines()) >= 3):
+            time.sleep(0.1)
+        stop_process(proc.pid)  # the server goes away mid-stream
+        proc.wait(timeout=30)
+        stdout, stderr = run.communicate(timeout=120)
+    finally:
+        run.kill()
+        camera.shutdown()
+        camera.server_close()
+        if proc.poll() is None:
+            stop_process(proc.pid)
+    assert run.returncode == 2, stderr
+    lines = [line for line in stderr.strip().splitlines() if not line.startswith("warning:")]
+    assert len(lines) == 1 and lines[0].startswith("tdet infer: error: ") and "stopped after" in lines[0], stderr
+    summary = json.loads((out / "cam.summary.json").read_text())
+    assert summary["complete"] is False and "stopped after" in summary["error"]
+    records = _jsonl(out / "cam.jsonl")  # every line whole
+    assert len(records) == summary["frames"] >= 3 and all("detections" in r for r in records)
+    assert len(_read_all(out / "cam.mp4")[0]) == summary["frames"]  # finalised
