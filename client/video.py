@@ -50,6 +50,7 @@ DEFAULT_JPEG_QUALITY = 90
 DEFAULT_RECONNECTS = 3
 RECONNECT_BACKOFF_S = 0.5
 OPEN_TIMEOUT_S = 10.0
+EXACT_COUNT_SUFFIXES = frozenset({".mp4", ".mov", ".m4v", ".avi"})  # the frame count is in the header
 MAX_BAD_FRAMES = 8  # failed reads in a row that a file may have before it counts as ended / truncated
 DEFAULT_FPS = 25.0  # when a source does not say (some cameras and streams): only the output video's rate
 VIDEO_FOURCC = "mp4v"  # in every OpenCV FFmpeg build (H.264 encoders are not)
@@ -184,22 +185,30 @@ class VideoSource:
                 continue
             bad += 1
             if self.frame_count and index + bad >= self.frame_count:
-                if bad == 1:
+                if bad == 1 or self._short_enough(index):
                     return  # read to its end
-                raise SourceLost(f"{self.source}: ended {_where(index)} of {self.frame_count} "
-                                 "(the file is truncated or its end is unreadable)")
+                raise self._truncated(index)
             if not self.live and bad <= MAX_BAD_FRAMES:
                 continue  # a corrupt frame, or the end: the next reads tell
             if not self.network:
-                if self.frame_count:
-                    raise SourceLost(f"{self.source}: ended {_where(index)} of {self.frame_count} "
-                                     "(the file is truncated or its end is unreadable)")
+                if self.frame_count and not self._short_enough(index):
+                    raise self._truncated(index)
                 return
             self._reconnect(index)
             if not self.live:  # a file over http starts again from its first frame: skip what was read
                 for _ in range(index + 1):
                     self.cap.grab()
             bad = 0
+
+    def _short_enough(self, index: int) -> bool:
+        """Whether ending after `index` is the file's end after all: a container without a frame count in its
+        header (mkv, webm, ...) has it estimated from duration x fps, off by a frame or two (or ~1 %)."""
+        exact = Path(urllib.parse.urlsplit(self.source).path).suffix.lower() in EXACT_COUNT_SUFFIXES
+        return not exact and self.frame_count - (index + 1) <= max(2, 0.01 * self.frame_count)
+
+    def _truncated(self, index: int) -> SourceLost:
+        return SourceLost(f"{self.source}: ended {_where(index)} of {self.frame_count} "
+                          "(the file is truncated or its end is unreadable)")
 
     def close(self) -> None:
         self.cap.release()
@@ -210,7 +219,7 @@ def _where(index: int) -> str:
 
 
 class LatestFrame:
-    """A reader thread keeping only the newest frame of a live source: take() returns it (waiting for one),
+    """A reader thread keeping only the newest frame of a live source: iterating waits for and takes it;
     frames replaced before anyone took them are counted as dropped (latest-frame policy)."""
 
     def __init__(self, frames: Iterator[Frame]) -> None:
