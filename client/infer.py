@@ -254,7 +254,8 @@ def register_infer(sub: argparse._SubParsersAction) -> None:
                                    "server, a source that cannot be opened).")
     p.add_argument("paths", nargs="+", help="image files, folders (the images directly in them) or http(s) URLs "
                                             "(fetched first); video files, camera indices (0) or stream URLs "
-                                            "(rtsp://, http(s)://...mjpg|.m3u8|.mp4): NAME.mp4 annotated, "
+                                            "(rtsp://, http(s)://...mjpg|.m3u8|.mp4, or an http(s) URL "
+                                            "that answers a video Content-Type): NAME.mp4 annotated, "
                                             "NAME.jsonl one line per frame, NAME.summary.json")
     p.add_argument("--model", required=True, help="served ensemble, e.g. damo_yolo_t or rtdetrv2_s")
     add_url_args(p)
@@ -277,7 +278,7 @@ def register_infer(sub: argparse._SubParsersAction) -> None:
 def cmd_infer(args: argparse.Namespace) -> int:
     out = args.out or Path("build/infer") / args.model
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
-    videos = [p for p in args.paths if is_video_source(p)]
+    videos = [p for p in args.paths if is_video_source(p, probe=True)]
     images = [p for p in args.paths if p not in videos]
     status = run_videos(videos, args, args.model, server_url(args), out, conf=args.conf, iou=args.iou,
                         max_det=args.max_det, classes=classes, clip=args.clip) if videos else 0

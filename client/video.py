@@ -2,8 +2,9 @@
 
 A source is a video file (anything OpenCV's FFmpeg build reads: mp4, avi, mkv, ...), a camera index ("0") or a
 stream URL (rtsp://, rtsps://, rtmp://, or http(s):// whose path ends in a video or stream suffix: .mp4, .mjpg,
-.m3u8, ...). Frames are JPEG-encoded (--jpeg-quality) and sent as separate requests, several in flight (the
-client's threads, as for images); results are written in frame order:
+.m3u8, ...; `tdet infer` also asks an http(s) URL with neither an image nor a video suffix for its Content-Type:
+video/*, MJPEG or HLS is a video). Frames are JPEG-encoded (--jpeg-quality) and sent as separate requests, several
+in flight (the client's threads, as for images); results are written in frame order:
 
     OUT/NAME.mp4           the annotated video: the input's size and fps (fps / N with --vid-stride N)
     OUT/NAME.jsonl         one line per frame: {"frame", "time_s", "detections": [...], "latency_ms"}; a
@@ -39,7 +40,7 @@ import cv2
 import numpy as np
 
 from .errors import InferenceError, ModelNotFoundError, ServerUnavailableError, UserError
-from .files import atomic_write
+from .files import IMAGE_SUFFIXES, atomic_write
 from .image_input import VIDEO_SUFFIXES, is_url
 from .postprocess import Detections, from_wire
 from .specs import WIRE_OUTPUTS
@@ -56,25 +57,54 @@ DEFAULT_FPS = 25.0  # when a source does not say (some cameras and streams): onl
 VIDEO_FOURCC = "mp4v"  # in every OpenCV FFmpeg build (H.264 encoders are not)
 
 
-def is_video_source(source: str | os.PathLike) -> bool:
-    """A camera index ("0"), a stream URL (rtsp://...) or a video file / URL by its suffix."""
+def is_video_source(source: str | os.PathLike, *, probe: bool = False) -> bool:
+    """A camera index ("0"), a stream URL (rtsp://...) or a video file / URL by its suffix. probe: also ask an
+    http(s) URL without an image or video suffix (http://cam/video) for its Content-Type (video/*, MJPEG, HLS)."""
     text = str(source)
     if text.isdigit() and not Path(text).exists():
         return True
     if text.lower().startswith(LIVE_SCHEMES):
         return True
     path = urllib.parse.urlsplit(text).path if is_url(text) else text
-    return Path(path).suffix.lower() in VIDEO_SUFFIXES | STREAM_SUFFIXES
+    suffix = Path(path).suffix.lower()
+    if suffix in VIDEO_SUFFIXES | STREAM_SUFFIXES:
+        return True
+    return probe and is_url(text) and suffix not in IMAGE_SUFFIXES and bool(_video_type(text))
 
 
 def is_live(source: str | os.PathLike) -> bool:
-    """Camera, rtsp/rtmp/..., or an http(s) MJPEG/HLS stream: frames come at the source's pace, stale ones drop."""
+    """Camera, rtsp/rtmp/..., or an http(s) MJPEG/HLS stream (by suffix, or by a Content-Type probed before):
+    frames come at the source's pace, stale ones drop."""
     text = str(source)
     if text.isdigit() and not Path(text).exists():
         return True
     if text.lower().startswith(LIVE_SCHEMES):
         return True
-    return is_url(text) and Path(urllib.parse.urlsplit(text).path).suffix.lower() in STREAM_SUFFIXES
+    if not is_url(text):
+        return False
+    return (Path(urllib.parse.urlsplit(text).path).suffix.lower() in STREAM_SUFFIXES
+            or _PROBED.get(text, "") in LIVE_TYPES)
+
+
+LIVE_TYPES = ("multipart/x-mixed-replace", "application/vnd.apple.mpegurl", "application/x-mpegurl")
+_PROBED: dict[str, str] = {}  # url -> its video Content-Type ("" : not a video)
+
+
+def _video_type(url: str, timeout_s: float = 5.0) -> str:
+    """The Content-Type of `url` when it is a video or stream (video/*, MJPEG, HLS), else "" (also when it does not
+    answer: the image path then reports the failure). Only the headers are read."""
+    import urllib.request
+
+    if url not in _PROBED:
+        kind = ""
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "tdet"}),
+                                        timeout=timeout_s) as response:
+                kind = response.headers.get_content_type().lower()
+        except (OSError, ValueError):
+            pass
+        _PROBED[url] = kind if kind.startswith("video/") or kind in LIVE_TYPES else ""
+    return _PROBED[url]
 
 
 def source_name(source: str | os.PathLike) -> str:

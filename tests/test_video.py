@@ -129,6 +129,34 @@ def test_video_sources_are_recognised():
         ("clip", "camera0", "cam1")
 
 
+class _Typed(http.server.BaseHTTPRequestHandler):
+    types = {"/video": "multipart/x-mixed-replace; boundary=frame", "/clip": "video/mp4", "/photo": "image/jpeg"}
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", self.types[self.path])
+        self.send_header("Content-Length", "4")
+        self.end_headers()
+        self.wfile.write(b"data")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_urls_without_a_suffix_are_told_apart_by_their_content_type():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Typed)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        assert is_video_source(f"{base}/video", probe=True) and is_live(f"{base}/video")  # an MJPEG camera
+        assert is_video_source(f"{base}/clip", probe=True) and not is_live(f"{base}/clip")
+        assert not is_video_source(f"{base}/photo", probe=True) and not is_video_source(f"{base}/video")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not is_video_source(f"{base}/gone", probe=True)  # no answer: left to the image path, which reports it
+
+
 def test_unopenable_sources_are_one_line_errors(tmp_path):
     (tmp_path / "junk.mp4").write_bytes(b"not a video at all" * 100)
     from tdet.ensembles.server import free_port
