@@ -30,13 +30,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = dsub.add_parser("synth", help="generate a learnable COCO-format detection dataset",
                         description="Write DIR/images/*.jpg and DIR/annotations.json (COCO format): six shape kinds "
                                     "(rectangle, ellipse, triangle, star, cross, ring; category ids 1-6), the class "
-                                    "is what is drawn. Train and val splits come from different seeds.")
+                                    "is what is drawn. Train and val splits come from different seeds. --video: "
+                                    "DIR/clip-NNN/ clips of the same shapes moving (clip-NNN.mp4, img1/ frames, "
+                                    "MOTChallenge gt/gt.txt, seqinfo.ini, COCO annotations.json).")
     p.add_argument("--out", type=Path, required=True, help="dataset folder")
-    p.add_argument("--num", type=int, default=16, help="number of images")
+    p.add_argument("--num", type=int, default=16, help="number of images (with --video: of clips)")
     p.add_argument("--seed", type=int, default=0, help="seed (with --split, picks the images)")
     p.add_argument("--split", choices=["train", "val"], default="train", help="which split of the seed")
     p.add_argument("--size", type=_size, help="WxH for every image (default: a mix of sizes)")
     p.add_argument("--workers", type=int, default=1, help="processes drawing images (same images for any count)")
+    p.add_argument("--video", action="store_true", help="write video clips with tracking ground truth instead of "
+                                                        "images (--size default 640x480)")
+    p.add_argument("--frames", type=int, default=50, help="with --video: frames per clip")
+    p.add_argument("--fps", type=float, default=10.0, help="with --video: frame rate of the clips")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("eval", help="COCO evaluation through the served model",
@@ -105,6 +111,14 @@ def _server_args(p: argparse.ArgumentParser, *, retries: int = DEFAULT_RETRIES) 
 def cmd_synth(args: argparse.Namespace) -> int:
     from .synth import synthesize
 
+    if args.video:
+        from .synth_video import synthesize_video
+
+        clips = synthesize_video(args.out, args.num, args.seed, args.size, frames=args.frames, fps=args.fps,
+                                 split=args.split)
+        print(f"wrote {len(clips)} {args.split} clips of {args.frames} frames at {args.fps:g} fps to {args.out} "
+              "(each: clip video, img1/ frames, gt/gt.txt, annotations.json)")
+        return 0
     path = synthesize(args.out, args.num, args.seed, args.size, split=args.split, workers=args.workers)
     print(f"wrote {args.num} {args.split} images to {args.out / 'images'} and {path}")
     return 0

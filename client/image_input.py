@@ -77,11 +77,11 @@ def is_url(source: str | os.PathLike) -> bool:
 
 
 def check_not_video(source: str | os.PathLike, what: str = "tdet") -> None:
-    """UserError for a video file or URL (by its suffix): only still images are read, for now."""
+    """UserError for a video file or URL (by its suffix) where a still image is expected."""
     path = urllib.parse.urlsplit(source).path if is_url(source) else str(source)
     if Path(path).suffix.lower() in VIDEO_SUFFIXES:
-        raise UserError(f"{source}: video is not supported yet by {what}; pass images (extract frames first, "
-                        "e.g. ffmpeg -i VIDEO frames/%05d.jpg)")
+        raise UserError(f"{source}: a video, not an image ({what} takes images); run videos with `tdet infer "
+                        "VIDEO` or tdet.client.video.run_video")
 
 
 def fetch_url(url: str, *, timeout_s: float = FETCH_TIMEOUT_S, max_bytes: int = MAX_FETCH_BYTES) -> bytes:

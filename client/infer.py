@@ -1,7 +1,7 @@
 """`tdet infer PATH... [--model M] [--out DIR]`: detections from a running server, written as each image's
 answer arrives: an annotated copy (<name>.jpg) and JSON (<name>.json) per input, plus an index
 (detections.json). PATH: an image file, a folder of images or an http(s) URL (fetched first; a URL that
-fails stops the run with its HTTP status or network error); a video is refused plainly (not supported yet).
+fails stops the run with its HTTP status or network error); a video, camera or stream goes to tdet.client.video.
 A file the server refuses (not an image, truncated, too small) is skipped with a warning naming it; the
 rest go on.
 
@@ -35,6 +35,7 @@ from .pool import finished_batches
 from .postprocess import Detections
 from .preprocess import decode_bgr
 from .triton import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, add_connection_args, add_url_args, server_url
+from .video import add_video_args, is_video_source, run_videos
 
 INDEX = "detections.json"
 DEFAULT_CONF = 0.25  # Ultralytics' predict default: what a deployment user expects to see drawn and counted
@@ -246,10 +247,16 @@ def register_infer(sub: argparse._SubParsersAction) -> None:
                        description="Send each image to the served ensemble MODEL and write, as each answer arrives, "
                                    "an annotated copy (NAME.jpg) and its detections (NAME.json: boxes xyxy in "
                                    "original pixels, scores, category ids, class names) to --out, plus an index "
-                                   f"({INDEX}). A file the server refuses is skipped with a warning. Exit status: 0 "
-                                   "all written, 1 some skipped, 2 nothing could run (bad arguments, no server).")
+                                   f"({INDEX}). A file the server refuses is skipped with a warning. A video, "
+                                   "camera or stream: its annotated video (NAME.mp4), one JSON line per frame "
+                                   "(NAME.jsonl) and a summary (NAME.summary.json). Exit status: 0 all written, 1 "
+                                   "some skipped (or video frames lost), 2 nothing could run (bad arguments, no "
+                                   "server, a source that cannot be opened).")
     p.add_argument("paths", nargs="+", help="image files, folders (the images directly in them) or http(s) URLs "
-                                            "(fetched first; no video yet)")
+                                            "(fetched first); video files, camera indices (0) or stream URLs "
+                                            "(rtsp://, http(s)://...mjpg|.m3u8|.mp4, or an http(s) URL "
+                                            "that answers a video Content-Type): NAME.mp4 annotated, "
+                                            "NAME.jsonl one line per frame, NAME.summary.json")
     p.add_argument("--model", required=True, help="served ensemble, e.g. damo_yolo_t or rtdetrv2_s")
     add_url_args(p)
     p.add_argument("--out", type=Path, help="output folder (default: build/infer/MODEL)")
@@ -264,13 +271,20 @@ def register_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=True,
                    help="clip boxes to the image")
     add_connection_args(p)
+    add_video_args(p)
     p.set_defaults(func=cmd_infer)
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
     out = args.out or Path("build/infer") / args.model
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
-    summary = run_infer(args.paths, args.model, server_url(args), args.protocol, out, concurrency=args.concurrency,
+    videos = [p for p in args.paths if is_video_source(p, probe=True)]
+    images = [p for p in args.paths if p not in videos]
+    status = run_videos(videos, args, args.model, server_url(args), out, conf=args.conf, iou=args.iou,
+                        max_det=args.max_det, classes=classes, clip=args.clip) if videos else 0
+    if not images:
+        return status
+    summary = run_infer(images, args.model, server_url(args), args.protocol, out, concurrency=args.concurrency,
                         timeout_s=args.timeout, retries=args.retries, echo=True, conf=args.conf, iou=args.iou,
                         max_det=args.max_det, classes=classes, clip=args.clip)
     total = summary.written + summary.skipped
@@ -278,4 +292,4 @@ def cmd_infer(args: argparse.Namespace) -> int:
           + (" (warnings above)" if summary.skipped else "") + f"; index: {out / INDEX}")
     if summary.servers:
         print(summary.servers)
-    return 1 if summary.skipped else 0
+    return max(status, 1 if summary.skipped else 0)

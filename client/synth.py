@@ -37,7 +37,7 @@ def split_seed(seed: int, split: str) -> int:
     return zlib.crc32(f"{seed}/{split}".encode())
 
 
-def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
+def background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     c0, c1 = rng.integers(0, 255, 3), rng.integers(0, 255, 3)
     t = np.linspace(0, 1, w, dtype=np.float32)[None, :, None] if rng.random() < 0.5 else \
         np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
@@ -93,6 +93,15 @@ def _draw_object(img: np.ndarray, ids: np.ndarray, pad: int, k: int, shape: str,
     angle = float(rng.uniform(-np.pi, np.pi)) if shape != "rectangle" or rng.random() < 0.5 else 0.0
     colour = tuple(int(c) for c in rng.integers(0, 255, 3))
     edge = tuple(int(c * rng.uniform(0.3, 0.7)) for c in colour) if rng.random() < 0.5 else None
+    render_object(img, ids, pad, k, shape, (cx, cy, ow, oh, angle), colour, edge)
+
+
+def render_object(img: np.ndarray, ids: np.ndarray, pad: int, k: int, shape: str,
+                  pose: tuple[float, float, float, float, float], colour: tuple[int, ...],
+                  edge: tuple[int, ...] | None) -> None:
+    """Draw one shape at pose (cx, cy, width, height, angle in radians) into the RGB image and, with value k,
+    into the padded instance map `ids` (see _draw_object); the video clips (synth_video) draw with it too."""
+    cx, cy, ow, oh, angle = pose
     for canvas, shift, fill, outline in ((img, 0, colour, edge), (ids, pad, k, k if edge is not None else None)):
         if shape in ("ellipse", "ring"):
             centre, axes = (int(cx) + shift, int(cy) + shift), (max(1, int(ow / 2)), max(1, int(oh / 2)))
@@ -111,7 +120,7 @@ def _draw_object(img: np.ndarray, ids: np.ndarray, pad: int, k: int, shape: str,
                 cv2.polylines(canvas, polys, True, outline, 2, cv2.LINE_8)
 
 
-def _visible_boxes(ids: np.ndarray, drawn: dict[int, int], min_visible: float
+def visible_boxes(ids: np.ndarray, drawn: dict[int, int], min_visible: float
                    ) -> dict[int, tuple[list[float], int]]:
     """{k: (COCO bbox [x, y, w, h] of shape k's visible pixels, visible pixel count)} for the shapes with
     at least `min_visible` of their full area visible in the image (not cut off by its border, not hidden
@@ -127,7 +136,7 @@ def _visible_boxes(ids: np.ndarray, drawn: dict[int, int], min_visible: float
     return out
 
 
-def _degrade(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def degrade(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Camera-like nuisances: optional blur and sensor noise (JPEG quality is drawn at encoding)."""
     if rng.random() < 0.3:
         k = int(rng.choice([3, 5]))
@@ -144,7 +153,7 @@ def _make_image(job: tuple[Path, int, int, tuple[int, int] | None, tuple[int, in
     img_dir, stream, i, size, objects = job
     rng = np.random.default_rng([stream, i])
     w, h = size or SIZES[int(rng.integers(len(SIZES)))]
-    img = _background(rng, w, h)
+    img = background(rng, w, h)
     pad = max(w, h) // 2
     ids = np.zeros((h + 2 * pad, w + 2 * pad), np.uint8)
     drawn, labels = {}, {}
@@ -153,8 +162,8 @@ def _make_image(job: tuple[Path, int, int, tuple[int, int] | None, tuple[int, in
         _draw_object(img, ids, pad, k, SHAPES[labels[k]], rng)
         drawn[k] = int((ids == k).sum())  # drawn last, so all its pixels are k now
     anns = [(CATEGORY_IDS[labels[k]], box, float(area))
-            for k, (box, area) in _visible_boxes(ids[pad:pad + h, pad:pad + w], drawn, MIN_VISIBLE).items()]
-    img = _degrade(img, rng)
+            for k, (box, area) in visible_boxes(ids[pad:pad + h, pad:pad + w], drawn, MIN_VISIBLE).items()]
+    img = degrade(img, rng)
     name = f"{i:06d}.jpg"
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
                            [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(60, 96))])
