@@ -41,6 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="which engine versions Triton loads: latest[:N] (the newest N), all, or specific:1,3; the "
                         "ensemble uses the newest loaded one")
     p.add_argument("--replace", action="store_true", help="replace a model of the same name built from other weights")
+    p.add_argument("--track", action="store_true", help="also build <model>_track: the ensemble plus a server-side "
+                   "ByteTrack per stream (sequence id = stream), which returns TRACK_IDS")
     p.add_argument("--engine", choices=["onnxruntime", "tensorrt"], default=_D.engine,
                    help="onnxruntime: model.onnx (CPU here, or Triton's ORT backend); tensorrt: model.plan built "
                         "on the GPU host by NAME_engine/build_engine.sh (docker compose run engine-builder)")
@@ -102,7 +104,8 @@ def cmd_repo_build(args: argparse.Namespace) -> int:
                         engine_instances=args.engine_instances, postprocess_instances=args.postprocess_instances,
                         ort_threads=args.ort_threads, device=args.device, precision=args.precision,
                         version_policy=args.version_policy)
-    for b in build_repository(args.onnx, args.out, opts, name=args.name, version=args.version, replace=args.replace):
+    for b in build_repository(args.onnx, args.out, opts, name=args.name, version=args.version, replace=args.replace,
+                               track=args.track):
         versions = ", ".join(map(str, b.versions))
         print(f"built {b.name} ({b.name}_preprocess -> {b.name}_engine [{args.engine}, version {b.version}; "
               f"versions present: {versions}] -> {b.name}_postprocess) in {args.out}  [weights: {b.weights}]"
