@@ -1,6 +1,6 @@
 """client/bytetrack.py vs supervision's ByteTrack (a reference run OUTSIDE the project) on the same detections.
 
-    python3 -m venv /tmp/ref && /tmp/ref/bin/pip install "numpy<2" scipy supervision==0.25.1  # 0.26+ moved ByteTrack out
+    python3 -m venv /tmp/ref && /tmp/ref/bin/pip install "numpy<2" scipy supervision==0.25.1  # 0.26+: no ByteTrack
     /tmp/ref/bin/python bench/bytetrack_reference.py
 Compares the tracks frame by frame: the same boxes get the same track, i.e. ids map one-to-one over the whole
 clip (supervision numbers ids only once a track is confirmed, the paper's code at birth, so raw numbers differ).

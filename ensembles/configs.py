@@ -168,7 +168,7 @@ def track_ensemble_config(model: str, plain: mc.ModelConfig, opts: BuildOptions)
     cfg.name = f"{model}_track"
     cfg.output.add(name=TRACK_IDS, data_type=mc.TYPE_INT64, dims=[opts.max_detections])
     for step in cfg.ensemble_scheduling.step:  # the detections become internal tensors
-        for k, v in step.output_map.items():
+        for k, v in list(step.output_map.items()):
             if v in specs.WIRE_OUTPUTS:
                 step.output_map[k] = f"det_{v}"
     step = cfg.ensemble_scheduling.step.add(model_name=f"{model}_tracker", model_version=-1)
