@@ -3,6 +3,7 @@ sequence id), served by a real tritonserver; and ByteTrack itself (tdet.client.b
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -135,3 +136,22 @@ def test_bytetrack_keeps_ids_through_a_gap_and_a_low_score_frame():
         seen.append(tr.update(np.array(boxes), np.array(scores), np.zeros(len(scores)))[3].tolist())
     assert seen[0] == [1, 2] and all(sorted(s[:2]) == [1, 2] for s in seen[1:6]) and seen[6] == [1]
     assert sorted(seen[7]) == [1, 2] and sorted(seen[9]) == [1, 2, 3]
+
+
+def test_mot_metrics_score_a_perfect_and_a_swapped_track(tmp_path):
+    """py-motmetrics on a tiny clip: tracks equal to the ground truth score MOTA = IDF1 = 1; swapping the ids
+    halfway costs ID switches and IDF1."""
+    pytest.importorskip("motmetrics")
+    from tdet.client.mot_eval import mot_metrics
+
+    gt = [(f + 1, i, 10 + 5 * f + 100 * i, 20, 30, 40) for f in range(10) for i in (1, 2)]
+    (tmp_path / "gt.txt").write_text("".join(f"{f},{i},{x},{y},{w},{h},1,1,1\n" for f, i, x, y, w, h in gt))
+    (tmp_path / "same.txt").write_text("".join(f"{f},{i},{x},{y},{w},{h},1,-1,-1,-1\n" for f, i, x, y, w, h in gt))
+    swap = {(f, i): i if f <= 5 else 3 - i for f, i, *_ in gt}  # ids 1 <-> 2 from frame 6 on
+    lines = [json.dumps({"frame": f - 1, "detections": [{"box": [x, y, x + w, y + h], "track_id": swap[f, i]}
+                                                        for ff, i, x, y, w, h in gt if ff == f]}) for f in range(1, 11)]
+    (tmp_path / "swapped.jsonl").write_text("\n".join(lines) + "\n")
+    same = mot_metrics(tmp_path / "gt.txt", tmp_path / "same.txt")
+    assert same["mota"] == pytest.approx(1.0) and same["idf1"] == pytest.approx(1.0) and same["num_switches"] == 0
+    swapped = mot_metrics(tmp_path / "gt.txt", tmp_path / "swapped.jsonl")
+    assert swapped["num_switches"] == 2 and swapped["idf1"] == pytest.approx(0.5)
