@@ -27,6 +27,8 @@ NAMES = ("conf", "iou", "max_det", "classes", "clip")
 # added by tritonclient's HTTP transport itself (binary_data_output), or reserved by Triton
 TRANSPORT_PARAMETERS = frozenset({"binary_data_output", "sequence_id", "sequence_start", "sequence_end",
                                   "priority", "timeout", "headers"})
+# read by the tracker step of a `<model>_track` ensemble (tdet.client.bytetrack), which gets the same parameters
+TRACK_PARAMETERS = frozenset({"track_thresh", "low_thresh", "match_thresh", "track_buffer", "frame_rate"})
 
 
 class InvalidParameterError(UserError):
@@ -75,7 +77,7 @@ def resolve(parameters: Mapping[str, Any], defaults: DetectOptions, *, max_k: in
             category_ids: Iterable[int]) -> DetectOptions:
     """One request's parameters (as the python backend's request.parameters() gives them, JSON-decoded)
     over the config `defaults`. max_k: the output size K (max_det may only lower it)."""
-    unknown = sorted(set(parameters) - set(NAMES) - TRANSPORT_PARAMETERS)
+    unknown = sorted(set(parameters) - set(NAMES) - TRANSPORT_PARAMETERS - TRACK_PARAMETERS)
     if unknown:
         raise InvalidParameterError(f"unknown request parameter(s) {unknown}; known: {', '.join(NAMES)}")
     changes = {f.name: parse_value(f, parameters[f.name], f"request parameter {f.name}", error=InvalidParameterError,

@@ -39,12 +39,14 @@ from .configs import (
     postprocess_config,
     preprocess_config,
     read_config,
+    track_ensemble_config,
+    tracker_config,
     write_config,
 )
 
 SCALED_INPUT = "images_float"  # internal name of the float tensor the original graph consumed
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
-STEP_SUFFIXES = ("_preprocess", "_engine", "_postprocess")
+STEP_SUFFIXES = ("_preprocess", "_engine", "_postprocess", "_tracker", "_track")
 # what the versions of one name share (the preprocess, postprocess and ensemble configs)
 SHARED = ("family", "input_hw", "category_ids", "engine")
 
@@ -202,6 +204,20 @@ def _write_variant(stage: Path, model, info: OnnxInfo, opts: BuildOptions, max_p
     return [pre.name, eng.name, post.name, m]
 
 
+def _write_track(stage: Path, m: str, opts: BuildOptions, idle_us: int | None) -> list[str]:
+    """Stage `<m>_tracker` and the `<m>_track` ensemble (pre -> engine -> post -> tracker) beside the plain one."""
+    tracker = stage / f"{m}_tracker"
+    (tracker / "1").mkdir(parents=True)
+    (tracker / "1" / "model.py").write_text(resources.files("tdet.ensembles").joinpath("tracker", "model.py")
+                                            .read_text())
+    write_config(tracker / "config.pbtxt", tracker_config(tracker.name, opts, *([idle_us] if idle_us else [])))
+    ens = stage / f"{m}_track"
+    (ens / "1").mkdir(parents=True)
+    write_config(ens / "config.pbtxt", track_ensemble_config(m, read_config(stage / m / "config.pbtxt"), opts))
+    shutil.copy(stage / m / "labels.json", ens / "labels.json")
+    return [tracker.name, ens.name]
+
+
 def _script(path: Path, comment: str, command: str) -> None:
     path.write_text(f'#!/bin/sh\n{comment}\nset -e\nHERE="$(cd "$(dirname "$0")" && pwd)"\n{command}\n')
     path.chmod(0o755)
@@ -253,14 +269,16 @@ def _load(path: str | Path):
 
 def build_repository(onnx_files: list[str | Path], out: str | Path = "model_repository",
                      opts: BuildOptions | None = None, max_pixels: int = MAX_PIXELS, *, name: str | None = None,
-                     version: int = 1, replace: bool = False) -> list[Built]:
+                     version: int = 1, replace: bool = False, track: bool = False,
+                     track_idle_us: int | None = None) -> list[Built]:
     """Write the models of each ONNX file into `out`; returns what was built.
 
     name: the model name (one file only; default: the variant with underscores). version: the engine
     version this graph becomes; the other versions of that name stay. A name that holds other weights at
     that version is only replaced with `replace`. Each variant is staged in a temp directory next to
     `out` and moved in only when complete, so an error never leaves a half-written model that Triton
-    would try to load. Models of other names are left alone."""
+    would try to load. Models of other names are left alone. track: also `<m>_tracker` and the `<m>_track`
+    ensemble (server-side ByteTrack per stream; track_idle_us: how long a silent stream's tracker is kept)."""
     opts = opts or BuildOptions()  # checked when made (BuildOptions.__post_init__)
     if version < 1:
         raise UserError(f"--version must be >= 1, got {version}")
@@ -284,6 +302,7 @@ def build_repository(onnx_files: list[str | Path], out: str | Path = "model_repo
         stage = Path(tempfile.mkdtemp(prefix=".stage-", dir=out.parent))
         try:
             names = _write_variant(stage, model, info, opts, max_pixels, m, version, versions)
+            names += _write_track(stage, m, opts, track_idle_us) if track else []
             for v in versions:  # the other versions of the engine move over as they are
                 if v != str(version):
                     shutil.copytree(out / f"{m}_engine" / v, stage / f"{m}_engine" / v)

@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "kept (same family, input size and classes required)")
     add_arguments(p, BuildOptions, only=["version_policy"])
     p.add_argument("--replace", action="store_true", help="replace a model of the same name built from other weights")
+    p.add_argument("--track", action="store_true", help="also build <model>_track: the ensemble plus a server-side "
+                   "ByteTrack per stream (sequence id = stream), which returns TRACK_IDS")
     add_arguments(p, BuildOptions, skip=["version_policy"])
     p.set_defaults(func=cmd_repo_build)
 
@@ -63,7 +65,8 @@ def cmd_repo_build(args: argparse.Namespace) -> int:
     from .builder import build_repository
 
     opts = from_args(BuildOptions, args)
-    for b in build_repository(args.onnx, args.out, opts, name=args.name, version=args.version, replace=args.replace):
+    for b in build_repository(args.onnx, args.out, opts, name=args.name, version=args.version, replace=args.replace,
+                              track=args.track):
         versions = ", ".join(map(str, b.versions))
         print(f"built {b.name} ({b.name}_preprocess -> {b.name}_engine [{args.engine}, version {b.version}; "
               f"versions present: {versions}] -> {b.name}_postprocess) in {args.out}  [weights: {b.weights}]"

@@ -20,7 +20,7 @@ from tdet.client.optionfields import settings
 from .options import BuildOptions, VersionPolicy
 
 __all__ = ["BuildOptions", "VersionPolicy", "engine_config", "ensemble_config", "postprocess_config",
-           "preprocess_config", "read_config", "write_config"]
+           "preprocess_config", "read_config", "track_ensemble_config", "tracker_config", "write_config"]
 
 
 
@@ -133,4 +133,42 @@ def ensemble_config(model: str, family: str, opts: BuildOptions, meta: dict[str,
         step = cfg.ensemble_scheduling.step.add(model_name=name, model_version=-1)
         step.input_map.update(inputs)
         step.output_map.update(outputs)
+    return cfg
+
+
+TRACK_IDS = "TRACK_IDS"
+TRACK_IDLE_US = 30_000_000  # a stream silent this long is dropped (a camera that went away)
+TRACK_STREAMS = 64  # streams one tracker instance holds at once (the oldest strategy's candidate sequences)
+
+
+def tracker_config(name: str, opts: BuildOptions, idle_us: int = TRACK_IDLE_US,
+                   params: dict[str, str] | None = None) -> mc.ModelConfig:
+    """`<m>_tracker`: detections -> detections + TRACK_IDS, one ByteTrack per sequence (correlation id).
+    The oldest strategy, not direct: direct binds each stream to one batch slot, and a stream beyond the
+    slots waits in the backlog, where its later requests are refused (bench/seq_ensemble)."""
+    k = opts.max_det
+    cfg = _model(name, opts, _wire(k), [*_wire(k), (TRACK_IDS, mc.TYPE_INT64, [k])], backend="python",
+                 params=params or {})
+    cfg.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)  # the trackers live in one process
+    seq = cfg.sequence_batching
+    seq.max_sequence_idle_microseconds = idle_us
+    seq.oldest.max_candidate_sequences = TRACK_STREAMS
+    seq.oldest.max_queue_delay_microseconds = opts.queue_delay_us
+    return cfg
+
+
+def track_ensemble_config(model: str, plain: mc.ModelConfig, opts: BuildOptions) -> mc.ModelConfig:
+    """`<m>_track`: the plain ensemble's steps, then `<m>_tracker`; same input and parameters, plus TRACK_IDS.
+    Clients send each stream's frames with one sequence id (START on the first frame, END on the last)."""
+    cfg = mc.ModelConfig()
+    cfg.CopyFrom(plain)
+    cfg.name = f"{model}_track"
+    cfg.output.add(name=TRACK_IDS, data_type=mc.TYPE_INT64, dims=[opts.max_det])
+    for step in cfg.ensemble_scheduling.step:  # the detections become internal tensors
+        for k, v in list(step.output_map.items()):
+            if v in specs.WIRE_OUTPUTS:
+                step.output_map[k] = f"det_{v}"
+    step = cfg.ensemble_scheduling.step.add(model_name=f"{model}_tracker", model_version=-1)
+    step.input_map.update({o: f"det_{o}" for o in specs.WIRE_OUTPUTS})
+    step.output_map.update({o: o for o in (*specs.WIRE_OUTPUTS, TRACK_IDS)})
     return cfg

@@ -1,0 +1,157 @@
+"""Server-side tracking: `tdet repo build --track` -> `<m>_track` (pre -> engine -> post -> ByteTrack per
+sequence id), served by a real tritonserver; and ByteTrack itself (tdet.client.bytetrack)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from tdet.client.bytetrack import ByteTracker, ByteTrackParams
+
+FRAMES = 12
+PARAMS = {"conf": 0.05, "track_thresh": 0.1, "low_thresh": 0.02}  # the random-init model scores low
+
+
+def _clip(seed: int) -> list[bytes]:
+    """JPEG frames of bright shapes moving linearly over a blocky background."""
+    rng = np.random.default_rng(seed)
+    bg = cv2.resize(rng.integers(0, 255, (6, 8, 3), dtype=np.uint8), (320, 240), interpolation=cv2.INTER_NEAREST)
+    starts, vel = rng.uniform(30, 200, (4, 2)), rng.uniform(-6, 6, (4, 2))
+    frames = []
+    for f in range(FRAMES):
+        img = bg.copy()
+        for (x, y), (vx, vy), c in zip(starts, vel, rng.integers(0, 255, (4, 3))):
+            cv2.circle(img, (int(x + vx * f), int(y + vy * f)), 22, tuple(int(v) for v in c), -1)
+        frames.append(cv2.imencode(".jpg", img)[1].tobytes())
+    return frames
+
+
+def _send(client, model, frame, cid, start, end, params=PARAMS):
+    import tritonclient.grpc as grpcclient
+
+    inp = grpcclient.InferInput("IMAGE", [1, 1], "BYTES")
+    inp.set_data_from_numpy(np.array([[frame]], dtype=np.object_))
+    res = client.infer(model, [inp], sequence_id=cid, sequence_start=start, sequence_end=end, parameters=params)
+    n = int(res.as_numpy("NUM_DETECTIONS")[0, 0])
+    return res.as_numpy("TRACK_IDS")[0, :n].tolist(), res.as_numpy("BOXES")[0, :n]
+
+
+def _stream(url, model, frames, cid, out, pause=0.0):
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    for i, f in enumerate(frames):
+        out.append(_send(client, model, f, cid, i == 0, i == len(frames) - 1)[0])
+        time.sleep(pause)
+
+
+@pytest.fixture(scope="module")
+def track_server(exported, tmp_path_factory):
+    from tdet.ensembles.builder import build_repository
+    from tdet.ensembles.server import free_port, start, stop_process
+
+    repo = tmp_path_factory.mktemp("track") / "model_repository"
+    build_repository([exported["damo-yolo-t"]], repo, track=True, track_idle_us=1_500_000)
+    log = repo.parent / "tritonserver.log"
+    proc, info = start(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), log=log,
+                       timeout_s=240)
+    try:
+        yield info.grpc_url, repo
+    finally:
+        stop_process(proc.pid)
+        proc.wait(timeout=30)
+
+
+def test_build_track_writes_the_tracker_and_the_track_ensemble(track_server):
+    from tdet.ensembles.configs import read_config
+
+    _, repo = track_server
+    ens = read_config(repo / "damo_yolo_t_track" / "config.pbtxt")
+    assert [s.model_name for s in ens.ensemble_scheduling.step][-1] == "damo_yolo_t_tracker"
+    assert "TRACK_IDS" in [o.name for o in ens.output]
+    assert read_config(repo / "damo_yolo_t_tracker" / "config.pbtxt").sequence_batching.oldest.max_candidate_sequences
+
+
+def test_two_streams_at_once_keep_their_own_tracks(track_server):
+    url, _ = track_server
+    a, b = _clip(1), _clip(2)
+    alone_a, alone_b = [], []
+    _stream(url, "damo_yolo_t_track", a, 101, alone_a)
+    _stream(url, "damo_yolo_t_track", b, 102, alone_b)
+    assert any(alone_a) and any(alone_b), "the model detected nothing: the test clip is too hard"
+    both_a, both_b = [], []
+    threads = [threading.Thread(target=_stream, args=(url, "damo_yolo_t_track", a, 201, both_a, 0.01)),
+               threading.Thread(target=_stream, args=(url, "damo_yolo_t_track", b, 202, both_b, 0.01))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert both_a == alone_a and both_b == alone_b
+
+
+def test_idle_stream_is_evicted(track_server):
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    url, _ = track_server
+    client = grpcclient.InferenceServerClient(url)
+    frames = _clip(3)
+    _send(client, "damo_yolo_t_track", frames[0], 303, True, False)
+    _send(client, "damo_yolo_t_track", frames[1], 303, False, False)
+    time.sleep(4.0)  # past max_sequence_idle_microseconds (1.5 s) plus the batcher's reaper period
+    with pytest.raises(InferenceServerException, match="START"):
+        _send(client, "damo_yolo_t_track", frames[2], 303, False, False)
+    ids, _ = _send(client, "damo_yolo_t_track", frames[2], 303, True, True)  # a restart is a fresh tracker
+    assert ids == sorted(ids) and (not ids or ids[0] == 1)
+
+
+def test_track_model_needs_a_sequence_id(track_server):
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    url, _ = track_server
+    inp = grpcclient.InferInput("IMAGE", [1, 1], "BYTES")
+    inp.set_data_from_numpy(np.array([[_clip(4)[0]]], dtype=np.object_))
+    with pytest.raises(InferenceServerException, match="sequence|correlation"):
+        grpcclient.InferenceServerClient(url).infer("damo_yolo_t_track", [inp])
+
+
+def test_bytetrack_keeps_ids_through_a_gap_and_a_low_score_frame():
+    """Two boxes moving apart: ids stay through a low-score frame (the 2nd association) and a missed frame
+    (the track buffer); a box appearing later gets a new id."""
+    tr = ByteTracker(ByteTrackParams(track_buffer=5))
+    seen = []
+    for f in range(10):
+        boxes = [[10 + 4 * f, 10, 50 + 4 * f, 50], [200 - 4 * f, 100, 240 - 4 * f, 140]]
+        scores = [0.9, 0.3 if f == 4 else 0.9]
+        if f == 6:
+            boxes, scores = boxes[:1], scores[:1]
+        if f >= 8:
+            boxes, scores = [*boxes, [300, 300, 340, 340]], [*scores, 0.9]
+        seen.append(tr.update(np.array(boxes), np.array(scores), np.zeros(len(scores)))[3].tolist())
+    assert seen[0] == [1, 2] and all(sorted(s[:2]) == [1, 2] for s in seen[1:6]) and seen[6] == [1]
+    assert sorted(seen[7]) == [1, 2] and sorted(seen[9]) == [1, 2, 3]
+
+
+def test_mot_metrics_score_a_perfect_and_a_swapped_track(tmp_path):
+    """py-motmetrics on a tiny clip: tracks equal to the ground truth score MOTA = IDF1 = 1; swapping the ids
+    halfway costs ID switches and IDF1."""
+    pytest.importorskip("motmetrics")
+    from tdet.client.mot_eval import mot_metrics
+
+    gt = [(f + 1, i, 10 + 5 * f + 100 * i, 20, 30, 40) for f in range(10) for i in (1, 2)]
+    (tmp_path / "gt.txt").write_text("".join(f"{f},{i},{x},{y},{w},{h},1,1,1\n" for f, i, x, y, w, h in gt))
+    (tmp_path / "same.txt").write_text("".join(f"{f},{i},{x},{y},{w},{h},1,-1,-1,-1\n" for f, i, x, y, w, h in gt))
+    swap = {(f, i): i if f <= 5 else 3 - i for f, i, *_ in gt}  # ids 1 <-> 2 from frame 6 on
+    lines = [json.dumps({"frame": f - 1, "detections": [{"box": [x, y, x + w, y + h], "track_id": swap[f, i]}
+                                                        for ff, i, x, y, w, h in gt if ff == f]}) for f in range(1, 11)]
+    (tmp_path / "swapped.jsonl").write_text("\n".join(lines) + "\n")
+    same = mot_metrics(tmp_path / "gt.txt", tmp_path / "same.txt")
+    assert same["mota"] == pytest.approx(1.0) and same["idf1"] == pytest.approx(1.0) and same["num_switches"] == 0
+    swapped = mot_metrics(tmp_path / "gt.txt", tmp_path / "swapped.jsonl")
+    assert swapped["num_switches"] == 2 and swapped["idf1"] == pytest.approx(0.5)
