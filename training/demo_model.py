@@ -8,7 +8,8 @@ release file `make demo` serves.
              fine-tune: stretch resize + flip only, the distribution the model is evaluated on)
     stage 3 (damo-yolo-t): the official recipe again from stage 2's best (training/demo/<variant>.continue.yaml),
              bf16 autocast, its no-aug phase as the last epochs
-    (rtdetrv2-s has one stage: its demo recipe at 256, the official warmup shortened)
+    rtdetrv2-s: stage 1 its demo recipe at 256 (the official warmup shortened), stage 2 the same recipe continued
+             from stage 1's best (training/demo/rtdetrv2-s.continue.yaml: short warmup, no-aug last epoch)
     -> the EMA weights in fp16: training/demo/<variant>.pth, with <variant>.stage{1,2}.{yaml,log.csv} beside it
 
 On a GPU stage 1 takes minutes; on a 2-core CPU both take hours (training/demo/README.md gives the times of the
@@ -37,6 +38,7 @@ STAGES = {
     ),
     "rtdetrv2-s": (
         ("recipe", ["--img-size", "256", "--epochs", "5", "--batch", "8", "--amp", "--eval-every", "1"]),
+        ("continue", ["--img-size", "256", "--epochs", "3", "--batch", "8", "--amp", "--eval-every", "1"]),
     ),
 }
 
