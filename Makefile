@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml setup.py constraints.txt
 lint: venv
 	$(BIN)/ruff check .
 
+# --durations: the slowest tests in every CI log (CI must stay under 30 min on 2 cores)
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"

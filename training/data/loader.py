@@ -29,6 +29,7 @@ normalized. It is off in the no-aug epochs (strong=False), as the official colla
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
@@ -120,6 +121,10 @@ class TrainDataset(Dataset):
 
 
 def _worker_init(_: int) -> None:
+    # Ctrl-C in a terminal, systemd, SLURM and `kill -- -PGID` signal the loader workers too: only the main
+    # process stops the run (at a step boundary, writing last.pth); it ends the workers itself
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # one thread per worker: the workers already run in parallel
     cv2.setNumThreads(0)
     torch.set_num_threads(1)
