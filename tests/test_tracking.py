@@ -31,6 +31,11 @@ def _clip(seed: int) -> list[bytes]:
     return frames
 
 
+# short, for the eviction test, yet above a frame's latency through the ensemble on a loaded 2-core CPU (at
+# 1.5 s, two streams at once were evicted mid-clip there)
+IDLE_US = 4_000_000
+
+
 def _send(client, model, frame, cid, start, end, params=PARAMS):
     import tritonclient.grpc as grpcclient
 
@@ -56,7 +61,7 @@ def track_server(exported, tmp_path_factory):
     from tdet.ensembles.server import free_port, start, stop_process
 
     repo = tmp_path_factory.mktemp("track") / "model_repository"
-    build_repository([exported["damo-yolo-t"]], repo, track=True, track_idle_us=1_500_000)
+    build_repository([exported["damo-yolo-t"]], repo, track=True, track_idle_us=IDLE_US)
     log = repo.parent / "tritonserver.log"
     proc, info = start(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), log=log,
                        timeout_s=240)
@@ -103,7 +108,7 @@ def test_idle_stream_is_evicted(track_server):
     frames = _clip(3)
     _send(client, "damo_yolo_t_track", frames[0], 303, True, False)
     _send(client, "damo_yolo_t_track", frames[1], 303, False, False)
-    time.sleep(4.0)  # past max_sequence_idle_microseconds (1.5 s) plus the batcher's reaper period
+    time.sleep(IDLE_US / 1e6 + 2.5)  # past max_sequence_idle_microseconds plus the batcher's reaper period
     with pytest.raises(InferenceServerException, match="START"):
         _send(client, "damo_yolo_t_track", frames[2], 303, False, False)
     ids, _ = _send(client, "damo_yolo_t_track", frames[2], 303, True, True)  # a restart is a fresh tracker
