@@ -22,7 +22,11 @@ class Scale(nn.Module):
 
 
 class Integral(nn.Module):
-    """Expected value of a distribution over 0..reg_max (buffer `project` is in the state dict)."""
+    """Expected value of a distribution over 0..reg_max (buffer `project` is in the state dict).
+
+    A 2-D MatMul ([..., R+1] x [R+1, 1]) then a squeeze, not `prob @ project` with the 1-D buffer: the exported
+    1-D MatMul followed by the stride Multiply breaks OpenVINO's MatMulMultiplyFusion (2026.4: "Incompatible
+    MatMul matrix dimension"). Same PyTorch result bit for bit; tests/test_openvino.py compiles the graph."""
 
     def __init__(self, reg_max: int) -> None:
         super().__init__()
@@ -30,7 +34,7 @@ class Integral(nn.Module):
         self.register_buffer("project", torch.linspace(0, reg_max, reg_max + 1))
 
     def forward(self, prob: torch.Tensor) -> torch.Tensor:
-        return prob @ self.project
+        return (prob @ self.project[:, None]).squeeze(-1)
 
 
 class ZeroHead(nn.Module):
