@@ -78,8 +78,8 @@ def _assert_close(got: tuple, want: tuple, precision: str, what: str) -> None:
             assert score_err.max() <= score_tol, f"{what} {direction}: score off by {score_err.max():.3g}"
 
 
-@pytest.mark.parametrize("variant", ["damo-yolo-t", "rtdetrv2-s"])
-@pytest.mark.parametrize("precision", ["int8", "fp16"])
+@pytest.mark.parametrize(("variant", "precision"), [("damo-yolo-t", "fp16"), ("rtdetrv2-s", "int8"),
+                                                    ("rtdetrv2-s", "fp16")])  # damo-yolo-t int8: the CLI test
 def test_reduced_precision_detects_what_fp32_detects(fp32, data, variant, precision):
     from tdet.training import precision as p
 
@@ -106,7 +106,26 @@ def test_reduced_precision_detects_what_fp32_detects(fp32, data, variant, precis
     assert ("QuantizeLinear" in ops) if precision == "int8" else ("Cast" in ops), ops
 
 
-def _write_images(folder: Path, n: int, *, bad: int | None = None) -> Path:
+def test_int8_export_through_the_cli(fp32, data, tmp_path, capsys):
+    """`tdet export --precision int8 --calib`: one file (no temp or pre-processed graph left), its metadata says
+    int8 and how it was calibrated, and it detects what the fp32 export detects."""
+    from tdet.client.cli import main
+
+    out = tmp_path / "out" / "damo-int8.onnx"
+    assert main(["export", "damo-yolo-t", "--weights", str(DEMO / "damo-yolo-t.pth"), "--out", str(out),
+                 "--precision", "int8", "--calib", str(data["calib"]), "--calib-num", str(CALIB_NUM),
+                 "--calibrator", "percentile"]) == 0
+    assert "(damo-yolo, int8)" in capsys.readouterr().out
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name]
+    meta = _meta(out)
+    assert meta[specs.META_PRECISION] == "int8"
+    assert json.loads(meta[specs.META_CALIBRATION]) == {"method": "percentile", "images": CALIB_NUM}
+    images = sorted(data["val"].iterdir())
+    for i, (g, w) in enumerate(zip(_detect(out, images), _detect(fp32["damo-yolo-t"], images))):
+        _assert_close(g, w, "int8", f"damo-yolo-t int8 (CLI) image {i}")
+
+
+def _write_images(folder: Path, n: int, bad: int | None = None) -> Path:
     import cv2
 
     folder.mkdir(parents=True, exist_ok=True)
