@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from tdet.client.errors import train_extra_missing
 
+from .precision import CALIBRATORS, DEFAULT_CALIB_NUM, MIN_CALIB_NUM, PRECISIONS, Calibration
 from .train_cli import register_train
 
 
@@ -36,7 +38,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random init when --weights is omitted")
     p.add_argument("--check", action="store_true", help="run ONNX Runtime on the result and print the max "
-                                                        "difference from PyTorch at batch 2")
+                                                        "difference from PyTorch at batch 2 (the fp32 graph)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="int8: QDQ (per-channel weights, activations calibrated on --calib); fp16: fp32 I/O. "
+                        "Both keep the layers that break detection in fp32 (training/precision.py KEEP_FP32)")
+    p.add_argument("--calib", help="int8: folder of calibration images, passed through the served preprocess")
+    p.add_argument("--calib-num", type=int, default=DEFAULT_CALIB_NUM,
+                   help=f"int8: calibration images to use (the first N by name; >= {MIN_CALIB_NUM})")
+    p.add_argument("--calibrator", choices=CALIBRATORS, default="minmax", help="int8: activation range method")
+    p.add_argument("--no-keep-fp32", action="store_true",
+                   help="int8/fp16: convert the KEEP_FP32 layers too (to measure what keeping them buys)")
     p.set_defaults(func=cmd_export)
 
     register_train(sub)
@@ -80,14 +91,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Exit 0; 1 when --check finds ONNX Runtime and PyTorch apart; 2 for bad arguments."""
     _require_train_extra("export")
     from .export import check_export_args, export_onnx
+    from .precision import check_precision_args
 
     check_export_args(args.variant, args.out, opset=args.opset, weights=args.weights)
+    calib = Calibration(Path(args.calib), args.calib_num, args.calibrator) if args.calib is not None else None
+    check_precision_args(args.precision, calib)
     if args.weights is None:
         print(f"WARNING: no --weights given: exporting {args.variant} with a seeded RANDOM init "
               f"(seed={args.seed}). Detections will be meaningless; use --weights PATH or --weights official.")
     res = export_onnx(args.variant, args.out, weights=args.weights, opset=args.opset, seed=args.seed,
-                      check=args.check)
-    print(f"exported {res.variant} ({res.family}) -> {res.path}  [weights: {res.weights}]")
+                      check=args.check, precision=args.precision, calib=calib, keep_fp32=not args.no_keep_fp32)
+    print(f"exported {res.variant} ({res.family}, {res.precision}) -> {res.path}  [weights: {res.weights}]")
     if res.check is None:
         return 0
     print("ONNX Runtime vs PyTorch, batch 2: " + ", ".join(

@@ -18,6 +18,7 @@ from tdet.client.errors import UserError
 from tdet.client.labels import COCO_CATEGORY_IDS, COCO_CLASSES
 
 from .info import count_gflops
+from .precision import Calibration, calibration_inputs, check_precision_args, reduce_precision
 from .registry import build_model, family_of
 from .weights import checkpoint_meta, resolve
 
@@ -45,6 +46,7 @@ class ExportResult:
     family: str
     weights: str  # what the graph's weights are: a path, or "random-init(seed=N)"
     check: dict[str, CheckResult] | None = None  # ORT vs PyTorch per output, when checked
+    precision: str = "fp32"
 
 
 def check_export_args(variant: str, out: str | Path, *, opset: int = MIN_OPSET, weights: str | Path | None = None,
@@ -66,15 +68,19 @@ def check_export_args(variant: str, out: str | Path, *, opset: int = MIN_OPSET, 
 
 
 def export_onnx(variant: str, out: str | Path, *, weights: str | Path | None = None, opset: int = MIN_OPSET,
-                seed: int = 0, check: bool = False, overwrite: bool = True) -> ExportResult:
+                seed: int = 0, check: bool = False, overwrite: bool = True, precision: str = "fp32",
+                calib: Calibration | None = None, keep_fp32: bool = True) -> ExportResult:
     """Export `variant` to `out` (.onnx). Input `images` float32 [B,3,H,W]; outputs per family
     (tdet.client.specs.EXPORT_OUTPUTS). Written to a temp file and renamed, so a failed export never
-    leaves a file that looks complete."""
+    leaves a file that looks complete. precision int8 (calibrated on `calib`) / fp16: the fp32 graph
+    converted (training/precision.py), keeping the family's KEEP_FP32 layers in fp32 unless keep_fp32 is
+    False; `check` compares the fp32 graph with PyTorch."""
     import onnx
     import torch
 
     out = Path(out)
     fam = check_export_args(variant, out, opset=opset, weights=weights, overwrite=overwrite)
+    calib_files = check_precision_args(precision, calib)
     out.parent.mkdir(parents=True, exist_ok=True)
 
     path = resolve(weights, fam.WEIGHTS, variant)
@@ -84,6 +90,7 @@ def export_onnx(variant: str, out: str | Path, *, weights: str | Path | None = N
     category_ids = [int(i) for i in meta.get("category_ids", COCO_CATEGORY_IDS)]
     spec = specs.preprocess_spec(fam.FAMILY, meta.get("input_hw"))
     h, w = spec.size_hw
+    calib_inputs = calibration_inputs(calib_files, spec)  # an unreadable image fails before the export
     model = build_model(variant, weights=path, deploy=True, seed=seed).eval()
     wrapper = fam.export_module(model).eval()
     output_names = list(specs.EXPORT_OUTPUTS[fam.FAMILY])
@@ -92,6 +99,7 @@ def export_onnx(variant: str, out: str | Path, *, weights: str | Path | None = N
 
     fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".onnx.part", dir=out.parent)
     os.close(fd)
+    reduced = f"{tmp[:-len('.onnx.part')]}.{precision}.onnx.part"
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # legacy-exporter deprecation and tracer notices
@@ -120,11 +128,16 @@ def export_onnx(variant: str, out: str | Path, *, weights: str | Path | None = N
         onnx.checker.check_model(graph)
         onnx.save(graph, tmp)
         diffs = check_against_torch(tmp, wrapper, fam.FAMILY, (h, w), spec.scale, seed=seed) if check else None
+        if precision != "fp32":
+            reduce_precision(Path(tmp), Path(reduced), precision, family=fam.FAMILY, inputs=calib_inputs,
+                             calib=calib, keep_fp32=keep_fp32)
+            os.replace(reduced, tmp)
         os.replace(tmp, out)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return ExportResult(out, variant, fam.FAMILY, weights_desc, diffs)
+        for f in (tmp, reduced):
+            if os.path.exists(f):
+                os.unlink(f)
+    return ExportResult(out, variant, fam.FAMILY, weights_desc, diffs, precision)
 
 
 def check_input(batch: int, hw: tuple[int, int], scale: float, seed: int):

@@ -1,0 +1,163 @@
+"""`tdet export --precision int8|fp16` (training/precision.py) on the TRAINED demo checkpoints: the reduced graphs
+run in ONNX Runtime and detect what the fp32 graph detects; bad calibration input is a clear error (exit 2) that
+writes nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matching import pair_detections
+
+from tdet.client import specs
+from tdet.client.postprocess import postprocess_one
+from tdet.client.preprocess import preprocess, to_float_input
+from tdet.client.synth import synthesize
+from tdet.ensembles.ort_session import ort_session
+
+DEMO = Path(__file__).resolve().parents[1] / "training" / "demo"
+CALIB_NUM = 8  # precision.MIN_CALIB_NUM: the cheapest calibration the CLI accepts
+# int8 / fp16 vs fp32, after pairing: every confident fp32 detection (score >= STRONG) has a twin of the same
+# label among the other graph's detections with score >= WEAK (and the other way round), its box within BOX_TOL
+# of the input size and its score within SCORE_TOL. fp16 is float noise; int8 moves scores and box edges by a few
+# quantization steps (measured on these checkpoints: see the README's precision section).
+STRONG, WEAK = 0.5, 0.2
+TOLERANCES = {"fp16": (0.01, 0.02), "int8": (0.05, 0.15)}  # (box / input size, score)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("precision")
+    synthesize(root / "train", CALIB_NUM, seed=0, split="train", size=(320, 240))
+    synthesize(root / "val", 2, seed=0, split="val", size=(320, 240))
+    return {"calib": root / "train" / "images", "val": root / "val" / "images", "root": root}
+
+
+@pytest.fixture(scope="module")
+def fp32(data) -> dict[str, Path]:
+    from tdet.training.export import export_onnx
+
+    return {v: export_onnx(v, data["root"] / f"{v}.onnx", weights=DEMO / f"{v}.pth").path
+            for v in ("damo-yolo-t", "rtdetrv2-s")}
+
+
+def _meta(path: Path) -> dict[str, str]:
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def _detect(path: Path, images: list[Path]) -> list[tuple]:
+    """Every image through the graph (batch 1) and the served numpy postprocess."""
+    meta = _meta(path)
+    family, hw = meta[specs.META_FAMILY], specs.parse_hw(meta[specs.META_INPUT_HW])
+    spec = specs.preprocess_spec(family, hw)
+    sess = ort_session(path, threads=2)
+    names = list(specs.EXPORT_OUTPUTS[family])
+    dets = []
+    for f in images:
+        chw, orig = preprocess(f.read_bytes(), spec)
+        out = sess.run(names, {specs.EXPORT_INPUT: to_float_input(chw, spec)[None]})
+        d = postprocess_one(family, [o[0] for o in out], orig, conf=WEAK, input_hw=hw)
+        dets.append((d[0], d[1], d[2], hw))
+    return dets
+
+
+def _assert_close(got: tuple, want: tuple, precision: str, what: str) -> None:
+    box_tol, score_tol = TOLERANCES[precision]
+    scale = float(max(want[3]))
+    for a, b, direction in ((want, got, "fp32 -> " + precision), (got, want, precision + " -> fp32")):
+        strong = a[1] >= STRONG
+        assert strong.any() or a is got, f"{what}: no fp32 detection >= {STRONG}: not a trained model?"
+        rows, _, box_err, score_err = pair_detections((a[0][strong], a[1][strong], a[2][strong]), b[:3], scale=scale)
+        assert len(rows) == strong.sum(), f"{what} {direction}: {strong.sum() - len(rows)} detections lost"
+        if len(rows):
+            assert box_err.max() <= box_tol, f"{what} {direction}: box off by {box_err.max():.3g} of the input"
+            assert score_err.max() <= score_tol, f"{what} {direction}: score off by {score_err.max():.3g}"
+
+
+@pytest.mark.parametrize(("variant", "precision"), [("damo-yolo-t", "fp16"), ("rtdetrv2-s", "int8"),
+                                                    ("rtdetrv2-s", "fp16")])  # damo-yolo-t int8: the CLI test
+def test_reduced_precision_detects_what_fp32_detects(fp32, data, variant, precision):
+    from tdet.training import precision as p
+
+    src = fp32[variant]
+    meta = _meta(src)
+    family = meta[specs.META_FAMILY]
+    calib = p.Calibration(data["calib"], CALIB_NUM) if precision == "int8" else None
+    spec = specs.preprocess_spec(family, specs.parse_hw(meta[specs.META_INPUT_HW]))
+    inputs = p.calibration_inputs(p.check_precision_args(precision, calib), spec)
+    out = src.with_name(f"{variant}-{precision}.onnx")
+    p.reduce_precision(src, out, precision, family=family, inputs=inputs, calib=calib)
+
+    got_meta = _meta(out)
+    assert got_meta[specs.META_PRECISION] == precision
+    assert json.loads(got_meta[specs.META_KEEP_FP32])["patterns"] == list(p.KEEP_FP32[family])
+    assert json.loads(got_meta[specs.META_KEEP_FP32])["nodes"] > 0
+    assert got_meta[specs.META_CLASS_NAMES] == meta[specs.META_CLASS_NAMES]
+    images = sorted(data["val"].iterdir())
+    for i, (g, w) in enumerate(zip(_detect(out, images), _detect(src, images))):
+        _assert_close(g, w, precision, f"{variant} {precision} image {i}")
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert ("QuantizeLinear" in ops) if precision == "int8" else ("Cast" in ops), ops
+
+
+def test_int8_export_through_the_cli(fp32, data, tmp_path, capsys):
+    """`tdet export --precision int8 --calib`: one file (no temp or pre-processed graph left), its metadata says
+    int8 and how it was calibrated, and it detects what the fp32 export detects."""
+    from tdet.client.cli import main
+
+    out = tmp_path / "out" / "damo-int8.onnx"
+    assert main(["export", "damo-yolo-t", "--weights", str(DEMO / "damo-yolo-t.pth"), "--out", str(out),
+                 "--precision", "int8", "--calib", str(data["calib"]), "--calib-num", str(CALIB_NUM),
+                 "--calibrator", "percentile"]) == 0
+    assert "(damo-yolo, int8)" in capsys.readouterr().out
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name]
+    meta = _meta(out)
+    assert meta[specs.META_PRECISION] == "int8"
+    assert json.loads(meta[specs.META_CALIBRATION]) == {"method": "percentile", "images": CALIB_NUM}
+    images = sorted(data["val"].iterdir())
+    for i, (g, w) in enumerate(zip(_detect(out, images), _detect(fp32["damo-yolo-t"], images))):
+        _assert_close(g, w, "int8", f"damo-yolo-t int8 (CLI) image {i}")
+
+
+def _write_images(folder: Path, n: int, bad: int | None = None) -> Path:
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        data = cv2.imencode(".jpg", rng.integers(0, 255, (40, 48, 3), np.uint8))[1].tobytes()
+        (folder / f"{i:03d}.jpg").write_bytes(b"not an image" if i == bad else data)
+    return folder
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("no-calib", "needs --calib"),
+    ("empty", "0 images"),
+    ("too-few", "3 images"),
+    ("num-too-small", "--calib-num must be"),
+    ("unreadable", "003.jpg"),
+    ("fp16-with-calib", "int8 only"),
+])
+def test_bad_calibration_is_a_clear_error_and_writes_nothing(tmp_path, capsys, case, message):
+    from tdet.client.cli import main
+
+    out = tmp_path / "out" / "m.onnx"
+    args = ["export", "damo-yolo-t", "--weights", str(DEMO / "damo-yolo-t.pth"), "--out", str(out),
+            "--precision", "int8"]
+    folders = {"empty": (0, None), "too-few": (3, None), "num-too-small": (8, None), "unreadable": (8, 3),
+               "fp16-with-calib": (8, None)}
+    if case in folders:
+        args += ["--calib", str(_write_images(tmp_path / "calib", *folders[case])), "--calib-num",
+                 "2" if case == "num-too-small" else "8"]
+    if case == "fp16-with-calib":
+        args[args.index("int8")] = "fp16"
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert not out.parent.exists() or not any(out.parent.iterdir()), list(out.parent.iterdir())

@@ -1,0 +1,219 @@
+"""`tdet export --precision int8|fp16`: an fp32 export turned into a reduced-precision ONNX.
+
+int8: onnxruntime's static quantization (QDQ, per-channel weights), activations calibrated on the user's
+images passed through the served preprocess (tdet.client.preprocess), so calibration sees served inputs.
+fp16: onnxconverter-common's float16 conversion with fp32 inputs/outputs (keep_io_types).
+
+Both keep the layers that break detection in fp32 by default (KEEP_FP32, per family): node-name regexes
+("name:...") or op types ("op:..."), recorded with the precision in the ONNX metadata (tdet.precision,
+tdet.keep_fp32) so the served repository and reports can tell what a graph is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tdet.client import specs
+from tdet.client.errors import InvalidImageError, UserError
+from tdet.client.preprocess import preprocess, to_float_input
+
+PRECISIONS = ("fp32", "int8", "fp16")
+CALIBRATORS = ("minmax", "entropy", "percentile")  # onnxruntime.quantization.CalibrationMethod
+DEFAULT_CALIB_NUM = 64
+MIN_CALIB_NUM = 8  # fewer images give ranges set by a handful of activations: not a calibration
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+# The layers kept in fp32 by default, and why (patterns over `tdet export`'s node names):
+# DAMO-YOLO: everything after the head's last convs. The export's decode (nodes outside /model/) holds the class
+#   sigmoid (the score every threshold reads), the DFL softmax over reg_max + 1 bins and its integral (the 0..reg_max
+#   projection) that turn 17 logits into one distance, where an int8 step moves a box edge by a good part of a bin
+#   (a stride in pixels), and the distance -> xyxy decode with anchor points and strides, in input pixels (0..640)
+#   where int8 steps are pixels wide; the head's per-level scales feed the DFL logits.
+# RT-DETRv2: the query selection (the decoder's own ops at its top level: anchors and their inverse sigmoid, TopK,
+#   GatherElements; the encoder-output projection and its class/box heads): a reduced-precision score reorders
+#   near-equal queries, so other objects are decoded; the deformable cross-attention but its value/output
+#   projections (sampling offsets, attention weights and their softmax, the grid_sample locations: a pixel off
+#   is another feature); the box/score heads, whose inverse_sigmoid / sigmoid refinement runs per decoder layer
+#   and compounds the error.
+KEEP_FP32: dict[str, tuple[str, ...]] = {
+    specs.DAMO_YOLO: (r"name:/(?!model/).*", r"name:/model/head/(?!gfl_cls\.|gfl_reg\.).*", "op:Softmax"),
+    specs.RTDETRV2: (
+        r"name:/decoder/[A-Za-z]+(_\d+)?", r"name:/decoder/(enc_output|enc_score_head|enc_bbox_head)/.*",
+        r"name:/decoder/dec_(score|bbox)_head\..*",
+        r"name:/decoder/layers\.\d+/cross_attn/(?!value_proj/|output_proj/).*",
+        "op:TopK", "op:GatherElements", "op:GridSample",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """int8 calibration: the image folder, how many of its images, and the range calibrator."""
+
+    images: Path
+    num: int = DEFAULT_CALIB_NUM
+    method: str = "minmax"
+
+
+def check_precision_args(precision: str, calib: Calibration | None) -> list[Path]:
+    """Refuse bad --precision/--calib arguments before anything is exported; -> the calibration files."""
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "int8":
+        if calib is not None:
+            raise UserError(f"--calib is for --precision int8 only (got --precision {precision})")
+        return []
+    if calib is None:
+        raise UserError("--precision int8 needs --calib IMAGES: a folder of images like the served ones")
+    if calib.method not in CALIBRATORS:
+        raise UserError(f"--calibrator must be one of {', '.join(CALIBRATORS)}, got {calib.method!r}")
+    if calib.num < MIN_CALIB_NUM:
+        raise UserError(f"--calib-num must be >= {MIN_CALIB_NUM}, got {calib.num}")
+    if not calib.images.is_dir():
+        raise UserError(f"--calib {calib.images}: not a folder of images")
+    files = sorted(p for p in calib.images.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if len(files) < calib.num:
+        raise UserError(f"--calib {calib.images}: {len(files)} images ({', '.join(IMAGE_SUFFIXES)}), "
+                        f"--calib-num asks for {calib.num}")
+    return files[:calib.num]
+
+
+def calibration_inputs(files: Sequence[Path], spec: specs.PreprocessSpec) -> list[np.ndarray]:
+    """The served preprocess of each calibration image: float32 [1, 3, H, W] in the graph's units. An
+    unreadable image is an error naming it (a silently smaller calibration set is a different one)."""
+    out = []
+    for f in files:
+        try:
+            chw, _ = preprocess(f.read_bytes(), spec)
+        except InvalidImageError as err:
+            raise UserError(f"--calib: {f}: {err}") from None
+        out.append(to_float_input(chw, spec)[None])
+    return out
+
+
+def matched_nodes(model: Any, patterns: Iterable[str]) -> list[str]:
+    """Names of the graph's nodes matched by the "name:REGEX" / "op:TYPE" patterns (main graph; subgraphs
+    have none in these exports)."""
+    names = [re.compile(p[5:]) for p in patterns if p.startswith("name:")]
+    ops = {p[3:] for p in patterns if p.startswith("op:")}
+    return [n.name for n in model.graph.node if n.op_type in ops or any(r.fullmatch(n.name) for r in names)]
+
+
+def keep_patterns(family: str, keep_fp32: bool) -> tuple[str, ...]:
+    return KEEP_FP32[family] if keep_fp32 else ()
+
+
+def quantize_int8(fp32: Path, out: Path, inputs: list[np.ndarray], *, family: str, method: str = "minmax",
+                  keep_fp32: bool = True) -> list[str]:
+    """fp32 ONNX -> QDQ int8 ONNX at `out` (per-channel weights, activations calibrated on `inputs`);
+    -> the node names left in fp32."""
+    import onnx
+    from onnxruntime import quantization as q
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(inputs)
+
+        def get_next(self) -> dict | None:
+            x = next(self.it, None)
+            return None if x is None else {specs.EXPORT_INPUT: x}
+
+    pre = out.with_name(out.name + ".pre.onnx")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs a warning per 1-D weight it cannot quantize per channel
+    try:
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)  # the symbolic pass fails on these graphs
+        exclude = matched_nodes(onnx.load(str(pre)), keep_patterns(family, keep_fp32))
+        methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
+                   "percentile": q.CalibrationMethod.Percentile}
+        q.quantize_static(str(pre), str(out), Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
+                          activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
+                          calibrate_method=methods[method], nodes_to_exclude=exclude,
+                          extra_options={"ActivationSymmetric": True})  # symmetric: the form TensorRT builds
+    finally:
+        root.setLevel(level)
+        pre.unlink(missing_ok=True)
+        for aux in out.parent.glob(out.name + ".pre*"):
+            aux.unlink(missing_ok=True)
+    return exclude
+
+
+def convert_fp16(fp32: Path, out: Path, *, family: str, keep_fp32: bool = True) -> list[str]:
+    """fp32 ONNX -> fp16 ONNX at `out` with float32 inputs/outputs; -> the node names left in fp32."""
+    import onnx
+    from onnxconverter_common import float16
+
+    model = _drop_initializer_identities(onnx.load(str(fp32)))
+    patterns = keep_patterns(family, keep_fp32)
+    keep = matched_nodes(model, patterns)
+    ops = [p[3:] for p in patterns if p.startswith("op:")]
+    # the converter retypes a Cast(to=float)'s output (shape arithmetic: the attention scale) but not its `to`
+    casts = [n.name for n in model.graph.node
+             if n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in n.attribute)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # one warning per weight below fp16's smallest normal
+        half = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=keep + casts,
+                                                op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST) + ops)
+    onnx.save(half, str(out))
+    return keep
+
+
+def _drop_initializer_identities(model: Any) -> Any:
+    """Consumers of `Identity(initializer)` read the initializer itself. The exporter writes such Identities for
+    weights shared across decoder layers (RT-DETRv2), and the fp16 converter types their outputs fp16 while the
+    initializer stays fp32 when a blocked node also reads it: a graph ONNX Runtime refuses to load."""
+    inits = {i.name for i in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    alias = {n.output[0]: n.input[0] for n in model.graph.node
+             if n.op_type == "Identity" and n.input[0] in inits and n.output[0] not in outputs}
+    keep = [n for n in model.graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    for n in keep:
+        for i, name in enumerate(n.input):
+            if name in alias:
+                n.input[i] = alias[name]
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    return model
+
+
+def write_precision_meta(path: Path, base_meta: dict[str, str], precision: str, patterns: Sequence[str],
+                         kept: Sequence[str], calib: Calibration | None) -> None:
+    """The fp32 export's metadata plus the precision, the keep-in-fp32 patterns and (int8) the calibration."""
+    import onnx
+
+    model = onnx.load(str(path))
+    meta = dict(base_meta)
+    meta[specs.META_PRECISION] = precision
+    meta[specs.META_KEEP_FP32] = json.dumps({"patterns": list(patterns), "nodes": len(kept)})
+    if calib is not None:
+        meta[specs.META_CALIBRATION] = json.dumps({"method": calib.method, "images": calib.num})
+    del model.metadata_props[:]
+    for k, v in meta.items():
+        model.metadata_props.add(key=k, value=v)
+    model.producer_name = "tdet"
+    onnx.save(model, str(path))
+
+
+def reduce_precision(fp32: Path, out: Path, precision: str, *, family: str, inputs: list[np.ndarray],
+                     calib: Calibration | None, keep_fp32: bool = True) -> None:
+    """Write the `precision` form of the fp32 graph `fp32` to `out`, with its metadata."""
+    import onnx
+
+    base_meta = {p.key: p.value for p in onnx.load(str(fp32), load_external_data=False).metadata_props}
+    if precision == "int8":
+        assert calib is not None
+        kept = quantize_int8(fp32, out, inputs, family=family, method=calib.method, keep_fp32=keep_fp32)
+    else:
+        kept = convert_fp16(fp32, out, family=family, keep_fp32=keep_fp32)
+    write_precision_meta(out, base_meta, precision, keep_patterns(family, keep_fp32), kept, calib)
