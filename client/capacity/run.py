@@ -12,7 +12,7 @@ from ..errors import UserError
 from ..loadtest.runner import _metrics_before
 from .report import write_data, write_report
 from .schedule import Generator, LevelResult, check_first_frame, load_frames, run_level
-from .search import CapacityResult, find_capacity, hpa_figures
+from .search import CapacityResult, find_capacity, hpa_figures, late_text
 
 
 def check_settings(fps: float, slo_ms: float | None, hold_s: float, max_miss: float, max_in_flight: int,
@@ -99,7 +99,7 @@ def _one_level(result: CapacityResult, level: LevelResult, on_level) -> str:
     on_level(level)
     result.capacity = level.cameras if level.passed else None
     if level.generator_late:
-        return f"the load generator was late (p99 {level.lateness_ms['p99']:.1f} ms behind schedule)"
+        return f"the load generator was late ({late_text(level)})"
     return level.aborted
 
 

@@ -25,7 +25,10 @@ import numpy as np
 from ..connection import classify
 from ..errors import InvalidInputError, ServerUnavailableError, UserError
 
-LATE_FRACTION = 0.1  # p99 send lateness above this share of the deadline: the generator, not the server, limits
+# The generator, not the server, limits a level when most of its sends lag (p90 lateness over this share of the
+# deadline: it cannot keep up) or one stall lasts a whole deadline; a few OS-scheduling hiccups of a loaded
+# machine in the tail are reported (p99, max) but do not void the level.
+LATE_FRACTION = 0.1
 START_DELAY_S = 0.2  # t0 this far ahead, so every sender (and worker process) is ready for frame 0
 OK, FAILED, DROPPED = 1, 2, 3  # per-frame status (0: not sent, the level stopped early)
 
@@ -75,7 +78,7 @@ class LevelResult:
     miss_rate: float = 0.0  # (late + failed + dropped) / scheduled
     achieved_fps: float = 0.0  # frames answered on time per second, all cameras together
     latency_ms: dict[str, float] = field(default_factory=dict)  # p50 p90 p99 max mean
-    lateness_ms: dict[str, float] = field(default_factory=dict)  # p50 p99 max
+    lateness_ms: dict[str, float] = field(default_factory=dict)  # p50 p90 p99 max
     generator_late: bool = False
     errors: dict[str, int] = field(default_factory=dict)
     triton: dict[str, dict[str, float]] = field(default_factory=dict)  # per step, loadtest.metrics.per_model
@@ -234,8 +237,8 @@ def summarize(rec: dict, cameras: int, fps: float, hold_s: float, deadline_ms: f
     r.achieved_fps = on_time / hold_s
     r.latency_ms = {**_pct(lat, (50, 90, 99)), "max": float(lat.max()) if lat.size else 0.0,
                     "mean": float(lat.mean()) if lat.size else 0.0}
-    r.lateness_ms = {**_pct(lateness, (50, 99)), "max": float(lateness.max()) if lateness.size else 0.0}
-    r.generator_late = r.lateness_ms["p99"] > LATE_FRACTION * deadline_ms
+    r.lateness_ms = {**_pct(lateness, (50, 90, 99)), "max": float(lateness.max()) if lateness.size else 0.0}
+    r.generator_late = r.lateness_ms["p90"] > LATE_FRACTION * deadline_ms or r.lateness_ms["max"] > deadline_ms
     return r
 
 

@@ -47,8 +47,7 @@ def find_capacity(measure: Callable[[int], LevelResult], *, max_miss: float, sta
         if r.aborted:
             return r.aborted
         if r.generator_late:
-            return (f"the load generator was late at {n} cameras (p99 {r.lateness_ms['p99']:.1f} ms behind "
-                    f"schedule, over {LATE_FRACTION:.0%} of the {r.deadline_ms:g} ms deadline)")
+            return f"the load generator was late at {n} cameras ({late_text(r)})"
         return ""
 
     while True:  # doubling
@@ -67,6 +66,12 @@ def find_capacity(measure: Callable[[int], LevelResult], *, max_miss: float, sta
             return lo, False, why
         lo, hi = (mid, hi) if levels[-1].passed else (lo, mid)
     return lo, False, ""
+
+
+def late_text(r: LevelResult) -> str:
+    late = r.lateness_ms
+    return (f"sends behind schedule p90 {late['p90']:.1f} ms, max {late['max']:.1f} ms; the limits are "
+            f"{LATE_FRACTION:.0%} of the {r.deadline_ms:g} ms deadline and the deadline")
 
 
 def hpa_figures(result: CapacityResult) -> dict[str, object]:
