@@ -98,9 +98,9 @@ def _one_level(result: CapacityResult, level: LevelResult, on_level) -> str:
     result.levels.append(level)
     on_level(level)
     result.capacity = level.cameras if level.passed else None
-    if level.generator_late:
-        return f"the load generator was late ({late_text(level)})"
-    return level.aborted
+    if level.aborted or not level.generator_late:
+        return level.aborted
+    return f"the load generator was late ({late_text(level)})"
 
 
 def _progress(r: LevelResult) -> str:

@@ -12,6 +12,7 @@ level where the generator fell behind is flagged: its numbers describe the gener
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from collections import Counter
@@ -29,7 +30,8 @@ from ..errors import InvalidInputError, ServerUnavailableError, UserError
 # deadline: it cannot keep up) or one stall lasts a whole deadline; a few OS-scheduling hiccups of a loaded
 # machine in the tail are reported (p99, max) but do not void the level.
 LATE_FRACTION = 0.1
-START_DELAY_S = 0.2  # t0 this far ahead, so every sender (and worker process) is ready for frame 0
+START_DELAY_S = 0.2  # t0 this far ahead, so every sender is ready for frame 0
+POOL_START_DELAY_S = 1.0  # with worker processes: the task must reach each of them (pickled) before frame 0
 OK, FAILED, DROPPED = 1, 2, 3  # per-frame status (0: not sent, the level stopped early)
 
 
@@ -171,8 +173,9 @@ def _worker_run(args: tuple) -> dict:
     return _WORKER["sender"].run(*args)
 
 
-def _ready(_: int) -> bool:
-    return "sender" in _WORKER
+def _ready(_: int) -> int:
+    time.sleep(0.05)  # so that one fast worker does not take every probe while another is still starting
+    return os.getpid()
 
 
 class Generator:
@@ -189,11 +192,13 @@ class Generator:
         else:
             self.pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init,
                                             initargs=(url, model, frames, timeout_s))
-            list(self.pool.map(_ready, range(workers)))  # started and connected before any level's clock
+            pids: set[int] = set()
+            while len(pids) < workers:  # every worker started (spawned lazily) before any level's clock
+                pids.update(self.pool.map(_ready, range(workers)))
 
     def run(self, n_cams: int, fps: float, n_frames: int, max_in_flight: int) -> dict:
         """Every camera's frames on schedule; the per-frame records of all senders, concatenated."""
-        t0 = time.perf_counter() + START_DELAY_S
+        t0 = time.perf_counter() + (START_DELAY_S if self.local is not None else POOL_START_DELAY_S)
         if self.local is not None:
             return self.local.run(list(range(n_cams)), n_cams, fps, n_frames, t0, max_in_flight)
         shares = [list(range(w, n_cams, self.workers)) for w in range(self.workers)]
@@ -234,7 +239,7 @@ def summarize(rec: dict, cameras: int, fps: float, hold_s: float, deadline_ms: f
                     failed=int(np.sum(handled & (status != OK) & (status != DROPPED))),
                     dropped=int(np.sum(status == DROPPED)), errors=rec["errors"], aborted=rec["aborted"])
     r.miss_rate = (r.late + r.failed + r.dropped) / r.scheduled if r.scheduled else 1.0
-    r.achieved_fps = on_time / hold_s
+    r.achieved_fps = on_time * cameras * fps / r.scheduled if r.scheduled else 0.0  # over the time it ran
     r.latency_ms = {**_pct(lat, (50, 90, 99)), "max": float(lat.max()) if lat.size else 0.0,
                     "mean": float(lat.mean()) if lat.size else 0.0}
     r.lateness_ms = {**_pct(lateness, (50, 90, 99)), "max": float(lateness.max()) if lateness.size else 0.0}
