@@ -108,6 +108,13 @@ class _Sender:
             inp.set_data_from_numpy(np.array([[blob]], dtype=np.object_))
             self.inputs.append([inp])
         self.outputs = [grpcclient.InferRequestedOutput("NUM_DETECTIONS")]
+        # one answered request first: the channel is connected and the call path warm before any level's clock
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            self.client.infer(model, self.inputs[0], outputs=self.outputs, client_timeout=timeout_s)
+        except InferenceServerException as err:
+            raise classify(err.status(), f"{model}: {err.message()}") from None
 
     def run(self, cams: list[int], n_cams: int, fps: float, n_frames: int, t0: float,
             max_in_flight: int) -> dict:
