@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     # cli modules are torch-free (heavy imports happen inside the command functions). Pipeline order.
     from ..ensembles import cli as ensembles_cli  # repo build, serve, stop
     from ..training import cli as training_cli  # info, export, train
-    from . import commands as client_commands  # infer, data synth, eval, loadtest, compare
+    from . import commands as client_commands  # infer, data synth, eval, loadtest, compare, capacity
 
     for area in (training_cli, ensembles_cli, client_commands):
         area.register(sub)

@@ -65,6 +65,16 @@ def _img(path: Path) -> str:
     return f'<p><img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}"></p>' if data else ""
 
 
+def triton_section(triton: dict[str, dict[str, float]], what: str = "the run") -> str:
+    """The per-step table of Triton's own times (loadtest.metrics.per_model), with its heading."""
+    return (f"<h3>Triton, per step (Prometheus counters over {what}; ms per request)</h3>" + _table(
+        ["step", "requests", "executions", "avg batch", "queue", "compute input", "compute infer",
+         "compute output", "request total"],
+        [[step, f"{t['requests']:.0f}", f"{t['executions']:.0f}", f"{t['avg_batch_size']:.2f}",
+          f"{t['queue_ms']:.1f}", f"{t['compute_input_ms']:.1f}", f"{t['compute_infer_ms']:.1f}",
+          f"{t['compute_output_ms']:.1f}", f"{t['request_ms']:.1f}"] for step, t in triton.items()]))
+
+
 def _run_section(s: Any) -> str:
     lat = s.latency_ms
     share = f"{100 * s.failures / s.requests:.1f}%" if s.requests else "-"
@@ -77,12 +87,7 @@ def _run_section(s: Any) -> str:
     if s.errors:
         parts.append("<h3>Failures</h3>" + _table(["requests", "error"], [[n, e] for e, n in s.errors.items()]))
     if s.triton:
-        parts.append("<h3>Triton, per step (Prometheus counters over the run; ms per request)</h3>" + _table(
-            ["step", "requests", "executions", "avg batch", "queue", "compute input", "compute infer",
-             "compute output", "request total"],
-            [[step, f"{t['requests']:.0f}", f"{t['executions']:.0f}", f"{t['avg_batch_size']:.2f}",
-              f"{t['queue_ms']:.1f}", f"{t['compute_input_ms']:.1f}", f"{t['compute_infer_ms']:.1f}",
-              f"{t['compute_output_ms']:.1f}", f"{t['request_ms']:.1f}"] for step, t in s.triton.items()]))
+        parts.append(triton_section(s.triton))
     if s.aborted:
         parts.append(f'<p class="bad">Stopped early: {html.escape(s.aborted)}</p>')
     return "\n".join(parts)
