@@ -76,6 +76,10 @@ class BuildOptions:
     jpeg_scale: str = option("off", "off: decode every JPEG pixel (exact); auto: decode a large JPEG at 1/2 or 1/4 in "
                              "the DCT domain (libjpeg-turbo), never below the model input: faster, detections close, "
                              "not exact", choices=JPEG_SCALES)
+    nms: str = option("python", "python: DAMO-YOLO's NMS in the python postprocess (every request option); engine: "
+                      "ONNX NonMaxSuppression appended to the engine graph at the build's --conf/--iou/--max-det "
+                      "(requests may raise conf, lower max_det, pick classes; not change iou or lower conf). "
+                      "RT-DETRv2 has no NMS: refused for it", choices=("python", "engine"))
 
     def __post_init__(self) -> None:
         check(self)
