@@ -5,9 +5,9 @@ tdet.client.pipeline.postprocess_rows (numpy).
 The config parameters (score_threshold, iou_threshold, max_detections, clip: DetectOptions.from_config)
 are the defaults; a request may override them with its parameters `conf`, `iou`, `max_det`, `classes`,
 `clip` (tdet.client.options), which the ensemble forwards to this step. With `nms` "engine" the engine
-already ran the NMS (tdet.ensembles.nms_graph): this step filters and maps what it kept. A parameter it cannot use is the client's error:
-INVALID_ARGUMENT. Everything else here works on what the engine produced, so any other failure is a
-server fault: INTERNAL.
+already ran the NMS (tdet.ensembles.nms_graph): this step filters and maps what it kept. A parameter it
+cannot use is the client's error: INVALID_ARGUMENT. Everything else here works on what the engine
+produced, so any other failure is a server fault: INTERNAL.
 """
 
 import json
