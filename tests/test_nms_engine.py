@@ -157,3 +157,19 @@ def test_served_engine_nms_answers_what_the_python_nms_answers(served, images, n
             with pytest.raises(InvalidInputError, match=re.escape(message)) as err:
                 det.infer_encoded(data[:1], params)
             assert err.value.status == "StatusCode.INVALID_ARGUMENT"
+
+
+def test_versions_of_one_name_share_the_nms_mode(exported, tmp_path):
+    """The postprocess is shared by an engine's versions: one built with --nms engine beside a python-NMS one
+    would feed it the wrong tensors, so that needs --name or --replace."""
+    from tdet.client.errors import UserError
+    from tdet.ensembles.builder import build_repository
+    from tdet.ensembles.configs import BuildOptions, read_config
+
+    onnx = exported["damo-yolo-t"]
+    build_repository([onnx], tmp_path, BuildOptions(), name="m")
+    with pytest.raises(UserError, match="holds a model with another nms"):
+        build_repository([onnx], tmp_path, BuildOptions(nms="engine"), name="m", version=2)
+    build_repository([onnx], tmp_path, BuildOptions(nms="engine"), name="m", version=2, replace=True)
+    assert read_config(tmp_path / "m" / "config.pbtxt").parameters["nms"].string_value == "engine"
+    assert sorted(p.name for p in (tmp_path / "m_engine").iterdir() if p.is_dir()) == ["2"]
