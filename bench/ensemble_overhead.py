@@ -114,10 +114,29 @@ def in_process(row: Row, engine_onnx: Path, threads: int, batch: int, images: li
     res = {"pre_ms": cycle_ms(lambda d: preprocess_rows([d], spec), images, reps * 3),
            "engine_ms": median_ms(lambda: sess.run(None, {EXPORT_INPUT: x}), reps),
            "post_ms": median_ms(post, reps * 2)}
+    if row.nms == "engine":
+        res["tail_ms"] = nms_tail_ms(row, info, x, threads, reps)
     xb, _ = preprocess_rows(images[:batch], spec)
     res["engine_ips"] = batch / (median_ms(lambda: sess.run(None, {EXPORT_INPUT: xb}), max(reps // 2, 2)) / 1000)
     res["input"] = f"{info.input_hw[0]}x{info.input_hw[1]}"
     return res
+
+
+def nms_tail_ms(row: Row, info, x: np.ndarray, threads: int, reps: int) -> float:
+    """The --nms engine tail alone (ORT, one thread) on this frame's real engine outputs, batch 1."""
+    import onnx
+
+    from tdet.client.options import DetectOptions
+    from tdet.client.specs import EXPORT_INPUT, EXPORT_OUTPUTS, PREPROCESS
+    from tdet.ensembles.builder import uint8_engine_graph
+    from tdet.ensembles.nms_graph import tail_model
+    from tdet.ensembles.ort_session import ort_session
+
+    graph = uint8_engine_graph(onnx.load(str(row.onnx)), PREPROCESS[info.family].scale)
+    scores, boxes = ort_session(graph.SerializeToString(), threads=threads).run(
+        list(EXPORT_OUTPUTS[info.family]), {EXPORT_INPUT: x})
+    tail = ort_session(tail_model(scores.shape[1], scores.shape[2], DetectOptions()).SerializeToString(), threads=1)
+    return median_ms(lambda: tail.run(None, {"s_in": scores, "b_in": boxes}), reps * 2)
 
 
 def served(grpc_url: str, model: str, images: list[bytes], concurrency: int) -> dict[str, float]:
@@ -202,8 +221,9 @@ def main() -> None:
     ap.add_argument("--ort-threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=4, help="engine-alone batch (the server's dynamic batches)")
     ap.add_argument("--quick", action="store_true", help="about a minute less: 24 frames, 4 reps")
-    ap.add_argument("--sweep", action="store_true", help="instead: served img/s of the first variant (trained) per "
-                    "instance/thread/delay setting (SWEEP), each from the `tdet repo build` defaults")
+    ap.add_argument("--sweep", nargs="*", metavar="SETTING", help="instead: served img/s of the first variant "
+                    "(trained) per instance/thread/delay setting (SWEEP: all, or the labels given), from the `tdet repo "
+                    "build` defaults")
     args = ap.parse_args()
     if args.quick:
         args.requests, args.reps = min(args.requests, 24), min(args.reps, 4)
@@ -216,7 +236,7 @@ def main() -> None:
     args.load_at_start = os.getloadavg()[0]  # other jobs on the cores inflate every number: say how busy it was
     work = Path(tempfile.mkdtemp(prefix="tdet-bench-"))
     images = frames(max(args.requests, args.batch, args.concurrency), work)
-    if args.sweep:
+    if args.sweep is not None:
         return sweep(args, work, images)
     rows = build_rows(args.variants, work, args.rows, not args.no_jpeg_auto, not args.no_nms_engine)
     repo = work / "model_repository"
@@ -246,7 +266,8 @@ def main() -> None:
 SWEEP = {"defaults": {}, "preprocess 1": {"preprocess_instances": 1}, "preprocess 3": {"preprocess_instances": 3},
          "postprocess 2": {"postprocess_instances": 2}, "ORT threads 1": {"ort_threads": 1},
          "engine 2 x ORT 1": {"engine_instances": 2, "ort_threads": 1}, "delay 0": {"queue_delay_us": 0},
-         "delay 5 ms": {"queue_delay_us": 5000}, "nms engine": {"nms": "engine"}}
+         "delay 5 ms": {"queue_delay_us": 5000}, "nms engine": {"nms": "engine"},
+         "engine 2 x ORT 1, preprocess 3": {"engine_instances": 2, "ort_threads": 1, "preprocess_instances": 3}}
 
 
 def sweep(args: argparse.Namespace, work: Path, images: list[bytes]) -> None:
@@ -257,26 +278,29 @@ def sweep(args: argparse.Namespace, work: Path, images: list[bytes]) -> None:
     from tdet.ensembles.server import free_port, start, stop_process
 
     row = next(r for r in build_rows(args.variants[:1], work, ["trained"], False, False))
+    settings = {k: v for k, v in SWEEP.items() if not args.sweep or k in args.sweep}
     repo, names = work / "sweep_repository", {}
-    for i, (label, changes) in enumerate(SWEEP.items()):
+    for i, (label, changes) in enumerate(settings.items()):
         names[label] = f"{row.name}_s{i}"
         build_repository([row.onnx], repo, BuildOptions(**changes), name=names[label])
     proc, info = start(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), timeout_s=900)
-    ips: dict[str, list[float]] = {label: [] for label in SWEEP}
+    ips: dict[str, list[float]] = {label: [] for label in settings}
     try:
-        for order in (list(SWEEP), list(SWEEP)[::-1]):
+        for order in (list(settings), list(settings)[::-1]):
             for label in order:
                 ips[label].append(served(info.grpc_url, names[label], images[:args.requests],
                                          args.concurrency)["served_ips"])
+        for label in settings:  # one request in flight: what a single client waits
+            ips[label].append(served(info.grpc_url, names[label], images[:8], 1)["served_ips"])
     finally:
         stop_process(proc.pid)
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, 1-min load average "
           f"{args.load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; {row.variant} trained at "
           f"{_model_spec(row.onnx, 'off')[0].input_hw}; {args.requests} 1280x720 JPEGs; gRPC, concurrency "
           f"{args.concurrency}; defaults: {BuildOptions()}")
-    print("| setting | served img/s pass 1 | pass 2 | mean |\n|---|---|---|---|")
-    for label, (a, b) in ips.items():
-        print(f"| {label} | {a:.2f} | {b:.2f} | {(a + b) / 2:.2f} |")
+    print("| setting | served img/s pass 1 | pass 2 | mean | 1 in flight: img/s |\n|---|---|---|---|---|")
+    for label, (a, b, one) in ips.items():
+        print(f"| {label} | {a:.2f} | {b:.2f} | {(a + b) / 2:.2f} | {one:.2f} |")
 
 
 def report(rows: list[Row], results: dict[str, dict], splits: dict, args: argparse.Namespace) -> None:
@@ -296,6 +320,10 @@ def report(rows: list[Row], results: dict[str, dict], splits: dict, args: argpar
             f"{r['served_ips']:.2f}", f"**{r['served_ips'] / r['engine_ips']:.2f}x**",
             f"{r['preprocess_server_ms']:.1f}|{r['engine_server_ms']:.1f}|{r['postprocess_server_ms']:.1f}",
             f"{r['engine_batch']:.2f}"]) + " |")
+    for row in rows:
+        if "tail_ms" in results[row.name]:
+            print(f"\n{row.name}: the NMS tail alone (ORT, 1 thread, batch 1, this frame's engine outputs) "
+                  f"{results[row.name]['tail_ms']:.2f} ms of its engine's {results[row.name]['engine_ms']:.1f} ms")
     print("\npreprocess of one 1280x720 JPEG by part (ms, one thread; reduced: DCT-domain decode at 1/r):")
     header = ("model input", "r", "header", "decode full", "decode 1/r", "cv2 resize full|1/r",
               "PIL resize full|1/r", "CHW+RGB layout")

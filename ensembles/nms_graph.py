@@ -69,6 +69,21 @@ def append_nms(model, detect: DetectOptions):
     return out
 
 
+def tail_model(num_boxes: int, num_classes: int, detect: DetectOptions):
+    """The tail alone (inputs scores [B,N,C], boxes [B,N,4] as `s_in`, `b_in`): to test and time it apart
+    from an engine."""
+    from onnx import TensorProto, helper
+
+    scores, boxes = EXPORT_OUTPUTS[DAMO_YOLO]
+    shapes = {scores: ["B", num_boxes, num_classes], boxes: ["B", num_boxes, 4]}
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["s_in"], [scores]), helper.make_node("Identity", ["b_in"], [boxes])], "tail",
+        [helper.make_tensor_value_info(i, TensorProto.FLOAT, shapes[o])
+         for i, o in (("s_in", scores), ("b_in", boxes))],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, shapes[o]) for o in (scores, boxes)])
+    return append_nms(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), detect)
+
+
 def _tail(scores: str, boxes: str, detect: DetectOptions):
     from onnx import TensorProto, helper
 

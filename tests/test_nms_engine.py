@@ -10,14 +10,13 @@ import re
 import numpy as np
 import pytest
 from matching import assert_same_detections
-from onnx import TensorProto, helper
 
 from tdet.client.errors import InvalidInputError
 from tdet.client.options import DetectOptions, InvalidParameterError
 from tdet.client.pipeline import postprocess_rows
 from tdet.client.postprocess import batched_nms
 from tdet.client.specs import DAMO_YOLO
-from tdet.ensembles.nms_graph import NMS_OUTPUTS, append_nms, check_request, nms_rows
+from tdet.ensembles.nms_graph import NMS_OUTPUTS, check_request, nms_rows, tail_model
 from tdet.ensembles.ort_session import ort_session
 
 N, C = 240, 4  # candidates x classes of the synthetic graph
@@ -25,15 +24,8 @@ BUILT = DetectOptions(conf=0.05, iou=0.5, max_det=30)
 
 
 def _tail_session(detect: DetectOptions):
-    """ORT session of an identity 'engine' (scores, boxes in -> out) with the NMS tail appended."""
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["s_in"], ["scores"]), helper.make_node("Identity", ["b_in"], ["boxes"])],
-        "identity", [helper.make_tensor_value_info("s_in", TensorProto.FLOAT, ["B", N, C]),
-                     helper.make_tensor_value_info("b_in", TensorProto.FLOAT, ["B", N, 4])],
-        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["B", N, C]),
-         helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["B", N, 4])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    return ort_session(append_nms(model, detect).SerializeToString(), threads=1)
+    """ORT session of the NMS tail alone (inputs s_in, b_in)."""
+    return ort_session(tail_model(N, C, detect).SerializeToString(), threads=1)
 
 
 def _batch(seed: int, *, ties: bool):
@@ -173,3 +165,23 @@ def test_versions_of_one_name_share_the_nms_mode(exported, tmp_path):
     build_repository([onnx], tmp_path, BuildOptions(nms="engine"), name="m", version=2, replace=True)
     assert read_config(tmp_path / "m" / "config.pbtxt").parameters["nms"].string_value == "engine"
     assert sorted(p.name for p in (tmp_path / "m_engine").iterdir() if p.is_dir()) == ["2"]
+
+
+@pytest.mark.parametrize("changes", [{}, {"preprocess_instances": 1, "engine_instances": 2, "postprocess_instances": 2,
+                                          "ort_threads": 1, "queue_delay_us": 0}], ids=["defaults", "changed"])
+def test_generated_configs_carry_instances_threads_and_delays(exported, tmp_path, changes):
+    """Issue 17.5: what `tdet repo build` chose per step (instances, ORT threads, batching delay) is in the
+    generated config.pbtxt files, where Triton (and a reader) finds it."""
+    from tdet.ensembles.builder import build_repository
+    from tdet.ensembles.configs import BuildOptions, read_config
+
+    opts = BuildOptions(**changes)
+    build_repository([exported["damo-yolo-t"]], tmp_path, opts, name="m")
+    for step, count in (("preprocess", opts.preprocess_instances), ("engine", opts.engine_instances),
+                        ("postprocess", opts.postprocess_instances)):
+        cfg = read_config(tmp_path / f"m_{step}" / "config.pbtxt")
+        assert [g.count for g in cfg.instance_group] == [count], step
+        assert cfg.dynamic_batching.max_queue_delay_microseconds == opts.queue_delay_us, step
+    eng = read_config(tmp_path / "m_engine" / "config.pbtxt")
+    assert eng.parameters["intra_op_thread_count"].string_value == str(opts.ort_threads)
+    assert eng.parameters["inter_op_thread_count"].string_value == "1"
