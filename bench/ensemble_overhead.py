@@ -222,7 +222,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4, help="engine-alone batch (the server's dynamic batches)")
     ap.add_argument("--quick", action="store_true", help="about a minute less: 24 frames, 4 reps")
     ap.add_argument("--sweep", nargs="*", metavar="SETTING", help="instead: served img/s of the first variant "
-                    "(trained) per instance/thread/delay setting (SWEEP: all, or the labels given), from the `tdet repo "
+                    "(trained) per instance/thread/delay setting (SWEEP: all, or the labels given), from `tdet repo "
                     "build` defaults")
     args = ap.parse_args()
     if args.quick:
