@@ -7,7 +7,8 @@ trained at, as `make demo` serves it), the seeded random-init export at 640 as a
 model again with `--jpeg-scale auto` (DCT-domain reduced JPEG decode), and for DAMO-YOLO the trained model
 with `--nms engine` (the NMS in the engine graph; its engine times include the NMS). Frames: the project's synthetic val
 split (`tdet data synth --split val`, real shapes and textures) scaled to 1280x720 JPEG, one distinct frame
-per request. Same uint8 engine graph, same ORT threads, spinning off, everywhere.
+per request. Same uint8 engine graph, same ORT threads, one engine instance (the engine-alone comparison),
+spinning off, everywhere. --sweep: served img/s per `tdet repo build` setting instead.
 
 Prints, per model: per step in-process on one thread (pre, engine at batch 1, post) and (pre+post)/engine;
 the engine alone at the batch the server is given (ORT, same threads) vs the served ensemble at saturation
@@ -241,8 +242,8 @@ def main() -> None:
     rows = build_rows(args.variants, work, args.rows, not args.no_jpeg_auto, not args.no_nms_engine)
     repo = work / "model_repository"
     for row in rows:
-        build_repository([row.onnx], repo, BuildOptions(ort_threads=args.ort_threads, jpeg_scale=row.jpeg_scale,
-                                                             nms=row.nms),
+        build_repository([row.onnx], repo, BuildOptions(ort_threads=args.ort_threads, engine_instances=1,
+                                                             jpeg_scale=row.jpeg_scale, nms=row.nms),
                          name=row.name)
     results: dict[str, dict] = {}
     for row in rows:  # in-process first, with the server not yet running (no CPU contention)
@@ -262,12 +263,13 @@ def main() -> None:
     report(rows, results, splits, args)
 
 
-# `tdet repo build` settings tried by --sweep, as changes from its defaults (BuildOptions)
-SWEEP = {"defaults": {}, "preprocess 1": {"preprocess_instances": 1}, "preprocess 3": {"preprocess_instances": 3},
-         "postprocess 2": {"postprocess_instances": 2}, "ORT threads 1": {"ort_threads": 1},
-         "engine 2 x ORT 1": {"engine_instances": 2, "ort_threads": 1}, "delay 0": {"queue_delay_us": 0},
-         "delay 5 ms": {"queue_delay_us": 5000}, "nms engine": {"nms": "engine"},
-         "engine 2 x ORT 1, preprocess 3": {"engine_instances": 2, "ort_threads": 1, "preprocess_instances": 3}}
+# `tdet repo build` settings tried by --sweep, as changes from its defaults (BuildOptions: 2 engine instances x
+# 1 ORT thread, 2 preprocess, 1 postprocess, 1 ms batching delay, python NMS)
+SWEEP = {"defaults": {}, "engine 1 x ORT 2": {"engine_instances": 1, "ort_threads": 2},
+         "engine 1 x ORT 1": {"engine_instances": 1}, "engine 2 x ORT 2": {"ort_threads": 2},
+         "preprocess 1": {"preprocess_instances": 1}, "preprocess 3": {"preprocess_instances": 3},
+         "postprocess 2": {"postprocess_instances": 2}, "delay 0": {"queue_delay_us": 0},
+         "delay 5 ms": {"queue_delay_us": 5000}, "nms engine": {"nms": "engine"}}
 
 
 def sweep(args: argparse.Namespace, work: Path, images: list[bytes]) -> None:
