@@ -3,10 +3,12 @@
     .venv/bin/python bench/ensemble_overhead.py [--variants damo-yolo-t rtdetrv2-s] [--requests 64] [--quick]
 
 Models, per variant: the trained demo checkpoint (training/demo/<variant>.pth, exported at the size it was
-trained at, as `make demo` serves it), the seeded random-init export at 640 as a second row, and the trained
-model again with `--jpeg-scale auto` (DCT-domain reduced JPEG decode). Frames: the project's synthetic val
+trained at, as `make demo` serves it), the seeded random-init export at 640 as a second row, the trained
+model again with `--jpeg-scale auto` (DCT-domain reduced JPEG decode), and for DAMO-YOLO the trained model
+with `--nms engine` (the NMS in the engine graph; its engine times include the NMS). Frames: the project's synthetic val
 split (`tdet data synth --split val`, real shapes and textures) scaled to 1280x720 JPEG, one distinct frame
-per request. Same uint8 engine graph, same ORT threads, spinning off, everywhere.
+per request. Same uint8 engine graph, same ORT threads, one engine instance (the engine-alone comparison),
+spinning off, everywhere. --sweep: served img/s per `tdet repo build` setting instead.
 
 Prints, per model: per step in-process on one thread (pre, engine at batch 1, post) and (pre+post)/engine;
 the engine alone at the batch the server is given (ORT, same threads) vs the served ensemble at saturation
@@ -43,6 +45,7 @@ class Row:
     onnx: Path
     kind: str  # "trained" | "random-init"
     jpeg_scale: str = "off"
+    nms: str = "python"
 
 
 def frames(n: int, work: Path, seed: int = 0) -> list[bytes]:
@@ -96,6 +99,7 @@ def in_process(row: Row, engine_onnx: Path, threads: int, batch: int, images: li
     from tdet.client.options import DetectOptions
     from tdet.client.pipeline import postprocess_rows, preprocess_rows
     from tdet.client.specs import EXPORT_INPUT
+    from tdet.ensembles.nms_graph import nms_rows
     from tdet.ensembles.ort_session import ort_session
 
     info, spec = _model_spec(row.onnx, row.jpeg_scale)
@@ -104,14 +108,36 @@ def in_process(row: Row, engine_onnx: Path, threads: int, batch: int, images: li
     x, sizes = preprocess_rows([images[0]], spec)
     outs = sess.run(None, {EXPORT_INPUT: x})
     opts = DetectOptions()  # the repository's defaults: conf 0.05, iou 0.7, K = 100
+    if row.nms == "engine":
+        post = lambda: nms_rows(outs, sizes, ids, opts, input_hw=info.input_hw, pad_to=opts.max_det)  # noqa: E731
+    else:
+        post = lambda: postprocess_rows(info.family, outs, sizes, ids, opts, input_hw=info.input_hw)  # noqa: E731
     res = {"pre_ms": cycle_ms(lambda d: preprocess_rows([d], spec), images, reps * 3),
            "engine_ms": median_ms(lambda: sess.run(None, {EXPORT_INPUT: x}), reps),
-           "post_ms": median_ms(lambda: postprocess_rows(info.family, outs, sizes, ids, opts, input_hw=info.input_hw),
-                                reps * 2)}
+           "post_ms": median_ms(post, reps * 2)}
+    if row.nms == "engine":
+        res["tail_ms"] = nms_tail_ms(row, info, x, threads, reps)
     xb, _ = preprocess_rows(images[:batch], spec)
     res["engine_ips"] = batch / (median_ms(lambda: sess.run(None, {EXPORT_INPUT: xb}), max(reps // 2, 2)) / 1000)
     res["input"] = f"{info.input_hw[0]}x{info.input_hw[1]}"
     return res
+
+
+def nms_tail_ms(row: Row, info, x: np.ndarray, threads: int, reps: int) -> float:
+    """The --nms engine tail alone (ORT, one thread) on this frame's real engine outputs, batch 1."""
+    import onnx
+
+    from tdet.client.options import DetectOptions
+    from tdet.client.specs import EXPORT_INPUT, EXPORT_OUTPUTS, PREPROCESS
+    from tdet.ensembles.builder import uint8_engine_graph
+    from tdet.ensembles.nms_graph import tail_model
+    from tdet.ensembles.ort_session import ort_session
+
+    graph = uint8_engine_graph(onnx.load(str(row.onnx)), PREPROCESS[info.family].scale)
+    scores, boxes = ort_session(graph.SerializeToString(), threads=threads).run(
+        list(EXPORT_OUTPUTS[info.family]), {EXPORT_INPUT: x})
+    tail = ort_session(tail_model(scores.shape[1], scores.shape[2], DetectOptions()).SerializeToString(), threads=1)
+    return median_ms(lambda: tail.run(None, {"s_in": scores, "b_in": boxes}), reps * 2)
 
 
 def served(grpc_url: str, model: str, images: list[bytes], concurrency: int) -> dict[str, float]:
@@ -162,7 +188,7 @@ def preprocess_split(images: list[bytes], size_hw: tuple[int, int], reps: int) -
             "layout": median_ms(lambda: np.ascontiguousarray(net.transpose(2, 0, 1)[::-1]), reps)}
 
 
-def build_rows(variants: list[str], work: Path, kinds: list[str], jpeg_auto: bool) -> list[Row]:
+def build_rows(variants: list[str], work: Path, kinds: list[str], jpeg_auto: bool, nms_engine: bool) -> list[Row]:
     from tdet.training.export import export_onnx
 
     rows = []
@@ -174,6 +200,8 @@ def build_rows(variants: list[str], work: Path, kinds: list[str], jpeg_auto: boo
             rows.append(Row(m, v, path, "trained"))
             if jpeg_auto:
                 rows.append(Row(f"{m}_jpeg_auto", v, path, "trained", "auto"))
+            if nms_engine and v.startswith("damo-yolo"):  # RT-DETRv2 has no NMS
+                rows.append(Row(f"{m}_engine_nms", v, path, "trained", nms="engine"))
         elif "trained" in kinds:
             print(f"(no demo checkpoint {ckpt}: {v} has no trained row)")
         if "random" in kinds:
@@ -187,12 +215,16 @@ def main() -> None:
     ap.add_argument("--rows", nargs="+", choices=["trained", "random"], default=["trained", "random"],
                     help="trained: the demo checkpoints at their served size; random: seeded random init at 640")
     ap.add_argument("--no-jpeg-auto", action="store_true", help="skip the trained model served with --jpeg-scale auto")
+    ap.add_argument("--no-nms-engine", action="store_true", help="skip the trained DAMO-YOLO built with --nms engine")
     ap.add_argument("--requests", type=int, default=64, help="distinct frames; the served run sends each once")
     ap.add_argument("--reps", type=int, default=10, help="repetitions per in-process timing (median)")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--ort-threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=4, help="engine-alone batch (the server's dynamic batches)")
     ap.add_argument("--quick", action="store_true", help="about a minute less: 24 frames, 4 reps")
+    ap.add_argument("--sweep", nargs="*", metavar="SETTING", help="instead: served img/s of the first variant "
+                    "(trained) per instance/thread/delay setting (SWEEP: all, or the labels given), from `tdet repo "
+                    "build` defaults")
     args = ap.parse_args()
     if args.quick:
         args.requests, args.reps = min(args.requests, 24), min(args.reps, 4)
@@ -205,10 +237,13 @@ def main() -> None:
     args.load_at_start = os.getloadavg()[0]  # other jobs on the cores inflate every number: say how busy it was
     work = Path(tempfile.mkdtemp(prefix="tdet-bench-"))
     images = frames(max(args.requests, args.batch, args.concurrency), work)
-    rows = build_rows(args.variants, work, args.rows, not args.no_jpeg_auto)
+    if args.sweep is not None:
+        return sweep(args, work, images)
+    rows = build_rows(args.variants, work, args.rows, not args.no_jpeg_auto, not args.no_nms_engine)
     repo = work / "model_repository"
     for row in rows:
-        build_repository([row.onnx], repo, BuildOptions(ort_threads=args.ort_threads, jpeg_scale=row.jpeg_scale),
+        build_repository([row.onnx], repo, BuildOptions(ort_threads=args.ort_threads, engine_instances=1,
+                                                             jpeg_scale=row.jpeg_scale, nms=row.nms),
                          name=row.name)
     results: dict[str, dict] = {}
     for row in rows:  # in-process first, with the server not yet running (no CPU contention)
@@ -228,23 +263,69 @@ def main() -> None:
     report(rows, results, splits, args)
 
 
+# `tdet repo build` settings tried by --sweep, as changes from its defaults (BuildOptions: 2 engine instances x
+# 1 ORT thread, 2 preprocess, 1 postprocess, 1 ms batching delay, python NMS)
+SWEEP = {"defaults": {}, "engine 1 x ORT 2": {"engine_instances": 1, "ort_threads": 2},
+         "engine 1 x ORT 1": {"engine_instances": 1}, "engine 2 x ORT 2": {"ort_threads": 2},
+         "preprocess 1": {"preprocess_instances": 1}, "preprocess 3": {"preprocess_instances": 3},
+         "postprocess 2": {"postprocess_instances": 2}, "delay 0": {"queue_delay_us": 0},
+         "delay 5 ms": {"queue_delay_us": 5000}, "nms engine": {"nms": "engine"}}
+
+
+def sweep(args: argparse.Namespace, work: Path, images: list[bytes]) -> None:
+    """Served img/s per SWEEP setting, one server for all; two passes in opposite orders (the load of the
+    other jobs drifts), each pass sending every frame once per setting."""
+    from tdet.ensembles.builder import build_repository
+    from tdet.ensembles.configs import BuildOptions
+    from tdet.ensembles.server import free_port, start, stop_process
+
+    row = next(r for r in build_rows(args.variants[:1], work, ["trained"], False, False))
+    settings = {k: v for k, v in SWEEP.items() if not args.sweep or k in args.sweep}
+    repo, names = work / "sweep_repository", {}
+    for i, (label, changes) in enumerate(settings.items()):
+        names[label] = f"{row.name}_s{i}"
+        build_repository([row.onnx], repo, BuildOptions(**changes), name=names[label])
+    proc, info = start(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), timeout_s=900)
+    ips: dict[str, list[float]] = {label: [] for label in settings}
+    try:
+        for order in (list(settings), list(settings)[::-1]):
+            for label in order:
+                ips[label].append(served(info.grpc_url, names[label], images[:args.requests],
+                                         args.concurrency)["served_ips"])
+        for label in settings:  # one request in flight: what a single client waits
+            ips[label].append(served(info.grpc_url, names[label], images[:8], 1)["served_ips"])
+    finally:
+        stop_process(proc.pid)
+    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, 1-min load average "
+          f"{args.load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; {row.variant} trained at "
+          f"{_model_spec(row.onnx, 'off')[0].input_hw}; {args.requests} 1280x720 JPEGs; gRPC, concurrency "
+          f"{args.concurrency}; defaults: {BuildOptions()}")
+    print("| setting | served img/s pass 1 | pass 2 | mean | 1 in flight: img/s |\n|---|---|---|---|---|")
+    for label, (a, b, one) in ips.items():
+        print(f"| {label} | {a:.2f} | {b:.2f} | {(a + b) / 2:.2f} | {one:.2f} |")
+
+
 def report(rows: list[Row], results: dict[str, dict], splits: dict, args: argparse.Namespace) -> None:
     load = f"1-min load average {args.load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {load}; ORT threads "
           f"{args.ort_threads}; {args.requests} distinct real-content 1280x720 JPEGs (synthetic val split, scaled); "
           f"served: gRPC, concurrency {args.concurrency}; engine alone at batch {args.batch}")
-    header = ("model", "weights", "input", "jpeg", "pre ms", "engine b1 ms", "post ms", "(pre+post)/engine",
+    header = ("model", "weights", "input", "jpeg", "nms", "pre ms", "engine b1 ms", "post ms", "(pre+post)/engine",
               f"engine alone b{args.batch} img/s", "served img/s", "served/engine", "server pre|engine|post ms/img",
               "engine batch")
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for row in rows:
         r = results[row.name]
         print("| " + " | ".join([
-            row.variant, row.kind, r["input"], row.jpeg_scale, f"{r['pre_ms']:.2f}", f"{r['engine_ms']:.1f}",
+            row.variant, row.kind, r["input"], row.jpeg_scale, row.nms, f"{r['pre_ms']:.2f}", f"{r['engine_ms']:.1f}",
             f"{r['post_ms']:.2f}", f"{(r['pre_ms'] + r['post_ms']) / r['engine_ms']:.2f}", f"{r['engine_ips']:.2f}",
             f"{r['served_ips']:.2f}", f"**{r['served_ips'] / r['engine_ips']:.2f}x**",
             f"{r['preprocess_server_ms']:.1f}|{r['engine_server_ms']:.1f}|{r['postprocess_server_ms']:.1f}",
             f"{r['engine_batch']:.2f}"]) + " |")
+    for row in rows:
+        if "tail_ms" in results[row.name]:
+            print(f"\n{row.name}: the NMS tail alone (ORT, 1 thread, batch 1, this frame's engine outputs) "
+                  f"{results[row.name]['tail_ms']:.2f} ms of its engine's {results[row.name]['engine_ms']:.1f} ms")
     print("\npreprocess of one 1280x720 JPEG by part (ms, one thread; reduced: DCT-domain decode at 1/r):")
     header = ("model input", "r", "header", "decode full", "decode 1/r", "cv2 resize full|1/r",
               "PIL resize full|1/r", "CHW+RGB layout")

@@ -43,12 +43,13 @@ from .configs import (
     tracker_config,
     write_config,
 )
+from .nms_graph import append_nms, check_nms_family
 
 SCALED_INPUT = "images_float"  # internal name of the float tensor the original graph consumed
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 STEP_SUFFIXES = ("_preprocess", "_engine", "_postprocess", "_tracker", "_track")
 # what the versions of one name share (the preprocess, postprocess and ensemble configs)
-SHARED = ("family", "input_hw", "category_ids", "engine")
+SHARED = ("family", "input_hw", "category_ids", "engine", "nms")
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,7 @@ def _write_variant(stage: Path, model, info: OnnxInfo, opts: BuildOptions, max_p
     vdir = eng / str(version)
     vdir.mkdir(parents=True)
     graph = uint8_engine_graph(model, spec.scale)
+    graph = append_nms(graph, opts.detect) if opts.nms == "engine" else graph
     if opts.engine == "tensorrt":
         onnx.save(graph, str(vdir / "model.uint8.onnx"))
         cmd = trtexec_command('"$HERE/model.uint8.onnx"', '"$HERE/model.plan"', info.input_hw, opts.max_batch_size,
@@ -196,7 +198,7 @@ def _write_variant(stage: Path, model, info: OnnxInfo, opts: BuildOptions, max_p
     meta = {"family": info.family, "variant": info.variant, "weights": versions[newest],
             "versions": json.dumps(versions, sort_keys=True), "class_names": json.dumps(info.class_names),
             "category_ids": json.dumps(info.category_ids), "input_hw": specs.format_hw(info.input_hw),
-            "engine": opts.engine, **info.size}
+            "engine": opts.engine, "nms": opts.nms, **info.size}
     ens = stage / m
     (ens / "1").mkdir(parents=True)  # an ensemble needs an (empty) version directory
     write_config(ens / "config.pbtxt", ensemble_config(m, info.family, opts, meta))
@@ -239,8 +241,9 @@ def _plan(out: Path, m: str, info: OnnxInfo, opts: BuildOptions, version: int, r
     """Which engine versions `m` holds after this build (version -> weights) and which weights it replaces.
     UserError when the build would silently replace other weights, or mix incompatible versions."""
     params, versions = _existing_versions(out, m)
+    params = {"nms": "python", **params} if params else params  # built before --nms existed
     new = {"family": info.family, "input_hw": specs.format_hw(info.input_hw),
-           "category_ids": json.dumps(info.category_ids), "engine": opts.engine}
+           "category_ids": json.dumps(info.category_ids), "engine": opts.engine, "nms": opts.nms}
     clash = [k for k in SHARED if params and params.get(k) != new[k]]
     if clash:
         if not replace:
@@ -293,6 +296,8 @@ def build_repository(onnx_files: list[str | Path], out: str | Path = "model_repo
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise UserError(f"several --onnx files would be model(s) {twice}; build them one at a time with --name")
+    for f in onnx_files if opts.nms == "engine" else ():
+        check_nms_family(read_onnx_info(_load(f)).family, opts.nms)
     out.mkdir(parents=True, exist_ok=True)
     built: list[Built] = []
     for f, m in zip(onnx_files, names):

@@ -17,6 +17,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tdet.client import specs
 from tdet.client.optionfields import settings
 
+from .nms_graph import NMS_OUTPUTS, nms_output_dims
 from .options import BuildOptions, VersionPolicy
 
 __all__ = ["BuildOptions", "VersionPolicy", "engine_config", "ensemble_config", "postprocess_config",
@@ -60,6 +61,16 @@ def _wire(k: int) -> list[tuple[str, int, list[int]]]:
             (classes, mc.TYPE_INT32, [k])]
 
 
+def _engine_outputs(family: str, output_dims: dict[str, list[int]], opts: BuildOptions
+                    ) -> list[tuple[str, int, list[int]]]:
+    """What the engine returns and the postprocess takes: the export's outputs, or with --nms engine the NMS
+    tail's (ensembles/nms_graph.py: counts and labels int64, M kept rows per image)."""
+    if opts.nms == "engine":
+        dims = nms_output_dims()
+        return [(n, mc.TYPE_INT64 if n in ("num_dets", "det_labels") else mc.TYPE_FP32, dims[n]) for n in NMS_OUTPUTS]
+    return [(n, mc.TYPE_FP32, output_dims[n]) for n in specs.EXPORT_OUTPUTS[family]]
+
+
 def preprocess_config(name: str, family: str, input_hw: tuple[int, int], opts: BuildOptions,
                       max_pixels: int, warmup_file: str | None) -> mc.ModelConfig:
     spec = specs.preprocess_spec(family, input_hw)
@@ -80,7 +91,7 @@ def preprocess_config(name: str, family: str, input_hw: tuple[int, int], opts: B
 def engine_config(name: str, family: str, input_hw: tuple[int, int], output_dims: dict[str, list[int]],
                   opts: BuildOptions) -> mc.ModelConfig:
     image = (specs.EXPORT_INPUT, mc.TYPE_UINT8, [3, *input_hw])
-    outputs = [(n, mc.TYPE_FP32, output_dims[n]) for n in specs.EXPORT_OUTPUTS[family]]
+    outputs = _engine_outputs(family, output_dims, opts)
     if opts.engine == "tensorrt":
         cfg = _model(name, opts, [image], outputs, platform="tensorrt_plan")
         cfg.default_model_filename, kind = "model.plan", mc.ModelInstanceGroup.KIND_GPU
@@ -109,10 +120,10 @@ def engine_config(name: str, family: str, input_hw: tuple[int, int], output_dims
 
 def postprocess_config(name: str, family: str, input_hw: tuple[int, int], output_dims: dict[str, list[int]],
                        opts: BuildOptions, category_ids: list[int]) -> mc.ModelConfig:
-    inputs = [(n, mc.TYPE_FP32, output_dims[n]) for n in specs.EXPORT_OUTPUTS[family]]
+    inputs = _engine_outputs(family, output_dims, opts)
     inputs.append(("orig_hw", mc.TYPE_INT32, [2]))
     params = {"family": family, "input_hw": specs.format_hw(input_hw), **settings(opts.detect),  # the request defaults
-              "category_ids": json.dumps(category_ids)}
+              "category_ids": json.dumps(category_ids), "nms": opts.nms}
     cfg = _model(name, opts, inputs, _wire(opts.max_det), backend="python", params=params)
     _step_defaults(cfg, opts, opts.postprocess_instances, mc.ModelInstanceGroup.KIND_CPU)
     return cfg
@@ -121,7 +132,7 @@ def postprocess_config(name: str, family: str, input_hw: tuple[int, int], output
 def ensemble_config(model: str, family: str, opts: BuildOptions, meta: dict[str, str]) -> mc.ModelConfig:
     """The public model: IMAGE -> NUM_DETECTIONS/BOXES/SCORES/CLASSES. Class names and category ids are
     config parameters, so a client discovers them with one model-config call."""
-    outs = specs.EXPORT_OUTPUTS[family]
+    outs = NMS_OUTPUTS if opts.nms == "engine" else specs.EXPORT_OUTPUTS[family]
     cfg = _model(model, opts, [("IMAGE", mc.TYPE_STRING, [1])], _wire(opts.max_det), platform="ensemble",
                  params=meta)
     steps = [

@@ -68,14 +68,20 @@ class BuildOptions:
                                        "(microseconds)", lo=0)
     preprocess_instances: int = option(2, "preprocess processes (image decoding is CPU-bound Python: about one "
                                           "per core)", lo=1)
-    engine_instances: int = option(1, "engine instances", lo=1)
+    # 2 engines x 1 ORT thread: the most served img/s measured on 2 CPU cores (README, issue 17 item 5)
+    engine_instances: int = option(2, "engine instances (one dynamic batch each at a time: two overlap one "
+                                      "batch's serial ops with another's)", lo=1)
     postprocess_instances: int = option(1, "postprocess processes", lo=1)
-    ort_threads: int = option(2, "ONNX Runtime intra-op threads per engine instance (0: ORT's own choice, all "
-                                 "cores)", lo=0)
+    ort_threads: int = option(1, "ONNX Runtime intra-op threads per engine instance (0: ORT's own choice, all "
+                                 "cores); instances x threads ~ cores", lo=0)
     device: str = option("cpu", "onnxruntime engine instance kind", choices=("cpu", "gpu"))  # tensorrt: GPU
     jpeg_scale: str = option("off", "off: decode every JPEG pixel (exact); auto: decode a large JPEG at 1/2 or 1/4 in "
                              "the DCT domain (libjpeg-turbo), never below the model input: faster, detections close, "
                              "not exact", choices=JPEG_SCALES)
+    nms: str = option("python", "python: DAMO-YOLO's NMS in the python postprocess (every request option); engine: "
+                      "ONNX NonMaxSuppression appended to the engine graph at the build's --conf/--iou/--max-det "
+                      "(requests may raise conf, lower max_det, pick classes; not change iou or lower conf). "
+                      "RT-DETRv2 has no NMS: refused for it", choices=("python", "engine"))
 
     def __post_init__(self) -> None:
         check(self)
