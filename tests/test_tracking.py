@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tdet.client.bytetrack import ByteTracker, ByteTrackParams, iou_matrix
+from tdet.client.bytetrack import ByteTracker, ByteTrackParams, KalmanFilter, iou_matrix, xyxy_to_xyah
 from tdet.client.synth_video import synthesize_video
 
 FRAMES = 12
@@ -151,6 +151,23 @@ def test_bytetrack_keeps_ids_through_a_gap_and_a_low_score_frame():
         seen.append(tr.update(np.array(boxes), np.array(scores), np.zeros(len(scores)))[3].tolist())
     assert seen[0] == [1, 2] and all(sorted(s[:2]) == [1, 2] for s in seen[1:6]) and seen[6] == [1]
     assert sorted(seen[7]) == [1, 2] and sorted(seen[9]) == [1, 2, 3]
+
+
+def test_kalman_update_of_many_tracks_at_once_equals_one_at_a_time():
+    """The batched Kalman update (one 4x4 solve per track, all at once) gives each track what updating it alone
+    gives, and pulls the state to the measurement."""
+    kf, rng = KalmanFilter(), np.random.default_rng(0)
+    xy = rng.uniform(0, 500, (6, 2))
+    boxes = np.c_[xy, xy + rng.uniform(10, 80, (6, 2))]
+    states = [kf.initiate(xyxy_to_xyah(b)) for b in boxes]
+    mean, cov = kf.predict(np.stack([m for m, _ in states]), np.stack([c for _, c in states]))
+    z = xyxy_to_xyah(boxes + rng.normal(0, 3, boxes.shape))
+    m_all, c_all = kf.update(mean, cov, z)
+    for i in range(len(boxes)):
+        m_one, c_one = kf.update(mean[i:i + 1], cov[i:i + 1], z[i:i + 1])
+        np.testing.assert_allclose(m_all[i], m_one[0], rtol=1e-9, atol=1e-9 * np.abs(m_one).max())
+        np.testing.assert_allclose(c_all[i], c_one[0], rtol=1e-9, atol=1e-9 * np.abs(c_one).max())
+    assert (np.abs(m_all[:, :4] - z) < np.abs(mean[:, :4] - z)).all()
 
 
 def test_mot_metrics_score_a_perfect_and_a_swapped_track(tmp_path):
