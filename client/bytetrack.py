@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.linalg import cho_factor, cho_solve
 from scipy.optimize import linear_sum_assignment
 
 TRACKED, LOST, REMOVED = 0, 1, 2
@@ -69,21 +68,36 @@ class KalmanFilter:
         return mean @ self.F.T, self.F @ cov @ self.F.T + q
 
     def update(self, mean, cov, z):
-        h = mean[3]
-        r = np.diag(np.square([self.w_pos * h, self.w_pos * h, 1e-1, self.w_pos * h]))
-        s = self.H @ cov @ self.H.T + r
-        gain = cho_solve(cho_factor(s, lower=True, check_finite=False), (cov @ self.H.T).T, check_finite=False).T
-        return mean + (z - self.H @ mean) @ gain.T, cov - gain @ s @ gain.T
+        """Batched: mean [N, 8], cov [N, 8, 8], measurements z [N, 4] (one 4x4 solve per track, all at once:
+        per-track scipy calls were most of a frame's cost)."""
+        h = mean[:, 3]
+        std = np.stack([self.w_pos * h, self.w_pos * h, np.full_like(h, 1e-1), self.w_pos * h], 1)
+        s = cov[:, :4, :4] + np.einsum("ni,ij->nij", np.square(std), np.eye(4))  # H P H^T + R (H picks x, y, a, h)
+        pht = cov[:, :, :4]  # P H^T
+        gain = np.linalg.solve(s, pht.transpose(0, 2, 1)).transpose(0, 2, 1)  # P H^T S^-1 (S symmetric)
+        mean = mean + np.einsum("nij,nj->ni", gain, z - mean[:, :4])
+        return mean, cov - gain @ s @ gain.transpose(0, 2, 1)
 
 
 def xyxy_to_xyah(b):
-    w, h = b[2] - b[0], b[3] - b[1]
-    return np.array([b[0] + w / 2, b[1] + h / 2, w / h, h])
+    """[..., 4] xyxy -> [..., 4] (cx, cy, aspect, h)."""
+    b = np.asarray(b)
+    w, h = b[..., 2] - b[..., 0], b[..., 3] - b[..., 1]
+    return np.stack([b[..., 0] + w / 2, b[..., 1] + h / 2, w / h, h], -1)
 
 
 def xyah_to_xyxy(m):
-    w = m[2] * m[3]
-    return np.array([m[0] - w / 2, m[1] - m[3] / 2, m[0] + w / 2, m[1] + m[3] / 2])
+    """[..., 4] (cx, cy, aspect, h) -> [..., 4] xyxy."""
+    m = np.asarray(m)
+    w = m[..., 2] * m[..., 3]
+    return np.stack([m[..., 0] - w / 2, m[..., 1] - m[..., 3] / 2, m[..., 0] + w / 2, m[..., 1] + m[..., 3] / 2], -1)
+
+
+def track_boxes(tracks):
+    """[N, 4] xyxy of tracks that have a Kalman state, in one step."""
+    if not tracks:
+        return np.zeros((0, 4))
+    return xyah_to_xyxy(np.stack([t.mean[:4] for t in tracks]))
 
 
 def iou_matrix(a, b):
@@ -154,13 +168,18 @@ class ByteTracker:
         t.state, t.frame_id, t.start_frame = TRACKED, self.frame_id, self.frame_id
         t.activated = self.frame_id == 1  # tracks of the first frame are confirmed at once
 
-    def _update(self, t, det):
-        t.mean, t.cov = self.kf.update(t.mean, t.cov, xyxy_to_xyah(det._box))
-        t.state, t.activated, t.frame_id, t.score, t.cls = TRACKED, True, self.frame_id, det.score, det.cls
+    def _update(self, pairs):
+        """Kalman-update each (track, detection) pair, all in one batched step."""
+        if not pairs:
+            return
+        z = xyxy_to_xyah(np.stack([d._box for _, d in pairs]))
+        mean, cov = self.kf.update(np.stack([t.mean for t, _ in pairs]), np.stack([t.cov for t, _ in pairs]), z)
+        for (t, det), m, c in zip(pairs, mean, cov):
+            t.mean, t.cov = m, c
+            t.state, t.activated, t.frame_id, t.score, t.cls = TRACKED, True, self.frame_id, det.score, det.cls
 
     def _cost(self, tracks, dets, fuse):
-        iou = iou_matrix(np.array([t.box for t in tracks]).reshape(-1, 4),
-                         np.array([d._box for d in dets]).reshape(-1, 4))
+        iou = iou_matrix(track_boxes(tracks), np.array([d._box for d in dets]).reshape(-1, 4))
         if fuse and iou.size:
             iou = iou * np.array([d.score for d in dets])[None]
         return 1 - iou
@@ -181,17 +200,15 @@ class ByteTracker:
         activated, refound, lost, removed = [], [], [], []
         # 1st association: high-score detections with every tracked and lost track
         matches, u_track, u_det = linear_assignment(self._cost(pool, dets, p.fuse_score), p.match_thresh)
-        for it, idet in matches:
-            t = pool[it]
-            (activated if t.state == TRACKED else refound).append(t)
-            self._update(t, dets[idet])
+        for it, _ in matches:
+            (activated if pool[it].state == TRACKED else refound).append(pool[it])
+        self._update([(pool[it], dets[idet]) for it, idet in matches])
         # 2nd association: low-score detections with the still-unmatched tracked ones (IoU only)
         r_tracked = [pool[i] for i in u_track if pool[i].state == TRACKED]
         matches, u_track2, _ = linear_assignment(self._cost(r_tracked, dets_low, False), 0.5)
-        for it, idet in matches:
-            t = r_tracked[it]
-            (activated if t.state == TRACKED else refound).append(t)
-            self._update(t, dets_low[idet])
+        for it, _ in matches:
+            (activated if r_tracked[it].state == TRACKED else refound).append(r_tracked[it])
+        self._update([(r_tracked[it], dets_low[idet]) for it, idet in matches])
         for it in u_track2:
             t = r_tracked[it]
             if t.state != LOST:
@@ -200,9 +217,8 @@ class ByteTracker:
         # unconfirmed tracks (one frame old) with the high detections left
         dets = [dets[i] for i in u_det]
         matches, u_unconf, u_det = linear_assignment(self._cost(unconfirmed, dets, p.fuse_score), 0.7)
-        for it, idet in matches:
-            self._update(unconfirmed[it], dets[idet])
-            activated.append(unconfirmed[it])
+        self._update([(unconfirmed[it], dets[idet]) for it, idet in matches])
+        activated += [unconfirmed[it] for it, _ in matches]
         for it in u_unconf:
             unconfirmed[it].state = REMOVED
             removed.append(unconfirmed[it])
@@ -217,7 +233,7 @@ class ByteTracker:
                 removed.append(t)
         self._merge(activated, refound, lost, removed)
         out = [t for t in self.tracked if t.activated]
-        return (np.array([t.box for t in out], np.float32).reshape(-1, 4), np.array([t.score for t in out], np.float32),
+        return (track_boxes(out).astype(np.float32), np.array([t.score for t in out], np.float32),
                 np.array([t.cls for t in out], np.int32), np.array([t.track_id for t in out], np.int64))
 
     def _merge(self, activated, refound, lost, removed):
@@ -239,7 +255,7 @@ def _joint(a, b):
 def _remove_duplicates(a, b):
     if not a or not b:
         return a, b
-    dist = 1 - iou_matrix(np.array([t.box for t in a]), np.array([t.box for t in b]))
+    dist = 1 - iou_matrix(track_boxes(a), track_boxes(b))
     dup_a, dup_b = set(), set()
     for i, j in zip(*np.nonzero(dist < 0.15)):
         ta, tb = a[i].frame_id - a[i].start_frame, b[j].frame_id - b[j].start_frame

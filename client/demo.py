@@ -5,7 +5,10 @@ held-out val split the model never trained on) -> serve --detach -> infer (annot
 Triton with the in-process PyTorch reference of the same checkpoint -> compare (the seed's DAMO-YOLO vs RT-DETRv2
 table: served AP, latency, throughput, params, GFLOPs) -> stop, then the served and in-process mAP side by side,
 the annotated images of each model in one PNG (WORKDIR/<variant>.png) and both families on the same images,
-a row per model (WORKDIR/families.png; the README shows its copy, training/demo/families.demo.png).
+a row per model (WORKDIR/families.png; the README shows its copy, training/demo/families.demo.png). Tracking: the
+damo-yolo-t repository is built with --track, and one held-out synthetic clip goes through damo_yolo_t_track
+(`tdet eval --mot`): MOTA / IDF1 printed, the annotated video in WORKDIR/track/, a strip of a few of its frames
+(track ids drawn) in WORKDIR/tracking.png (the README's copy: training/demo/tracking.demo.png).
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ from pathlib import Path
 DEMO_DIR = Path(__file__).resolve().parents[1] / "training" / "demo"
 VARIANTS = ("damo-yolo-t", "rtdetrv2-s")  # each served when its demo checkpoint exists
 VAL = {"num": 200, "seed": 0}  # the val split the demo models were evaluated on while training
+TRACK_VARIANT = "damo-yolo-t"  # built with --track; its <m>_track runs the demo clip
+# the demo clip: the val split of a seed no training used (the demo models trained on seed 0's train split)
+CLIP = {"seed": 7, "frames": 40, "size": "320x240", "fps": 10}
+STRIP_FRAMES = 4
 
 
 def tdet(*args: str) -> None:
@@ -84,7 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         out = work / "onnx" / f"{variant}.onnx"
         tdet("export", variant, "--weights", str(args.models / f"{variant}.pth"), "--out", str(out))
         onnx.append(str(out))
-    tdet("repo", "build", "--onnx", *onnx, "--out", str(args.repository))
+    plain = [o for v, o in zip(variants, onnx) if v != TRACK_VARIANT]
+    tracked = [o for v, o in zip(variants, onnx) if v == TRACK_VARIANT]
+    for files, extra in ((plain, []), (tracked, ["--track"])):
+        if files:
+            tdet("repo", "build", "--onnx", *files, "--out", str(args.repository), *extra)
     val = work / "val"
     tdet("data", "synth", "--out", str(val), "--num", str(VAL["num"]), "--seed", str(VAL["seed"]), "--split", "val",
          "--workers", "2")
@@ -102,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         models = ",".join(v.replace("-", "_") for v in variants)
         tdet("compare", "--models", models, "--url", url, "--coco", str(val / "annotations.json"), "--images",
              str(val / "images"), "--out", str(work / "compare"), "--seconds", str(args.compare_seconds))
+        if tracked:
+            track_clip(work, url)
     finally:
         tdet("stop", "--http-port", args.http_port)
     print(f"\nheld-out val split ({VAL['num']} synthetic images, seed {VAL['seed']}), COCO box metrics in percent:")
@@ -125,7 +138,47 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {folder}/  ({len(rows)} images, detections per image: {[row['count'] for row in rows]}); "
               f"side by side: {sheet}")
     print(f"  both families on the same images, a row each: {families(per_model, work / 'families.png')}")
+    if tracked:
+        report_tracking(work)
     return 0
+
+
+def track_clip(work: Path, url: str) -> None:
+    """One held-out synthetic clip through <m>_track, scored against its ground truth (tdet eval --mot)."""
+    clips = work / "clips"
+    tdet("data", "synth", "--video", "--out", str(clips), "--num", "1", "--seed", str(CLIP["seed"]), "--split",
+         "val", "--frames", str(CLIP["frames"]), "--size", CLIP["size"], "--fps", str(CLIP["fps"]))
+    model = TRACK_VARIANT.replace("-", "_") + "_track"
+    tdet("eval", "--model", model, "--url", url, "--mot", str(clips / "clip-000"), "--out", str(work / "track"))
+
+
+def strip(video: Path, out: Path, frames: int = STRIP_FRAMES) -> Path:
+    """`frames` evenly spaced frames of the annotated video side by side in one small PNG."""
+    import cv2
+
+    (video.parent / "strip").mkdir(exist_ok=True)
+    cap = cv2.VideoCapture(str(video))
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    picks, paths = {round(i * (total - 1) / max(1, frames - 1)) for i in range(frames)}, []
+    for i in range(total):
+        ok, img = cap.read()
+        if not ok:
+            break
+        if i in picks:
+            paths.append(video.parent / "strip" / f"{i:04d}.png")
+            cv2.imwrite(str(paths[-1]), img)
+    cap.release()
+    return montage(paths, out, cols=len(paths))
+
+
+def report_tracking(work: Path) -> None:
+    m = json.loads((work / "track" / "mot_metrics.json").read_text())
+    s = m["metrics"]
+    print(f"\ntracking: held-out clip ({CLIP['frames']} frames {CLIP['size']}, seed {CLIP['seed']} val) through "
+          f"{m['model']}: MOTA {100 * s['mota']:.2f}  IDF1 {100 * s['idf1']:.2f}  ID switches "
+          f"{s['num_switches']:.0f}")
+    video = Path(m["run"]["video"])
+    print(f"  annotated video: {video}; frames with track ids: {strip(video, work / 'tracking.png')}")
 
 
 if __name__ == "__main__":

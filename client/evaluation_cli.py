@@ -45,13 +45,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fps", type=float, default=10.0, help="with --video: frame rate of the clips")
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("eval", help="COCO evaluation through the served model",
+    p = sub.add_parser("eval", help="COCO evaluation through the served model (--mot: tracking metrics)",
                        description="Send every annotated image through the served ensemble, write COCO results "
                                    "and the 12 COCO metrics; --reference also runs them in-process (PyTorch) and "
-                                   "prints the per-metric difference.")
+                                   "prints the per-metric difference. --mot GT instead runs a clip through a "
+                                   "tracking ensemble (<model>_track) and scores its tracks against the clip's "
+                                   "MOTChallenge ground truth (MOTA, IDF1, MOTP, ID switches; py-motmetrics).")
     _server_args(p)
-    p.add_argument("--coco", type=Path, required=True, help="COCO annotations JSON")
-    p.add_argument("--images", type=Path, required=True, help="folder with the annotated images")
+    p.add_argument("--coco", type=Path, help="COCO annotations JSON (required without --mot)")
+    p.add_argument("--images", type=Path, help="folder with the annotated images (required without --mot)")
+    p.add_argument("--mot", type=Path, metavar="GT", help="tracking evaluation: a MOTChallenge clip folder "
+                                                           "(gt/gt.txt, seqinfo.ini, NAME.mp4; `tdet data synth "
+                                                           "--video` writes them) or its gt.txt")
+    p.add_argument("--video", type=Path, help="with --mot: the clip's video (default: NAME.mp4 in the clip folder)")
+    p.add_argument("--mot-iou", type=float, default=0.5, help="with --mot: IoU a track's box needs to match a "
+                                                               "ground-truth box")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     p.add_argument("--out", type=Path, help="output folder (default: build/eval/MODEL)")
     p.add_argument("--conf", type=float, help="score threshold sent with every request (default: the family's "
@@ -129,6 +137,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from .evaluation import evaluate, format_metrics, format_per_class
 
+    if args.mot is not None:
+        return _cmd_eval_mot(args)
+    if args.video is not None:
+        raise UserError("--video goes with --mot GT")
+    if args.coco is None or args.images is None:
+        raise UserError("tdet eval needs --coco and --images (or --mot GT for tracking metrics)")
     if args.weights and not args.reference:
         raise UserError("--weights goes with --reference VARIANT")
     # the in-process run lives in training/; the CLI front (tdet.client.cli) hands over its constructor
@@ -145,6 +159,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(res.class_mismatch, file=sys.stderr)
     print(f"results: {res.results_path}  metrics: {res.results_path.parent / 'metrics.json'}")
     return 0
+
+
+def _cmd_eval_mot(args: argparse.Namespace) -> int:
+    """Exit 0: scored on every frame of the clip; 1: scored, but frames were lost (the run's warning says)."""
+    from .mot_cli import evaluate_mot, format_mot
+
+    mixed = [f for f, v in (("--coco", args.coco), ("--images", args.images), ("--reference", args.reference),
+                            ("--per-class", args.per_class)) if v]
+    if mixed:
+        raise UserError(f"--mot is a tracking evaluation: {', '.join(mixed)} go with COCO evaluation")
+    res = evaluate_mot(args.model, server_url(args), args.mot, args.out or Path("build/eval") / args.model,
+                       video=args.video, protocol=args.protocol, timeout_s=args.timeout, retries=args.retries,
+                       iou_threshold=args.mot_iou, conf=args.conf, iou=args.iou)
+    print(format_mot(res))
+    print(f"tracks: {res.jsonl}  metrics: {res.path}")
+    return 0 if res.complete else 1
 
 
 def cmd_loadtest(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ def _jsonl_to_frame(path: Path):
             continue
         try:
             rec = json.loads(line)
-            for d in rec["detections"]:
+            for d in rec.get("detections", []) if "error" in rec else rec["detections"]:  # no frame: no tracks
                 if d.get("track_id"):
                     x1, y1, x2, y2 = (float(v) for v in d["box"])
                     rows.append((int(rec["frame"]) + 1, int(d["track_id"]), x1, y1, x2 - x1, y2 - y1, 1.0))

@@ -216,9 +216,13 @@ class FrameResult:
         return self.per_detection.get("TRACK_IDS")
 
 
-def is_sequence_model(config: dict) -> bool:
-    """A stateful model (Triton's sequence batcher, e.g. a tracker): one stream is one sequence, sent in order."""
-    return "sequence_batching" in config
+def is_sequence_model(client: Any) -> bool:
+    """A stateful model (Triton's sequence batcher, e.g. a tracker), itself or a step of the ensemble (as in
+    `<m>_track`, whose own config has no sequence batcher): one stream is one sequence, sent in order."""
+    if "sequence_batching" in client.config:
+        return True
+    steps = client.config.get("ensemble_scheduling", {}).get("step", [])
+    return any("sequence_batching" in client.model_config(step["model_name"]) for step in steps)
 
 
 def _flagged(frames: Iterator[Frame], lookahead: bool) -> Iterator[tuple[Frame, bool]]:
@@ -317,7 +321,7 @@ def infer_video(client: Any, source: str, *, concurrency: int = 4, jpeg_quality:
         if src.live:
             reader = LatestFrame(frames)
             frames = iter(reader)
-        sequence = is_sequence_model(client.config)
+        sequence = is_sequence_model(client)
         yield from _results(frames, lambda blob, seq: infer_frame(client, blob, parameters, extras, seq),
                             concurrency=1 if sequence else concurrency,
                             jpeg_quality=jpeg_quality, max_frames=max_frames,
@@ -395,7 +399,7 @@ def run_video(source: str, model: str, url: str, protocol: str, out: Path, *, co
                      unit="frame", disable=None, file=sys.stderr) as bar:
             parameters = fleet.first.request_parameters(options)
             extras = extra_outputs(fleet.first.config)
-            sequence = is_sequence_model(fleet.first.config)
+            sequence = is_sequence_model(fleet.first)
             writer = _Writer(summary, outputs, bar, show)
             frames: Iterator[Frame] = select_frames(src.frames(), stride=vid_stride, start_s=start_s, end_s=end_s)
             if src.live:

@@ -9,7 +9,7 @@ import sys
 import cv2
 import pytest
 
-from tdet.client.demo import DEMO_DIR, VARIANTS
+from tdet.client.demo import CLIP, DEMO_DIR, STRIP_FRAMES, VARIANTS
 from tdet.ensembles.server import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
@@ -50,4 +50,12 @@ def test_demo_serves_the_trained_models_and_reports_served_and_in_process_map(tm
     assert "| Model | mAP 50:95" in out.stdout  # printed after the per-model table
     both = cv2.imread(str(tmp_path / "demo/families.png"))  # a row per family, on the same images
     assert both is not None and both.shape[0] == len(variants) * 240
+    # tracking: the held-out clip through damo_yolo_t_track (tdet eval --mot), a strip of its annotated frames
+    mot = json.loads((tmp_path / "demo/track/mot_metrics.json").read_text())
+    assert mot["model"] == "damo_yolo_t_track" and mot["run"]["complete"]
+    assert mot["metrics"]["num_frames"] == CLIP["frames"] and mot["metrics"]["num_objects"] > 0
+    assert mot["metrics"]["mota"] > 0.3 and mot["metrics"]["idf1"] > 0.4, mot["metrics"]  # a detector, tracked
+    assert f"MOTA {100 * mot['metrics']['mota']:.2f}" in out.stdout
+    strip = cv2.imread(str(tmp_path / "demo/tracking.png"))
+    assert strip is not None and strip.shape[:2] == (240, STRIP_FRAMES * 320)
     assert not list((tmp_path / "cache/triton/servers").glob("*.json"))  # the detached server was stopped

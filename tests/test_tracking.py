@@ -4,6 +4,8 @@ sequence id), served by a real tritonserver; and ByteTrack itself (tdet.client.b
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 
@@ -11,10 +13,11 @@ import cv2
 import numpy as np
 import pytest
 
-from tdet.client.bytetrack import ByteTracker, ByteTrackParams
+from tdet.client.bytetrack import ByteTracker, ByteTrackParams, KalmanFilter, iou_matrix, xyxy_to_xyah
+from tdet.client.synth_video import synthesize_video
 
 FRAMES = 12
-PARAMS = {"conf": 0.05, "track_thresh": 0.1, "low_thresh": 0.02}  # the random-init model scores low
+PARAMS = {"conf": 0.05, "track_thresh": 0.1, "low_thresh": 0.02}  # low: many tracks, both associations
 
 
 def _clip(seed: int) -> list[bytes]:
@@ -56,12 +59,24 @@ def _stream(url, model, frames, cid, out, pause=0.0):
 
 
 @pytest.fixture(scope="module")
-def track_server(exported, tmp_path_factory):
+def demo_onnx(tmp_path_factory):
+    """The model the project trained (training/demo/damo-yolo-t.pth) exported: it detects the synthetic shapes,
+    so its tracks follow objects (random weights would give a few still boxes)."""
+    pytest.importorskip("torch")
+    from tdet.client.demo import DEMO_DIR
+    from tdet.training.export import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx") / "damo-yolo-t.onnx"
+    return export_onnx("damo-yolo-t", out, weights=DEMO_DIR / "damo-yolo-t.pth").path
+
+
+@pytest.fixture(scope="module")
+def track_server(demo_onnx, tmp_path_factory):
     from tdet.ensembles.builder import build_repository
     from tdet.ensembles.server import free_port, start, stop_process
 
     repo = tmp_path_factory.mktemp("track") / "model_repository"
-    build_repository([exported["damo-yolo-t"]], repo, track=True, track_idle_us=IDLE_US)
+    build_repository([demo_onnx], repo, track=True, track_idle_us=IDLE_US)
     log = repo.parent / "tritonserver.log"
     proc, info = start(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), log=log,
                        timeout_s=240)
@@ -143,6 +158,23 @@ def test_bytetrack_keeps_ids_through_a_gap_and_a_low_score_frame():
     assert sorted(seen[7]) == [1, 2] and sorted(seen[9]) == [1, 2, 3]
 
 
+def test_kalman_update_of_many_tracks_at_once_equals_one_at_a_time():
+    """The batched Kalman update (one 4x4 solve per track, all at once) gives each track what updating it alone
+    gives, and pulls the state to the measurement."""
+    kf, rng = KalmanFilter(), np.random.default_rng(0)
+    xy = rng.uniform(0, 500, (6, 2))
+    boxes = np.c_[xy, xy + rng.uniform(10, 80, (6, 2))]
+    states = [kf.initiate(xyxy_to_xyah(b)) for b in boxes]
+    mean, cov = kf.predict(np.stack([m for m, _ in states]), np.stack([c for _, c in states]))
+    z = xyxy_to_xyah(boxes + rng.normal(0, 3, boxes.shape))
+    m_all, c_all = kf.update(mean, cov, z)
+    for i in range(len(boxes)):
+        m_one, c_one = kf.update(mean[i:i + 1], cov[i:i + 1], z[i:i + 1])
+        np.testing.assert_allclose(m_all[i], m_one[0], rtol=1e-9, atol=1e-9 * np.abs(m_one).max())
+        np.testing.assert_allclose(c_all[i], c_one[0], rtol=1e-9, atol=1e-9 * np.abs(c_one).max())
+    assert (np.abs(m_all[:, :4] - z) < np.abs(mean[:, :4] - z)).all()
+
+
 def test_mot_metrics_score_a_perfect_and_a_swapped_track(tmp_path):
     """py-motmetrics on a tiny clip: tracks equal to the ground truth score MOTA = IDF1 = 1; swapping the ids
     halfway costs ID switches and IDF1."""
@@ -160,3 +192,97 @@ def test_mot_metrics_score_a_perfect_and_a_swapped_track(tmp_path):
     assert same["mota"] == pytest.approx(1.0) and same["idf1"] == pytest.approx(1.0) and same["num_switches"] == 0
     swapped = mot_metrics(tmp_path / "gt.txt", tmp_path / "swapped.jsonl")
     assert swapped["num_switches"] == 2 and swapped["idf1"] == pytest.approx(0.5)
+
+
+def _tdet(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tdet.client.cli", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def synth_clip(tmp_path_factory):
+    """A tiny `tdet data synth --video` clip (MOTChallenge layout with gt/gt.txt)."""
+    return synthesize_video(tmp_path_factory.mktemp("clip"), 1, seed=3, size=(320, 240), frames=FRAMES, fps=10)[0]
+
+
+def _gt_boxes(clip) -> dict[int, list[tuple[int, list[float]]]]:
+    """frame (from 0) -> [(ground-truth id, xyxy)]."""
+    out: dict[int, list] = {}
+    for line in (clip / "gt" / "gt.txt").read_text().splitlines():
+        f, i, x, y, w, h = (float(v) for v in line.split(",")[:6])
+        out.setdefault(int(f) - 1, []).append((int(i), [x, y, x + w, y + h]))
+    return out
+
+
+def _track_ids_per_object(clip, lines) -> dict[int, list[int]]:
+    """ground-truth id -> the track id of the box it pairs with (IoU >= 0.5), frame by frame."""
+    gt, out = _gt_boxes(clip), {}
+    for rec in lines:
+        dets, objects = rec["detections"], gt.get(rec["frame"], [])
+        if not dets or not objects:
+            continue
+        iou = iou_matrix(np.array([b for _, b in objects]), np.array([d["box"] for d in dets]))
+        for k, (obj, _) in enumerate(objects):
+            j = int(iou[k].argmax())
+            if iou[k, j] >= 0.5 and iou[:, j].argmax() == k:
+                out.setdefault(obj, []).append(dets[j]["track_id"])
+    return out
+
+
+def test_infer_video_through_the_track_ensemble(track_server, synth_clip, tmp_path):
+    """`tdet infer CLIP --model <m>_track` against the real server (the tracker's default thresholds): one JSONL
+    line per frame, every detection with a track id; each moving object keeps its track id (ground truth paired
+    with the tracks by IoU), two objects never share one, and the summary is complete."""
+    url, _ = track_server
+    video = synth_clip / f"{synth_clip.name}.mp4"
+    r = _tdet("infer", str(video), "--model", "damo_yolo_t_track", "--url", url, "--conf", "0.1",
+              "--out", str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = [json.loads(line) for line in (tmp_path / f"{synth_clip.name}.jsonl").read_text().splitlines()]
+    assert [rec["frame"] for rec in lines] == list(range(FRAMES))
+    assert all(isinstance(d["track_id"], int) and d["track_id"] > 0 for rec in lines for d in rec["detections"])
+    followed = {obj: ids for obj, ids in _track_ids_per_object(synth_clip, lines).items() if len(ids) >= 3}
+    assert max(map(len, followed.values()), default=0) >= FRAMES - 2, "no object was tracked through the clip"
+    assert all(len(set(ids)) == 1 for ids in followed.values()), followed
+    assert len({ids[0] for ids in followed.values()}) == len(followed), followed
+    summary = json.loads((tmp_path / f"{synth_clip.name}.summary.json").read_text())
+    assert summary["complete"] and not summary["error"] and summary["model"] == "damo_yolo_t_track"
+    assert summary["frames"] == FRAMES and summary["corrupt"] == summary["failed"] == summary["dropped"] == 0
+    assert (summary["width"], summary["height"]) == (320, 240) and summary["source_fps"] == pytest.approx(10)
+    assert 0 < summary["latency_ms_p50"] <= summary["latency_ms_p99"] and summary["achieved_fps"] > 0
+
+
+def test_eval_mot_scores_a_clip_through_the_track_ensemble(track_server, synth_clip, tmp_path):
+    """`tdet eval --mot CLIP`: the clip through <m>_track, scored against its gt.txt; the numbers are
+    py-motmetrics' on the JSONL written, over every frame and ground-truth box of the clip."""
+    pytest.importorskip("motmetrics")
+    from tdet.client.mot_eval import mot_metrics
+
+    url, _ = track_server
+    r = _tdet("eval", "--model", "damo_yolo_t_track", "--url", url, "--mot", str(synth_clip), "--out", str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    saved = json.loads((tmp_path / "mot_metrics.json").read_text())
+    m = saved["metrics"]
+    assert m == pytest.approx(mot_metrics(synth_clip / "gt" / "gt.txt", tmp_path / f"{synth_clip.name}.jsonl"))
+    gt_rows = (synth_clip / "gt" / "gt.txt").read_text().splitlines()
+    assert m["num_frames"] == FRAMES and m["num_objects"] == len(gt_rows)
+    assert 0 < m["idf1"] <= 1 and m["mota"] <= 1 and m["num_misses"] < len(gt_rows)
+    assert f"MOTA {100 * m['mota']:.2f}" in r.stdout and f"IDF1 {100 * m['idf1']:.2f}" in r.stdout
+    assert saved["run"]["complete"] and saved["run"]["frames"] == FRAMES
+
+
+def test_eval_mot_bad_input(track_server, synth_clip, tmp_path, capsys):
+    """A plain (untracked) model, a folder without ground truth, --mot mixed with COCO flags, COCO evaluation
+    without --coco: one line each, exit 2."""
+    from tdet.client.cli import main
+
+    url, _ = track_server
+    cases = [(["--model", "damo_yolo_t", "--mot", str(synth_clip)], "returns no TRACK_IDS"),
+             (["--model", "damo_yolo_t_track", "--mot", str(tmp_path)], "no MOTChallenge ground truth"),
+             (["--model", "damo_yolo_t_track", "--mot", str(synth_clip), "--coco", "x.json"], "--coco go with COCO"),
+             (["--model", "damo_yolo_t_track", "--video", "x.mp4"], "--video goes with --mot"),
+             (["--model", "damo_yolo_t_track"], "needs --coco and --images (or --mot GT")]
+    for args, message in cases:
+        assert main(["eval", "--url", url, "--out", str(tmp_path / "out"), *args]) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (args, err)
