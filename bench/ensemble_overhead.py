@@ -83,7 +83,7 @@ def _model_spec(onnx_path: Path, jpeg_scale: str):
     import onnx
 
     from tdet.client.specs import preprocess_spec
-    from tdet.ensembles.builder import read_onnx_info
+    from tdet.ensembles.onnx_info import read_onnx_info
 
     info = read_onnx_info(onnx.load(str(onnx_path)))
     return info, replace(preprocess_spec(info.family, info.input_hw), jpeg_scale=jpeg_scale)
