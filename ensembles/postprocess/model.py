@@ -4,9 +4,10 @@ tdet.client.pipeline.postprocess_rows (numpy).
 
 The config parameters (score_threshold, iou_threshold, max_detections, clip: DetectOptions.from_config)
 are the defaults; a request may override them with its parameters `conf`, `iou`, `max_det`, `classes`,
-`clip` (tdet.client.options), which the ensemble forwards to this step. A parameter it cannot use is the client's error:
-INVALID_ARGUMENT. Everything else here works on what the engine produced, so any other failure is a
-server fault: INTERNAL.
+`clip` (tdet.client.options), which the ensemble forwards to this step. A parameter it cannot use is the
+client's error: INVALID_ARGUMENT, and so are the tracker's parameters on a request without a sequence id
+(only a `<m>_track` stream has a tracker step after this one to read them). Everything else here works on
+what the engine produced, so any other failure is a server fault: INTERNAL.
 """
 
 import json
@@ -35,7 +36,7 @@ class TritonPythonModel:
     def _respond(self, request):
         try:
             opts = resolve(json.loads(request.parameters() or "{}"), self.defaults, max_k=self.max_k,
-                           category_ids=self.category_ids)
+                           category_ids=self.category_ids, tracked=bool(request.correlation_id()))
         except InvalidParameterError as err:
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(err), pb_utils.TritonError.INVALID_ARG))
         try:
