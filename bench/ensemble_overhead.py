@@ -86,7 +86,7 @@ def _model_spec(onnx_path: Path, jpeg_scale: str):
     import onnx
 
     from tdet.client.specs import preprocess_spec
-    from tdet.ensembles.builder import read_onnx_info
+    from tdet.ensembles.onnx_info import read_onnx_info
 
     info = read_onnx_info(onnx.load(str(onnx_path)))
     return info, replace(preprocess_spec(info.family, info.input_hw), jpeg_scale=jpeg_scale)
@@ -129,7 +129,7 @@ def nms_tail_ms(row: Row, info, x: np.ndarray, threads: int, reps: int) -> float
 
     from tdet.client.options import DetectOptions
     from tdet.client.specs import EXPORT_INPUT, EXPORT_OUTPUTS, PREPROCESS
-    from tdet.ensembles.builder import uint8_engine_graph
+    from tdet.ensembles.engine_graph import uint8_engine_graph
     from tdet.ensembles.nms_graph import tail_model
     from tdet.ensembles.ort_session import ort_session
 

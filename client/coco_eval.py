@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 from .boxes import xyxy_to_xywh
+from .coco import read_coco
 from .errors import UserError
 from .files import IMAGE_SUFFIXES
 from .postprocess import Detections
@@ -21,18 +22,8 @@ METRICS = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
 
 
 def load_dataset(coco_json: Path, images_dir: Path):
-    """-> (COCO object, {image_id: path}). ValueError names missing files and unannotated images."""
-    from pycocotools.coco import COCO
-
-    if not coco_json.is_file():
-        raise FileNotFoundError(f"annotations file not found: {coco_json}")
-    if not images_dir.is_dir():
-        raise FileNotFoundError(f"images folder not found: {images_dir}")
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco = COCO(str(coco_json))
-    except (ValueError, KeyError, TypeError) as err:
-        raise UserError(f"{coco_json} is not a COCO annotations file: {err}") from None
+    """-> (COCO object, {image_id: path}). Errors name missing files and unannotated images."""
+    coco = read_coco(coco_json, images_dir)
     paths = {img["id"]: images_dir / img["file_name"] for img in coco.dataset.get("images", [])}
     if not paths:
         raise UserError(f"{coco_json} lists no images")

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from tqdm import tqdm
 
+from .coco import category_names
 from .coco_eval import METRICS, class_mismatch, coco_metrics, coco_metrics_per_class, load_dataset, to_coco_results
 from .errors import InferenceError, UserError
 from .files import atomic_write
@@ -183,7 +184,7 @@ def evaluate(model: str, url: str, coco_json: Path, images_dir: Path, *, protoco
         client = fleet.first
         sent = eval_parameters(client.family, conf, iou)
         served = served_parameters(client, sent) if reference else {}
-        names = {int(c["id"]): str(c.get("name", c["id"])) for c in coco.dataset.get("categories", [])}
+        names = category_names(coco)
         mismatch = class_mismatch(client.class_names, names)
     if reference:
         reference.check(model, served)

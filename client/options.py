@@ -74,9 +74,15 @@ def parse_classes(value: Any) -> tuple[int, ...]:
 
 
 def resolve(parameters: Mapping[str, Any], defaults: DetectOptions, *, max_k: int,
-            category_ids: Iterable[int]) -> DetectOptions:
+            category_ids: Iterable[int], tracked: bool = False) -> DetectOptions:
     """One request's parameters (as the python backend's request.parameters() gives them, JSON-decoded)
-    over the config `defaults`. max_k: the output size K (max_det may only lower it)."""
+    over the config `defaults`. max_k: the output size K (max_det may only lower it). tracked: the request
+    belongs to a stream (a sequence id), so a tracker step after this one reads TRACK_PARAMETERS; without
+    one they would be ignored, so they are the client's error."""
+    tracker = sorted(set(parameters) & TRACK_PARAMETERS)
+    if tracker and not tracked:
+        raise InvalidParameterError(f"request parameter(s) {tracker} are the tracker's: send them to the "
+                                    "`<model>_track` ensemble with a sequence id (`tdet repo build --track`)")
     unknown = sorted(set(parameters) - set(NAMES) - TRANSPORT_PARAMETERS - TRACK_PARAMETERS)
     if unknown:
         raise InvalidParameterError(f"unknown request parameter(s) {unknown}; known: {', '.join(NAMES)}")

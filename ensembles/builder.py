@@ -11,6 +11,8 @@ one. A Triton ensemble has one config for all its versions, so it cannot route a
 engine version: two checkpoints side by side (A/B) are two names.
 The engine graph gets a uint8 input with the cast (and RT-DETRv2's 1/255 scale) prepended in-graph, so
 only uint8 pixels travel between steps (4x fewer bytes than float32, also over the PCIe link).
+The pieces: onnx_info (the exported file's metadata, checked first), engine_graph (the uint8 graph, trtexec),
+versions (what a build may add or replace); this module stages each model and moves it in.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import re
 import shutil
 import struct
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -43,13 +45,13 @@ from .configs import (
     tracker_config,
     write_config,
 )
+from .engine_graph import trtexec_command, uint8_engine_graph
 from .nms_graph import append_nms, check_nms_family
+from .onnx_info import OnnxInfo, load_onnx, read_onnx_info
+from .versions import plan_versions
 
-SCALED_INPUT = "images_float"  # internal name of the float tensor the original graph consumed
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 STEP_SUFFIXES = ("_preprocess", "_engine", "_postprocess", "_tracker", "_track")
-# what the versions of one name share (the preprocess, postprocess and ensemble configs)
-SHARED = ("family", "input_hw", "category_ids", "engine", "nms")
 
 
 @dataclass(frozen=True)
@@ -64,101 +66,12 @@ class Built:
     replaced: str = ""
 
 
-@dataclass(frozen=True)
-class OnnxInfo:
-    family: str
-    variant: str
-    input_hw: tuple[int, int]
-    class_names: list[str]
-    category_ids: list[int]
-    weights: str
-    output_dims: dict[str, list[int]]  # per output, without the batch axis (-1 = dynamic)
-    size: dict[str, str] = field(default_factory=dict)  # params_m / gflops, when export recorded them
-
-    @property
-    def model_name(self) -> str:
-        return self.variant.replace("-", "_")
-
-
-def read_onnx_info(model) -> OnnxInfo:
-    """Metadata and I/O of an exported graph (onnx.ModelProto). ValueError if it isn't a `tdet export` file."""
-    meta = {p.key: p.value for p in model.metadata_props}
-    missing = [k for k in (specs.META_FAMILY, specs.META_VARIANT, specs.META_CLASS_NAMES, specs.META_CATEGORY_IDS)
-               if k not in meta]
-    if missing:
-        raise UserError(f"ONNX metadata lacks {missing}: export it with `tdet export`")
-    family = meta[specs.META_FAMILY]
-    if family not in specs.FAMILIES:
-        raise UserError(f"unknown family {family!r} in ONNX metadata")
-    inputs = [i.name for i in model.graph.input]
-    outputs = {o.name: o for o in model.graph.output}
-    if inputs != [specs.EXPORT_INPUT] or set(outputs) != set(specs.EXPORT_OUTPUTS[family]):
-        raise UserError(f"expected input {specs.EXPORT_INPUT!r} and outputs {specs.EXPORT_OUTPUTS[family]}, "
-                         f"got {inputs} and {sorted(outputs)}")
-    elem = model.graph.input[0].type.tensor_type.elem_type
-    if elem != 1:  # onnx.TensorProto.FLOAT
-        raise UserError("the ONNX input is not float32: pass the file `tdet export` wrote, not an engine graph")
-    dims = {n: [d.dim_value if d.HasField("dim_value") else -1 for d in o.type.tensor_type.shape.dim][1:]
-            for n, o in outputs.items()}
-    try:
-        h, w = specs.parse_hw(meta.get(specs.META_INPUT_HW, "640,640"))
-    except ValueError as e:
-        raise UserError(f"the ONNX metadata {specs.META_INPUT_HW}: {e}") from None
-    names, ids = json.loads(meta[specs.META_CLASS_NAMES]), json.loads(meta[specs.META_CATEGORY_IDS])
-    if len(names) != len(ids):
-        raise UserError(f"{len(names)} class names but {len(ids)} category ids in ONNX metadata")
-    size = {k: meta[m] for k, m in (("params_m", specs.META_PARAMS_M), ("gflops", specs.META_GFLOPS)) if m in meta}
-    return OnnxInfo(family, meta[specs.META_VARIANT], (h, w), names, [int(i) for i in ids],
-                    meta.get(specs.META_WEIGHTS, "unknown"), dims, size)
-
-
-def uint8_engine_graph(model, scale: float):
-    """Return `model` with input `images` uint8 [B,3,H,W]; Cast to float (and Mul by `scale` unless 1.0)
-    are prepended, feeding what used to be the float input. Edits a copy; the ONNX metadata stays."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    g = out.graph
-    for node in g.node:
-        node.input[:] = [SCALED_INPUT if n == specs.EXPORT_INPUT else n for n in node.input]
-    if scale == 1.0:
-        pre = [helper.make_node("Cast", [specs.EXPORT_INPUT], [SCALED_INPUT], to=TensorProto.FLOAT,
-                                name="tdet_uint8_cast")]
-    else:
-        g.initializer.append(helper.make_tensor("tdet_input_scale", TensorProto.FLOAT, [], [scale]))
-        pre = [helper.make_node("Cast", [specs.EXPORT_INPUT], ["images_cast"], to=TensorProto.FLOAT,
-                                name="tdet_uint8_cast"),
-               helper.make_node("Mul", ["images_cast", "tdet_input_scale"], [SCALED_INPUT], name="tdet_input_scale")]
-    nodes = pre + list(g.node)
-    del g.node[:]
-    g.node.extend(nodes)
-    g.input[0].type.tensor_type.elem_type = TensorProto.UINT8
-    onnx.checker.check_model(out)
-    return out
-
-
 def _warmup_image() -> bytes:
     """A Triton TYPE_STRING warmup file: 4-byte little-endian length, then a small JPEG."""
     img = np.zeros((48, 64, 3), np.uint8)
     cv2.rectangle(img, (8, 8), (40, 30), (30, 160, 220), -1)
     data = cv2.imencode(".jpg", img)[1].tobytes()
     return struct.pack("<I", len(data)) + data
-
-
-def trtexec_command(onnx_path: str, plan_path: str, input_hw: tuple[int, int], max_batch_size: int,
-                    precision: str = "fp16") -> str:
-    """The exact TensorRT 10 build: fp16 (or fp32: no precision flag), explicit batch profile
-    1..max_batch_size (opt = max/2)."""
-    if precision not in ("fp16", "fp32"):
-        raise UserError(f"TensorRT precision must be fp16 or fp32, got {precision!r}")
-    h, w = input_hw
-    shape = lambda b: f"{specs.EXPORT_INPUT}:{b}x3x{h}x{w}"  # noqa: E731
-    opt = max(1, max_batch_size // 2)
-    flag = " --fp16" if precision == "fp16" else ""
-    return (f"trtexec --onnx={onnx_path} --saveEngine={plan_path}{flag} --minShapes={shape(1)} "
-            f"--optShapes={shape(opt)} --maxShapes={shape(max_batch_size)}")
 
 
 def _write_variant(stage: Path, model, info: OnnxInfo, opts: BuildOptions, max_pixels: int, m: str, version: int,
@@ -225,51 +138,6 @@ def _script(path: Path, comment: str, command: str) -> None:
     path.chmod(0o755)
 
 
-def _existing_versions(out: Path, m: str) -> tuple[dict[str, str], dict[str, str]]:
-    """(shared parameters, engine version -> weights) of model `m` already in `out` ({} , {} if none)."""
-    path = out / m / "config.pbtxt"
-    if not path.is_file():
-        return {}, {}
-    params = {k: v.string_value for k, v in read_config(path).parameters.items()}
-    on_disk = sorted(int(d.name) for d in (out / f"{m}_engine").glob("*") if d.is_dir() and d.name.isdigit())
-    recorded = json.loads(params.get("versions", "{}")) or {"1": params.get("weights", "unknown")}
-    return params, {str(v): recorded.get(str(v), "unknown") for v in on_disk}
-
-
-def _plan(out: Path, m: str, info: OnnxInfo, opts: BuildOptions, version: int, replace: bool
-          ) -> tuple[dict[str, str], str]:
-    """Which engine versions `m` holds after this build (version -> weights) and which weights it replaces.
-    UserError when the build would silently replace other weights, or mix incompatible versions."""
-    params, versions = _existing_versions(out, m)
-    params = {"nms": "python", **params} if params else params  # built before --nms existed
-    new = {"family": info.family, "input_hw": specs.format_hw(info.input_hw),
-           "category_ids": json.dumps(info.category_ids), "engine": opts.engine, "nms": opts.nms}
-    clash = [k for k in SHARED if params and params.get(k) != new[k]]
-    if clash:
-        if not replace:
-            raise UserError(f"{out / m} holds a model with another {', '.join(clash)} ({params.get('variant')}, "
-                            f"weights {params.get('weights')}); versions of one name share the preprocess and "
-                            f"postprocess: pass --name to build this one beside it, or --replace")
-        return {str(version): info.weights}, params.get("weights", "")
-    old = versions.get(str(version), "")
-    if old and old != info.weights and not replace:
-        raise UserError(f"{out / m} version {version} holds weights {old!r}, this ONNX has {info.weights!r}: pass "
-                        f"--name to serve both side by side (A/B), --version N to add it as another version, or "
-                        f"--replace")
-    return {**versions, str(version): info.weights}, (old if old != info.weights else "")
-
-
-def _load(path: str | Path):
-    import onnx
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"ONNX file not found: {path}")
-    try:
-        return onnx.load(str(path))
-    except Exception as err:
-        raise UserError(f"{path} is not a readable ONNX file: {err}") from None
-
-
 def build_repository(onnx_files: list[str | Path], out: str | Path = "model_repository",
                      opts: BuildOptions | None = None, max_pixels: int = MAX_PIXELS, *, name: str | None = None,
                      version: int = 1, replace: bool = False, track: bool = False,
@@ -292,18 +160,18 @@ def build_repository(onnx_files: list[str | Path], out: str | Path = "model_repo
             raise UserError(f"--name {name!r}: use letters, digits, '_' and '-', "
                             f"not ending in {'/'.join(STEP_SUFFIXES)}")
     out = Path(out)
-    names = [name or read_onnx_info(_load(f)).model_name for f in onnx_files]  # every file checked before any write
+    names = [name or read_onnx_info(load_onnx(f)).model_name for f in onnx_files]  # every file checked before any write
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise UserError(f"several --onnx files would be model(s) {twice}; build them one at a time with --name")
     for f in onnx_files if opts.nms == "engine" else ():
-        check_nms_family(read_onnx_info(_load(f)).family, opts.nms)
+        check_nms_family(read_onnx_info(load_onnx(f)).family, opts.nms)
     out.mkdir(parents=True, exist_ok=True)
     built: list[Built] = []
     for f, m in zip(onnx_files, names):
-        model = _load(f)
+        model = load_onnx(f)
         info = read_onnx_info(model)
-        versions, replaced = _plan(out, m, info, opts, version, replace)
+        versions, replaced = plan_versions(out, m, info, opts, version, replace)
         stage = Path(tempfile.mkdtemp(prefix=".stage-", dir=out.parent))
         try:
             names = _write_variant(stage, model, info, opts, max_pixels, m, version, versions)

@@ -148,8 +148,9 @@ def test_served_auto_preprocess_is_the_in_process_auto_pipeline(served, exported
     from tdet.client.pipeline import postprocess_rows, preprocess_rows
     from tdet.client.specs import EXPORT_INPUT
     from tdet.client.triton import connect
-    from tdet.ensembles.builder import build_repository, read_onnx_info
+    from tdet.ensembles.builder import build_repository
     from tdet.ensembles.configs import BuildOptions, read_config
+    from tdet.ensembles.onnx_info import read_onnx_info
     from tdet.ensembles.ort_session import ort_session
 
     name = "damo_yolo_t_jpeg_auto"

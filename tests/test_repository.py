@@ -24,8 +24,9 @@ from tdet.client.specs import (
     config_parameters,
     spec_from_parameters,
 )
-from tdet.ensembles.builder import build_repository, trtexec_command, uint8_engine_graph
+from tdet.ensembles.builder import build_repository
 from tdet.ensembles.configs import BuildOptions, read_config
+from tdet.ensembles.engine_graph import trtexec_command, uint8_engine_graph
 from tdet.ensembles.ort_session import ort_session
 
 _config = read_config
@@ -170,6 +171,35 @@ def test_tensorrt_engine_builds_where_trtexec_exists(exported, tmp_path):
 def test_trtexec_command_profile():
     cmd = trtexec_command("m.onnx", "m.plan", (640, 640), 16)
     assert cmd.split()[0] == "trtexec" and "--optShapes=images:8x3x640x640" in cmd
+
+
+@pytest.mark.parametrize(("input_hw", "words"), [
+    (None, "lacks ['tdet.input_hw']: export it with `tdet export`"),
+    ("640x640", "bad input size '640x640': expected 'height,width'"),
+    ("640", "bad input size '640': expected 'height,width'"),
+    ("0,640", "bad input size '0,640': height and width must be positive"),
+    ("-32,64", "bad input size '-32,64': height and width must be positive"),
+])
+def test_repo_build_names_bad_input_hw_metadata(exported, tmp_path, capsys, input_hw, words):
+    """`tdet repo build` of an exported ONNX whose tdet.input_hw is missing or not a positive 'h,w': exit 2,
+    one line naming the metadata key and the text, no traceback, nothing written."""
+    from tdet.client.cli import main
+
+    model = onnx.load(str(exported["damo-yolo-t"]))
+    meta = {p.key: p.value for p in model.metadata_props if p.key != "tdet.input_hw"}
+    if input_hw is not None:
+        meta["tdet.input_hw"] = input_hw
+    del model.metadata_props[:]
+    for k, v in meta.items():
+        model.metadata_props.add(key=k, value=v)
+    path, repo = tmp_path / "bad_hw.onnx", tmp_path / "repo"
+    onnx.save(model, str(path))
+    assert main(["repo", "build", "--onnx", str(path), "--out", str(repo)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tdet repo build: error: ") and words in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert input_hw is None or "tdet.input_hw" in err
+    assert not (repo.exists() and list(repo.iterdir())) and not list(tmp_path.glob(".stage-*"))
 
 
 def test_builder_rejects_a_foreign_onnx_and_leaves_nothing(tmp_path):

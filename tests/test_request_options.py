@@ -87,7 +87,8 @@ def test_bad_request_parameters_are_the_clients_error(served, images, protocol):
                                 ({"max_det": 500}, "max_det=500 must be a number in [1, 100]"),
                                 ({"classes": "1,999"}, "no category id(s) [999]"),
                                 ({"clip": "maybe"}, "clip='maybe' must be true or false"),
-                                ({"confidence": 0.3}, "unknown request parameter(s) ['confidence']")):
+                                ({"confidence": 0.3}, "unknown request parameter(s) ['confidence']"),
+                                ({"track_thresh": 0.3}, "request parameter(s) ['track_thresh'] are the tracker's")):
             with pytest.raises(InvalidInputError, match=re.escape(message)) as err:
                 det.infer_encoded([images["small.bmp"]], params)
             assert err.value.status in ("StatusCode.INVALID_ARGUMENT", "400")
@@ -103,6 +104,9 @@ def test_resolve_reads_numbers_strings_and_booleans():
                    category_ids=ids) == DetectOptions(0.5, 0.7, 7, (3, 1), True)
     assert resolve({"classes": 2, "clip": False, "binary_data_output": True}, d, max_k=100,
                    category_ids=ids) == DetectOptions(0.05, 0.7, 100, (2,), False)
-    for bad in ({"max_det": 2.5}, {"conf": True}, {"iou": "nan"}, {"classes": ""}, {"classes": "a,b"}):
+    assert resolve({"conf": 0.2, "track_thresh": 0.3, "frame_rate": 30}, d, max_k=100, category_ids=ids,
+                   tracked=True) == DetectOptions(0.2, 0.7, 100)  # the tracker step after it reads those
+    for bad in ({"max_det": 2.5}, {"conf": True}, {"iou": "nan"}, {"classes": ""}, {"classes": "a,b"},
+                {"low_thresh": 0.1}):
         with pytest.raises(InvalidParameterError):
             resolve(bad, d, max_k=100, category_ids=ids)

@@ -11,6 +11,7 @@ then some box of its label must cover it.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from tdet.client.errors import UserError
 from tdet.client.preprocess import resize_rgb, to_chw
 from tdet.client.specs import preprocess_spec
 from tdet.training.data.coco import CocoDetection
@@ -218,6 +220,33 @@ def test_missing_image_crowd_and_clipping(tmp_path):
     assert ds.clipped == 1 and [200, 300, 240, 320] in boxes.tolist()  # clipped to the image, as official
     assert [5, 5, 55, 55] not in boxes.tolist()  # the crowd box
     assert len(boxes) == len(labels)
+
+
+@pytest.mark.parametrize(("text", "error", "words"), [
+    (None, FileNotFoundError, "annotations file not found"),
+    ("{not json", UserError, "is not a COCO annotations file: JSONDecodeError"),
+    ("[1, 2]", UserError, "is not a COCO annotations file"),
+    ('{"images": [{"file_name": "a.png"}], "annotations": [{"image_id": 1}]}', UserError,
+     "is not a COCO annotations file: KeyError"),
+])
+def test_eval_and_training_read_coco_files_alike(tmp_path, text, error, words):
+    """`tdet eval` and training read COCO json through one loader (tdet.client.coco): the same error, naming
+    the file, for a missing file, bad JSON, JSON that is not a dict, and missing keys."""
+    from tdet.client.coco_eval import load_dataset
+
+    path = tmp_path / "ann.json"
+    (tmp_path / "images").mkdir()
+    if text is not None:
+        path.write_text(text)
+    messages = []
+    for read in (load_dataset, CocoDetection):
+        with pytest.raises(error, match=re.escape(words)) as err:
+            read(path, tmp_path / "images")
+        messages.append(str(err.value))
+        if text is not None:
+            with pytest.raises(FileNotFoundError, match="images folder not found"):
+                read(path, tmp_path / "nowhere")
+    assert messages[0] == messages[1] and str(path) in messages[0]
 
 
 def test_corrupt_image_raises_naming_file(tmp_path):

@@ -6,8 +6,9 @@ The config parameters (score_threshold, iou_threshold, max_detections, clip: Det
 are the defaults; a request may override them with its parameters `conf`, `iou`, `max_det`, `classes`,
 `clip` (tdet.client.options), which the ensemble forwards to this step. With `nms` "engine" the engine
 already ran the NMS (tdet.ensembles.nms_graph): this step filters and maps what it kept. A parameter it
-cannot use is the client's error: INVALID_ARGUMENT. Everything else here works on what the engine
-produced, so any other failure is a server fault: INTERNAL.
+cannot use is the client's error: INVALID_ARGUMENT, and so are the tracker's parameters on a request without
+a sequence id (only a `<m>_track` stream has a tracker step after this one to read them). Everything else
+here works on what the engine produced, so any other failure is a server fault: INTERNAL.
 """
 
 import json
@@ -38,7 +39,7 @@ class TritonPythonModel:
     def _respond(self, request):
         try:
             opts = resolve(json.loads(request.parameters() or "{}"), self.defaults, max_k=self.max_k,
-                           category_ids=self.category_ids)
+                           category_ids=self.category_ids, tracked=bool(request.correlation_id()))
             if self.nms_engine:
                 check_request(opts, self.defaults)
         except InvalidParameterError as err:

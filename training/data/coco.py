@@ -20,8 +20,6 @@ without EXIF rotation, which is the same for files without an orientation tag (C
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from tdet.client.coco import category_names, read_coco
 from tdet.client.errors import UserError
 from tdet.client.preprocess import decode_image, image_size
 
@@ -62,23 +61,13 @@ class CocoDetection:
     """
 
     def __init__(self, ann_file: str | Path, images_dir: str | Path, *, skip_invalid: bool = True) -> None:
-        from pycocotools.coco import COCO
-
         self.ann_file, self.images_dir = Path(ann_file), Path(images_dir)
-        if not self.ann_file.is_file():
-            raise FileNotFoundError(f"annotations file not found: {self.ann_file}")
-        if not self.images_dir.is_dir():
-            raise FileNotFoundError(f"images folder not found: {self.images_dir}")
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-                self.coco = COCO(str(self.ann_file))
-        except (ValueError, KeyError, TypeError, AssertionError) as err:
-            raise UserError(f"{self.ann_file} is not a COCO annotations file: {err!r}") from None
-        cats = sorted(self.coco.dataset.get("categories", []), key=lambda c: c["id"])
-        if not cats:
+        self.coco = read_coco(self.ann_file, self.images_dir)
+        names = category_names(self.coco)
+        if not names:
             raise UserError(f"{self.ann_file.name} defines no categories")
-        self.category_ids: list[int] = [int(c["id"]) for c in cats]
-        self.class_names: list[str] = [str(c.get("name", c["id"])) for c in cats]
+        self.category_ids: list[int] = list(names)
+        self.class_names: list[str] = list(names.values())
         self._label_of = {cid: i for i, cid in enumerate(self.category_ids)}
 
         self.skipped: Counter[str] = Counter()

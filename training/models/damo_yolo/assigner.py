@@ -22,6 +22,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..box_ops import pairwise_iou
+
+IOU_EPS = 1e-6  # the floor on the union (and GIoU's enclosing area) of the official assigner and loss (mmdet's)
 OUTSIDE_COST = 1e8  # the official INF: a pair outside box-and-centre is taken only if nothing else is left
 
 
@@ -32,19 +35,6 @@ class Assignment:
 
     gt_index: torch.Tensor
     iou: torch.Tensor
-
-
-def pairwise_iou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """IoU matrix [..., N, M] of xyxy boxes a [..., N, 4], b [..., M, 4]; the union is floored at `eps` (as mmdet's
-    `bbox_overlaps`, which the official assigner uses)."""
-    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    lt = torch.max(a[..., :, None, :2], b[..., None, :, :2])
-    rb = torch.min(a[..., :, None, 2:], b[..., None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    overlap = wh[..., 0] * wh[..., 1]
-    union = (area_a[..., :, None] + area_b[..., None, :] - overlap).clamp(min=eps)
-    return overlap / union
 
 
 def center_prior_masks(points: torch.Tensor, strides: torch.Tensor, gt_boxes: torch.Tensor,
@@ -96,7 +86,7 @@ class AlignOTAAssigner:
         if candidates.numel() == 0:
             return Assignment(gt_index, iou)
 
-        ious = pairwise_iou(pred_boxes[candidates], gt_boxes)  # [V, G]
+        ious = pairwise_iou(pred_boxes[candidates], gt_boxes, eps=IOU_EPS)  # [V, G]
         cost = self._cost(scores[candidates], ious, gt_labels, (in_box & in_center)[candidates])
         matched_gt, matched = self._dynamic_k_matching(cost, ious)
         fg = candidates[matched]
@@ -145,7 +135,7 @@ class AlignOTAAssigner:
         in_box, in_center = center_prior_masks(points, strides, gt_boxes, self.center_radius)  # [B, N, G]
         in_box, in_center = in_box & valid[:, None], in_center & valid[:, None]
         candidate = (in_box.any(dim=2) | in_center.any(dim=2))[:, :, None]  # [B, N, 1]
-        ious = pairwise_iou(pred_boxes, gt_boxes)  # [B, N, G]
+        ious = pairwise_iou(pred_boxes, gt_boxes, eps=IOU_EPS)  # [B, N, G]
         cost = self._cost(scores, ious, gt_labels.clamp(min=0), in_box & in_center)
         usable = candidate & valid[:, None]
         cost = cost.masked_fill(~usable, float("inf"))

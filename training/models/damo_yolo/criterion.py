@@ -19,7 +19,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .assigner import AlignOTAAssigner
+from ..box_ops import aligned_giou
+from .assigner import IOU_EPS, AlignOTAAssigner
 from .head import _priors
 
 Target = dict[str, torch.Tensor]  # {"boxes": float [N, 4] xyxy network-input px, "labels": int64 [N]}
@@ -45,18 +46,6 @@ def distribution_focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch
     right = left + 1
     return (F.cross_entropy(logits, left, reduction="none") * (right.float() - target)
             + F.cross_entropy(logits, right, reduction="none") * (target - left.float()))
-
-
-def aligned_giou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """GIoU [M] of row-aligned xyxy boxes a, b [M, 4]; union and enclosing area floored at `eps`."""
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    wh = (torch.min(a[:, 2:], b[:, 2:]) - torch.max(a[:, :2], b[:, :2])).clamp(min=0)
-    overlap = wh[:, 0] * wh[:, 1]
-    union = (area_a + area_b - overlap).clamp(min=eps)
-    enclose_wh = (torch.max(a[:, 2:], b[:, 2:]) - torch.min(a[:, :2], b[:, :2])).clamp(min=0)
-    enclose = (enclose_wh[:, 0] * enclose_wh[:, 1]).clamp(min=eps)
-    return overlap / union - (enclose - union) / enclose
 
 
 def world_mean(x: torch.Tensor) -> torch.Tensor:
@@ -145,7 +134,7 @@ class DamoYoloCriterion(nn.Module):
         weight = scores.detach().max(dim=1).values[pos]
         norm = max(world_mean(weight.sum()).item(), 1.0)
         if pos.numel() > 0:
-            giou = aligned_giou(pred_boxes.reshape(-1, 4)[pos], box_targets.reshape(-1, 4)[pos])
+            giou = aligned_giou(pred_boxes.reshape(-1, 4)[pos], box_targets.reshape(-1, 4)[pos], eps=IOU_EPS)
             loss_bbox = self.giou_weight * (((1 - giou) * weight).sum() / norm)
             dfl = distribution_focal_loss(bins.reshape(-1, 4 * (self.reg_max + 1))[pos].reshape(-1, self.reg_max + 1),
                                           dfl_targets.reshape(-1, 4)[pos].reshape(-1))

@@ -8,18 +8,7 @@ from __future__ import annotations
 
 import torch
 
-
-def box_area(boxes: torch.Tensor) -> torch.Tensor:
-    """Areas [N] of xyxy boxes [N, 4] (degenerate boxes count 0)."""
-    return (boxes[:, 2] - boxes[:, 0]).clamp_min(0) * (boxes[:, 3] - boxes[:, 1]).clamp_min(0)
-
-
-def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU matrix [N, M] of xyxy boxes a [N, 4], b [M, 4]."""
-    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
-    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = (rb - lt).clamp_min(0).prod(-1)
-    return inter / (box_area(a)[:, None] + box_area(b)[None, :] - inter).clamp_min(1e-12)
+from ..box_ops import pairwise_iou
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou: float, *, labels: torch.Tensor | None = None,
@@ -32,16 +21,12 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou: float, *, labels: torch.
     memory O(N) even for tens of thousands of candidates.
     """
     order = torch.argsort(scores, descending=True, stable=True)
-    area = box_area(boxes)
     limit = len(order) if max_keep is None else max_keep
     keep: list[int] = []
     while order.numel() and len(keep) < limit:
         i, rest = int(order[0]), order[1:]
         keep.append(i)
-        lt = torch.maximum(boxes[i, :2], boxes[rest, :2])
-        rb = torch.minimum(boxes[i, 2:], boxes[rest, 2:])
-        inter = (rb - lt).clamp_min(0).prod(-1)
-        suppress = inter / (area[i] + area[rest] - inter).clamp_min(1e-12) > iou
+        suppress = pairwise_iou(boxes[i, None], boxes[rest], eps=1e-12, clip_degenerate=True)[0] > iou
         if labels is not None:
             suppress &= labels[rest] == labels[i]
         order = rest[~suppress]

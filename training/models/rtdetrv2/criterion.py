@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import outputs_to_fp32
-from .box_ops import cxcywh_to_xyxy, iou_and_generalized_iou
+from ..box_ops import aligned_iou_giou
+from .box_ops import cxcywh_to_xyxy
 from .matcher import HungarianMatcher, Indices
 
 Targets = list[dict[str, torch.Tensor]]
@@ -79,7 +80,7 @@ class RTDETRv2Criterion(nn.Module):
             [torch.stack([torch.full_like(i, b), i, j + first[b]]) for b, (i, j) in enumerate(indices)], 1).to(device)
         src = outputs["pred_boxes"][batch_idx, query_idx]
         gt_boxes, gt_labels = gt_boxes_all[gt_idx], gt_labels_all[gt_idx]
-        iou, giou = iou_and_generalized_iou(cxcywh_to_xyxy(src), cxcywh_to_xyxy(gt_boxes))
+        iou, giou = aligned_iou_giou(cxcywh_to_xyxy(src), cxcywh_to_xyxy(gt_boxes), eps=None)
         terms = {
             "loss_vfl": self.varifocal_loss(outputs["pred_logits"], (batch_idx, query_idx), gt_labels,
                                             iou.detach(), num_boxes),

@@ -7,7 +7,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from .box_ops import cxcywh_to_xyxy, pairwise_generalized_iou
+from ..box_ops import pairwise_giou
+from .box_ops import cxcywh_to_xyxy
 
 Indices = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -28,7 +29,7 @@ class HungarianMatcher(nn.Module):
         neg = (1 - self.alpha) * prob ** self.gamma * -(1 - prob + 1e-8).log()
         pos = self.alpha * (1 - prob) ** self.gamma * -(prob + 1e-8).log()
         cost_l1 = torch.cdist(boxes, gt_boxes, p=1)
-        cost_giou = -pairwise_generalized_iou(cxcywh_to_xyxy(boxes), cxcywh_to_xyxy(gt_boxes))
+        cost_giou = -pairwise_giou(cxcywh_to_xyxy(boxes), cxcywh_to_xyxy(gt_boxes), eps=None)
         return self.cost_bbox * cost_l1 + self.cost_class * (pos - neg) + self.cost_giou * cost_giou
 
     @torch.no_grad()

@@ -1,0 +1,51 @@
+"""The engine a repository serves, from the exported graph: the ONNX with a uint8 input (the cast and the
+family's scale prepended in-graph, so only uint8 pixels travel between the steps), and the trtexec command
+that turns it into a TensorRT plan on a GPU host."""
+
+from __future__ import annotations
+
+from tdet.client import specs
+from tdet.client.errors import UserError
+
+SCALED_INPUT = "images_float"  # internal name of the float tensor the original graph consumed
+
+
+def uint8_engine_graph(model, scale: float):
+    """Return `model` with input `images` uint8 [B,3,H,W]; Cast to float (and Mul by `scale` unless 1.0)
+    are prepended, feeding what used to be the float input. Edits a copy; the ONNX metadata stays."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    for node in g.node:
+        node.input[:] = [SCALED_INPUT if n == specs.EXPORT_INPUT else n for n in node.input]
+    if scale == 1.0:
+        pre = [helper.make_node("Cast", [specs.EXPORT_INPUT], [SCALED_INPUT], to=TensorProto.FLOAT,
+                                name="tdet_uint8_cast")]
+    else:
+        g.initializer.append(helper.make_tensor("tdet_input_scale", TensorProto.FLOAT, [], [scale]))
+        pre = [helper.make_node("Cast", [specs.EXPORT_INPUT], ["images_cast"], to=TensorProto.FLOAT,
+                                name="tdet_uint8_cast"),
+               helper.make_node("Mul", ["images_cast", "tdet_input_scale"], [SCALED_INPUT], name="tdet_input_scale")]
+    nodes = pre + list(g.node)
+    del g.node[:]
+    g.node.extend(nodes)
+    g.input[0].type.tensor_type.elem_type = TensorProto.UINT8
+    onnx.checker.check_model(out)
+    return out
+
+
+def trtexec_command(onnx_path: str, plan_path: str, input_hw: tuple[int, int], max_batch_size: int,
+                    precision: str = "fp16") -> str:
+    """The exact TensorRT 10 build: fp16 (or fp32: no precision flag), explicit batch profile
+    1..max_batch_size (opt = max/2)."""
+    if precision not in ("fp16", "fp32"):
+        raise UserError(f"TensorRT precision must be fp16 or fp32, got {precision!r}")
+    h, w = input_hw
+    shape = lambda b: f"{specs.EXPORT_INPUT}:{b}x3x{h}x{w}"  # noqa: E731
+    opt = max(1, max_batch_size // 2)
+    flag = " --fp16" if precision == "fp16" else ""
+    return (f"trtexec --onnx={onnx_path} --saveEngine={plan_path}{flag} --minShapes={shape(1)} "
+            f"--optShapes={shape(opt)} --maxShapes={shape(max_batch_size)}")
