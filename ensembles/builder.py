@@ -94,14 +94,17 @@ def _write_variant(stage: Path, model, info: OnnxInfo, opts: BuildOptions, max_p
                                                            opts, info.category_ids))
     vdir = eng / str(version)
     vdir.mkdir(parents=True)
+    # the ONNX's precision (tdet export --precision): the plan is built from it, and the ensemble records it
+    recorded = {p.key: p.value for p in model.metadata_props}.get("tdet.precision", "fp32")
     graph = uint8_engine_graph(model, spec.scale)
     graph = append_nms(graph, opts.detect) if opts.nms == "engine" else graph
     if opts.engine == "tensorrt":
         onnx.save(graph, str(vdir / "model.uint8.onnx"))
         cmd = trtexec_command('"$HERE/model.uint8.onnx"', '"$HERE/model.plan"', info.input_hw, opts.max_batch_size,
-                              opts.precision)
+                              opts.precision, recorded)
+        built = opts.precision if recorded == "fp32" else f"{recorded} ONNX"
         _script(vdir / "build_plan.sh", f"# Builds model.plan of version {version} on a GPU host (TensorRT 10, "
-                                        f"same release as the server; {opts.precision}).", cmd)
+                                        f"same release as the server; {built}).", cmd)
         _script(eng / "build_engine.sh", "# Builds the plan of every version of this engine.",
                 'for s in "$HERE"/*/build_plan.sh; do sh "$s"; done')
     else:
@@ -111,7 +114,7 @@ def _write_variant(stage: Path, model, info: OnnxInfo, opts: BuildOptions, max_p
     meta = {"family": info.family, "variant": info.variant, "weights": versions[newest],
             "versions": json.dumps(versions, sort_keys=True), "class_names": json.dumps(info.class_names),
             "category_ids": json.dumps(info.category_ids), "input_hw": specs.format_hw(info.input_hw),
-            "engine": opts.engine, "nms": opts.nms, **info.size}
+            "engine": opts.engine, "nms": opts.nms, "precision": recorded, **info.size}
     ens = stage / m
     (ens / "1").mkdir(parents=True)  # an ensemble needs an (empty) version directory
     write_config(ens / "config.pbtxt", ensemble_config(m, info.family, opts, meta))

@@ -38,14 +38,20 @@ def uint8_engine_graph(model, scale: float):
 
 
 def trtexec_command(onnx_path: str, plan_path: str, input_hw: tuple[int, int], max_batch_size: int,
-                    precision: str = "fp16") -> str:
-    """The exact TensorRT 10 build: fp16 (or fp32: no precision flag), explicit batch profile
-    1..max_batch_size (opt = max/2)."""
-    if precision not in ("fp16", "fp32"):
+                    precision: str = "fp16", onnx_precision: str = "fp32") -> str:
+    """The exact TensorRT 10 build, explicit batch profile 1..max_batch_size (opt = max/2).
+    `onnx_precision` is what the ONNX records (tdet.precision from `tdet export --precision`) and wins over
+    `precision`: an int8 QDQ graph builds as an explicit-precision engine (--int8 for the Q/DQ layers, --fp16
+    for the layers left unquantized); an fp16 graph with fp32 I/O builds --stronglyTyped, so TensorRT keeps
+    the graph's own types (the keep-in-fp32 nodes stay fp32). An fp32 ONNX builds fp16 or fp32 per `precision`."""
+    if onnx_precision not in ("fp32", "fp16", "int8"):
+        raise UserError(f"the ONNX records precision {onnx_precision!r}: expected fp32, fp16 or int8")
+    if onnx_precision == "fp32" and precision not in ("fp16", "fp32"):
         raise UserError(f"TensorRT precision must be fp16 or fp32, got {precision!r}")
     h, w = input_hw
     shape = lambda b: f"{specs.EXPORT_INPUT}:{b}x3x{h}x{w}"  # noqa: E731
     opt = max(1, max_batch_size // 2)
-    flag = " --fp16" if precision == "fp16" else ""
+    flag = {"int8": " --int8 --fp16", "fp16": " --stronglyTyped"}.get(onnx_precision,
+                                                                       " --fp16" if precision == "fp16" else "")
     return (f"trtexec --onnx={onnx_path} --saveEngine={plan_path}{flag} --minShapes={shape(1)} "
             f"--optShapes={shape(opt)} --maxShapes={shape(max_batch_size)}")

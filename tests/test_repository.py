@@ -173,6 +173,16 @@ def test_trtexec_command_profile():
     assert cmd.split()[0] == "trtexec" and "--optShapes=images:8x3x640x640" in cmd
 
 
+@pytest.mark.parametrize(("onnx_precision", "flags"), [
+    ("fp32", ["--fp16"]), ("int8", ["--int8", "--fp16"]), ("fp16", ["--stronglyTyped"])])
+def test_trtexec_command_follows_onnx_precision(onnx_precision, flags):
+    """The plan's flags come from the ONNX's recorded precision: int8 QDQ -> explicit precision (--int8 and
+    --fp16 for unquantized layers), fp16 with fp32 I/O -> --stronglyTyped (no --fp16/--int8 on top)."""
+    words = trtexec_command("m.onnx", "m.plan", (320, 320), 4, "fp16", onnx_precision).split()
+    got = [w for w in words if w in ("--fp16", "--int8", "--stronglyTyped")]
+    assert got == flags
+
+
 @pytest.mark.parametrize(("input_hw", "words"), [
     (None, "lacks ['tdet.input_hw']: export it with `tdet export`"),
     ("640x640", "bad input size '640x640': expected 'height,width'"),
