@@ -113,6 +113,9 @@ def test_one_reader_for_config_parameters_and_the_preprocess_honours_resize(repo
     params = config_parameters(as_json)
     assert params["family"] == "rtdetrv2" and params["resize"] == "pil-bilinear" and params["input_hw"] == "640,640"
     assert config_parameters({"config": as_json}) == params  # tritonclient gRPC's as_json form
+    ens = config_parameters(MessageToDict(_config(repository / "rtdetrv2_s" / "config.pbtxt"),
+                                          preserving_proto_field_name=True))
+    assert ens["precision"] == "fp32"  # copied from the ONNX's tdet.precision (fp32 when unset)
     assert spec_from_parameters(params) == PREPROCESS["rtdetrv2"]
     assert spec_from_parameters({**params, "resize": "cv2-linear", "input_hw": "320,480"}) == \
         PreprocessSpec((320, 480), PREPROCESS["rtdetrv2"].scale, "cv2-linear")
