@@ -43,8 +43,11 @@ def nms_output_dims() -> dict[str, list[int]]:
     return {"num_dets": [1], "det_boxes": [-1, 4], "det_scores": [-1], "det_labels": [-1]}
 
 
+NMS_FAMILIES = frozenset({DAMO_YOLO})  # families whose postprocess is an NMS (RT-DETRv2's is a top-K)
+
+
 def check_nms_family(family: str, nms: str) -> None:
-    if nms == "engine" and family != DAMO_YOLO:
+    if nms == "engine" and family not in NMS_FAMILIES:
         raise UserError(f"--nms engine: {family} has no NMS (its postprocess is a top-K over queries x classes); "
                         f"build it with the default --nms python")
 
