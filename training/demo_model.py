@@ -35,6 +35,8 @@ STAGES = {
         ("recipe", ["--img-size", "320", "--epochs", "30", "--batch", "64", "--eval-every", "5"]),
         ("finetune", ["--img-size", "320", "--epochs", "4", "--batch", "8", "--lr-scale", "0.5", "--eval-every", "1"]),
         ("continue", ["--img-size", "320", "--epochs", "8", "--batch", "16", "--amp", "--eval-every", "2"]),
+        # stage 4: the same continuation once more (stage 3's AP50 was still rising: 75.5 -> 80.4)
+        ("continue", ["--img-size", "320", "--epochs", "8", "--batch", "16", "--amp", "--eval-every", "2"]),
     ),
     "rtdetrv2-s": (
         ("recipe", ["--img-size", "256", "--epochs", "5", "--batch", "8", "--amp", "--eval-every", "1"]),
