@@ -214,8 +214,10 @@ def _gt_boxes(clip) -> dict[int, list[tuple[int, list[float]]]]:
     return out
 
 
-def _track_ids_per_object(clip, lines) -> dict[int, list[int]]:
-    """ground-truth id -> the track id of the box it pairs with (IoU >= 0.5), frame by frame."""
+def _track_ids_per_object(clip, lines) -> dict[int, list[set[int]]]:
+    """ground-truth id -> per frame where it is matched, the track ids of the boxes it pairs with (IoU >= 0.5,
+    and it is those boxes' best ground truth). A set, not one id: class-aware NMS may keep a second box of
+    another class on the same object (a second track), and which of the two overlaps it more is a float detail."""
     gt, out = _gt_boxes(clip), {}
     for rec in lines:
         dets, objects = rec["detections"], gt.get(rec["frame"], [])
@@ -223,9 +225,9 @@ def _track_ids_per_object(clip, lines) -> dict[int, list[int]]:
             continue
         iou = iou_matrix(np.array([b for _, b in objects]), np.array([d["box"] for d in dets]))
         for k, (obj, _) in enumerate(objects):
-            j = int(iou[k].argmax())
-            if iou[k, j] >= 0.5 and iou[:, j].argmax() == k:
-                out.setdefault(obj, []).append(dets[j]["track_id"])
+            ids = {dets[j]["track_id"] for j in range(len(dets)) if iou[k, j] >= 0.5 and iou[:, j].argmax() == k}
+            if ids:
+                out.setdefault(obj, []).append(ids)
     return out
 
 
@@ -243,8 +245,9 @@ def test_infer_video_through_the_track_ensemble(track_server, synth_clip, tmp_pa
     assert all(isinstance(d["track_id"], int) and d["track_id"] > 0 for rec in lines for d in rec["detections"])
     followed = {obj: ids for obj, ids in _track_ids_per_object(synth_clip, lines).items() if len(ids) >= 3}
     assert max(map(len, followed.values()), default=0) >= FRAMES - 2, "no object was tracked through the clip"
-    assert all(len(set(ids)) == 1 for ids in followed.values()), followed
-    assert len({ids[0] for ids in followed.values()}) == len(followed), followed
+    kept = {obj: set.intersection(*ids) for obj, ids in followed.items()}  # the ids present in all its frames
+    assert all(kept.values()), followed  # each object has one track id from its first frame to its last
+    assert all(not kept[a] & kept[b] for a in kept for b in kept if a < b), kept  # no id on two objects
     summary = json.loads((tmp_path / f"{synth_clip.name}.summary.json").read_text())
     assert summary["complete"] and not summary["error"] and summary["model"] == "damo_yolo_t_track"
     assert summary["frames"] == FRAMES and summary["corrupt"] == summary["failed"] == summary["dropped"] == 0
