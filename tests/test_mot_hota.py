@@ -2,6 +2,8 @@
 the definitions of the HOTA paper (Luiten et al., IJCV 2021) on tiny clips; no server."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -88,3 +90,15 @@ def test_shifted_boxes_lower_loca_and_the_thresholds_they_pass(tmp_path):
     assert m["hota"] == pytest.approx(passed, rel=1e-9)
     assert m["loca"] == pytest.approx(passed * iou + (1 - passed), rel=1e-9) and m["loca"] < 1
     assert m["motp"] == pytest.approx(1 - iou, rel=1e-6) and m["mota"] == pytest.approx(1.0)  # matched at IoU 0.5
+
+
+def test_trackeval_imports_nothing_heavy():
+    """The mot extra stays client-side: importing TrackEval and mot_eval loads no torch, OpenCV's GUI
+    build, scikit-image or matplotlib (its declared deps, skipped by the --no-deps install)."""
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import trackeval, tdet.client.mot_eval\n"
+            "loaded = {m.split('.')[0] for m, mod in sys.modules.items() if mod is not None}\n"
+            "print(sorted(loaded & {'torch', 'skimage', 'matplotlib', 'cv2'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
