@@ -11,9 +11,13 @@ BUILD := build
 
 venv: $(STAMP)
 
+# sn-trackeval (HOTA in tdet.client.mot_eval: TrackEval's code) goes in --no-deps: its metadata asks for
+# opencv-python (clashes with the headless build), scikit-image and pytest, which it does not import; what it
+# does import (scipy, tabulate, tqdm, pycocotools) is in the mot extra and the base install.
 $(STAMP): pyproject.toml setup.py constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints.txt -e ".[all]"
+	$(BIN)/pip install -q --no-deps -c constraints.txt sn-trackeval==0.4.0
 	touch $(STAMP)
 
 lint: venv

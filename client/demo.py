@@ -7,7 +7,7 @@ table: served AP, latency, throughput, params, GFLOPs) -> stop, then the served 
 the annotated images of each model in one PNG (WORKDIR/<variant>.png) and both families on the same images,
 a row per model (WORKDIR/families.png; the README shows its copy, training/demo/families.demo.png). Tracking: the
 damo-yolo-t repository is built with --track, and one held-out synthetic clip goes through damo_yolo_t_track
-(`tdet eval --mot`): MOTA / IDF1 printed, the annotated video in WORKDIR/track/, a strip of a few of its frames
+(`tdet eval --mot`): HOTA / MOTA / IDF1 printed, the annotated video in WORKDIR/track/, a strip of a few of its frames
 (track ids drawn) in WORKDIR/tracking.png (the README's copy: training/demo/tracking.demo.png).
 """
 
@@ -175,8 +175,8 @@ def report_tracking(work: Path) -> None:
     m = json.loads((work / "track" / "mot_metrics.json").read_text())
     s = m["metrics"]
     print(f"\ntracking: held-out clip ({CLIP['frames']} frames {CLIP['size']}, seed {CLIP['seed']} val) through "
-          f"{m['model']}: MOTA {100 * s['mota']:.2f}  IDF1 {100 * s['idf1']:.2f}  ID switches "
-          f"{s['num_switches']:.0f}")
+          f"{m['model']}: HOTA {100 * s['hota']:.2f}  MOTA {100 * s['mota']:.2f}  IDF1 {100 * s['idf1']:.2f}  "
+          f"ID switches {s['num_switches']:.0f}")
     video = Path(m["run"]["video"])
     print(f"  annotated video: {video}; frames with track ids: {strip(video, work / 'tracking.png')}")
 

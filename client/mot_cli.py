@@ -1,5 +1,6 @@
 """`tdet eval --mot GT`: a clip through a served tracking ensemble (`<m>_track`, `tdet repo build --track`),
-scored against its MOTChallenge ground truth (MOTA, IDF1, ... by py-motmetrics: tdet.client.mot_eval).
+scored against its MOTChallenge ground truth (MOTA, IDF1, ... by py-motmetrics; HOTA, DetA, AssA, LocA by TrackEval's
+code: tdet.client.mot_eval).
 
 GT is a clip folder in MOTChallenge's layout (what `tdet data synth --video` writes: gt/gt.txt, seqinfo.ini and
 the clip's video NAME.mp4) or its gt.txt; --video names the video when it is not NAME.mp4 in the clip folder.
@@ -89,7 +90,9 @@ def evaluate_mot(model: str, url: str, gt: Path, out: Path, *, video: Path | Non
 
 def format_mot(res: MotResult) -> str:
     m = res.metrics
-    return (f"MOTA {100 * m['mota']:.2f}  IDF1 {100 * m['idf1']:.2f}  MOTP {m['motp']:.3f} (1 - IoU)  "
+    return (f"HOTA {100 * m['hota']:.2f} (DetA {100 * m['deta']:.2f}  AssA {100 * m['assa']:.2f}  LocA "
+            f"{100 * m['loca']:.2f})  MOTA {100 * m['mota']:.2f}  IDF1 {100 * m['idf1']:.2f}  "
+            f"MOTP {m['motp']:.3f} (1 - IoU)  "
             f"ID switches {m['num_switches']:.0f}  false positives {m['num_false_positives']:.0f}  "
             f"misses {m['num_misses']:.0f}  ({m['num_frames']:.0f} frames, {m['num_objects']:.0f} ground-truth "
             f"boxes; {res.gt})")

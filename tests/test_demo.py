@@ -55,6 +55,7 @@ def test_demo_serves_the_trained_models_and_reports_served_and_in_process_map(tm
     assert mot["model"] == "damo_yolo_t_track" and mot["run"]["complete"]
     assert mot["metrics"]["num_frames"] == CLIP["frames"] and mot["metrics"]["num_objects"] > 0
     assert mot["metrics"]["mota"] > 0.3 and mot["metrics"]["idf1"] > 0.4, mot["metrics"]  # a detector, tracked
+    assert mot["metrics"]["hota"] > 0.3, mot["metrics"]
     assert f"MOTA {100 * mot['metrics']['mota']:.2f}" in out.stdout
     strip = cv2.imread(str(tmp_path / "demo/tracking.png"))
     assert strip is not None and strip.shape[:2] == (240, STRIP_FRAMES * 320)
