@@ -33,14 +33,13 @@ output [ { name: "x" data_type: TYPE_INT32 dims: [ 1 ] } ]
 instance_group [ { count: 1 kind: KIND_CPU } ]
 """
 PRE = '''
-import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        if json.loads(args["model_config"])["instance_group"][0]["count"] > 1:
+        if not args["model_instance_name"].endswith("_0"):  # cam_preprocess_0_0: the first of group 0
             raise pb_utils.TritonModelException("cam_preprocess holds one instance only")
 
     def execute(self, requests):
@@ -124,7 +123,7 @@ def test_search_doubles_the_capacity_with_two_engine_instances_and_restores(serv
     assert base["label"] == "as in the repository" and abs(base["capacity"] - CAPACITY) <= 1, stdout
     assert engine2["label"] == "engine instances 2" and engine2["config"]["cam_engine"]["instances"] == 2
     assert abs(engine2["capacity"] - 2 * CAPACITY) <= 1, stdout
-    assert pre2["label"] == "preprocess instances 2" and "refused" in pre2["error"]
+    assert pre2["label"] == "preprocess instances 2, engine instances 2" and "refused" in pre2["error"]
     assert "one instance only" in pre2["error"] and pre2["capacity"] is None
     assert result["best"] == 1 and not result["applied"] and result["restored"] == ""
     assert engine2["p99_ms"] <= 1000 / FPS and (Path(engine2["report"]) / "capacity.json").is_file()
