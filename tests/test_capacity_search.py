@@ -19,7 +19,10 @@ import tritonclient.grpc as grpcclient
 
 from tdet.client.cli import main
 from tdet.ensembles.server import free_port, start, stop_process
-from tests.test_capacity import CAPACITY, CONFIG, FPS, MODEL, frames  # noqa: F401 (frames: a fixture)
+from tests import test_capacity
+from tests.test_capacity import CAPACITY, CONFIG, FPS, MODEL
+
+frames = test_capacity.frames  # the fixture: a 6-frame mp4
 
 pytestmark = pytest.mark.server
 
@@ -139,10 +142,8 @@ def test_search_doubles_the_capacity_with_two_engine_instances_and_restores(serv
 def test_sigint_mid_search_restores_the_files_and_the_loaded_models(server, repo, frames, tmp_path):
     before = _files(repo)
     out = tmp_path / "search"
-    args = _search(server, repo, frames, out)
-    args[args.index("--hold") + 1] = "60"  # the trial is still measuring when the signal comes
-    run = subprocess.Popen([sys.executable, "-m", "tdet.client.cli", *args], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen([sys.executable, "-m", "tdet.client.cli", *_search(server, repo, frames, out)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
         while b"count: 2" not in (repo / "cam_engine" / "config.pbtxt").read_bytes():  # trial 1 written
@@ -151,8 +152,8 @@ def test_sigint_mid_search_restores_the_files_and_the_loaded_models(server, repo
         while _counts(server.grpc_url)["cam_engine"] != 2:  # and loaded
             assert time.monotonic() < deadline and run.poll() is None, "hang guard: trial 1 never loaded"
             time.sleep(0.05)
-        os.kill(run.pid, signal.SIGINT)
-        stdout, err = run.communicate(timeout=120)  # hang guard (the level was asked for 60 s)
+        os.kill(run.pid, signal.SIGINT)  # while trial 1 measures (its levels take ~10 s)
+        stdout, err = run.communicate(timeout=120)  # hang guard
     finally:
         if run.poll() is None:
             run.kill()
