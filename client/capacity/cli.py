@@ -39,10 +39,79 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="request timeout")
     p.add_argument("--metrics-url", help="Triton's Prometheus metrics (as for `tdet loadtest`; '' to skip)")
     p.add_argument("--out", type=Path, default=Path("build/capacity"), help="report folder")
+    s = p.add_argument_group("config search (--search)")
+    s.add_argument("--search", action="store_true",
+                   help="try configs of the served model (instances per step, the engine's max batch and queue "
+                        "delay), one knob at a time from the best so far, each reloaded and measured; the server "
+                        "must run in explicit model-control mode on --repository. The repository ends as it "
+                        "began (also on an error or Ctrl-C) unless --apply; the best is written to --out as "
+                        "best_config/ and best_config.diff")
+    s.add_argument("--repository", type=Path, help="the model repository the server serves (required with --search)")
+    s.add_argument("--budget", type=float, default=900.0, metavar="SECONDS",
+                   help="no new trial starts after this many seconds; what was measured is reported")
+    s.add_argument("--apply", action="store_true", help="write the best config into --repository and reload it")
+    s.add_argument("--instances", type=_ints, default=None, metavar="N,N",
+                   help="instance counts tried per step (default: 1,2,4)")
+    s.add_argument("--batch-sizes", type=_ints, default=None, metavar="N,N",
+                   help="the engine's max_batch_size values tried (default: 1,4,16; '' for none)")
+    s.add_argument("--queue-delays", type=_floats, default=None, metavar="F,F",
+                   help="dynamic-batching queue delays tried, in frame intervals 1/fps (default: 0,0.1,0.25; "
+                        "'' for none)")
     p.set_defaults(func=cmd_capacity, protocol="grpc")
 
 
+def _numbers(kind, text: str) -> tuple:
+    try:
+        return tuple(kind(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a comma-separated list of numbers, got {text!r}") from None
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return _numbers(int, text)
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return _numbers(float, text)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from ..errors import UserError
+    from ..server_args import metrics_url, server_url
+    from . import tune
+
+    if args.repository is None:
+        raise UserError("--search needs --repository DIR: the model repository the server serves (in explicit "
+                        "model-control mode), where the trial configs are written")
+    if args.cameras is not None:
+        raise UserError("--search measures the capacity of each config: leave out --cameras")
+    pick = lambda given, default: default if given is None else given  # noqa: E731
+    result = tune.search_configs(
+        args.model, server_url(args), args.source, args.repository, out=args.out, budget_s=args.budget,
+        apply=args.apply, instances=pick(args.instances, tune.DEFAULT_INSTANCES),
+        batch_sizes=pick(args.batch_sizes, tune.DEFAULT_BATCH_SIZES), delays=pick(args.queue_delays,
+                                                                                  tune.DEFAULT_DELAYS),
+        fps=args.fps, slo_ms=args.slo_ms, hold_s=args.hold, max_miss=args.max_miss,
+        max_in_flight=args.max_in_flight, max_cameras=args.max_cameras, workers=args.workers,
+        frames_limit=args.frames, timeout_s=args.timeout, metrics_url=metrics_url(args))
+    print(f"report: {args.out / 'search.json'}, {args.out / 'search.html'}, {args.out / 'trials'}/")
+    if result.restored:
+        print(f"tdet capacity: error: {result.restored}", file=sys.stderr)
+        return 2
+    if result.stopped and not result.stopped.startswith("the --budget"):
+        print(f"tdet capacity: error: the search stopped early: {result.stopped}", file=sys.stderr)
+        return 2
+    return 0 if result.best is not None else 1
+
+
 def cmd_capacity(args: argparse.Namespace) -> int:
+    if args.search:
+        return cmd_search(args)
+    for flag in ("repository", "apply"):
+        if getattr(args, flag):
+            from ..errors import UserError
+
+            raise UserError(f"--{flag} goes with --search")
     from ..server_args import metrics_url, server_url
     from .run import run_capacity
     from .search import format_result

@@ -55,10 +55,12 @@ def _verdict(result: CapacityResult, why: str) -> str:
 def run_capacity(model: str, url: str, source: Path, *, out: Path, fps: float = 10.0, slo_ms: float | None = None,
                  hold_s: float = 10.0, max_miss: float = 0.01, max_in_flight: int = 2, start: int = 1,
                  max_cameras: int = 256, cameras: int | None = None, workers: int = 1, frames_limit: int = 100,
-                 timeout_s: float = 10.0, metrics_url: str | None = None) -> CapacityResult:
-    """The search (or one level of `cameras`); out/ gets the report. metrics_url: as `tdet loadtest`'s."""
+                 timeout_s: float = 10.0, metrics_url: str | None = None,
+                 frames: list[bytes] | None = None) -> CapacityResult:
+    """The search (or one level of `cameras`); out/ gets the report. metrics_url: as `tdet loadtest`'s.
+    frames: already loaded from `source` (a config search loads them once for all its trials)."""
     check_settings(fps, slo_ms, hold_s, max_miss, max_in_flight, start, max_cameras, cameras)
-    frames = load_frames(source, frames_limit)
+    frames = load_frames(source, frames_limit) if frames is None else frames
     check_first_frame(url, model, frames[0], timeout_s)
     metrics_url, _ = _metrics_before(metrics_url, url, model)
     deadline_ms = 1000 / fps if slo_ms is None else slo_ms
