@@ -30,8 +30,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-import numpy as np
-
 from .connection import (
     DEFAULT_BACKOFF_S,
     DEFAULT_PORTS,

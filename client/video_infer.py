@@ -15,8 +15,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .image_input import wire_images
 from .errors import InferenceError, ModelNotFoundError, ServerUnavailableError, UserError
+from .image_input import wire_images
 from .postprocess import Detections, from_wire
 from .specs import WIRE_OUTPUTS
 from .video_source import DEFAULT_RECONNECTS, Frame, LatestFrame, SourceLost, VideoSource, select_frames

@@ -22,7 +22,8 @@ from .nms_graph import NMS_OUTPUTS, nms_output_dims
 from .options import BuildOptions, VersionPolicy
 
 __all__ = ["BuildOptions", "VersionPolicy", "dali_preprocess_config", "engine_config", "ensemble_config",
-           "postprocess_config", "preprocess_config", "read_config", "track_ensemble_config", "tracker_config", "write_config"]
+           "postprocess_config", "preprocess_config", "read_config", "track_ensemble_config", "tracker_config",
+           "write_config"]
 
 
 

@@ -20,7 +20,7 @@ from tdet.client.specs import EXPORT_INPUT, PreprocessSpec
 DALI_INPUT = "IMAGE"
 DALI_OUTPUTS = (EXPORT_INPUT, "orig_hw")  # the DALI backend matches config outputs to these by position
 DALI_FILE = "model.dali"
-DALI_MISSING = "nvidia-dali is not installed: `pip install -e '.[dali]'` (nvidia-dali-cuda120) to build --preprocess dali"
+DALI_MISSING = "--preprocess dali needs nvidia-dali (nvidia-dali-cuda120): pip install -e '.[dali]'"
 
 
 def require_dali():
