@@ -31,7 +31,8 @@ DEMO = Path(__file__).resolve().parents[1] / "training" / "demo"
 # rounding differs by one level); README's DALI subsection.
 MEAN_TOL, MAX_TOL = 0.5, 3
 STRONG, WEAK = 0.5, 0.2  # every confident detection of one path has a twin above WEAK in the other
-BOX_TOL, SCORE_TOL = 0.01, 0.05  # box / original image size, score (absolute)
+# box / original image size, score (absolute); measured here: <= 1e-4 and <= 0.0035 (README)
+BOX_TOL, SCORE_TOL = 0.002, 0.02
 
 
 def _jpeg(bgr: np.ndarray, orientation: int = 1) -> bytes:
@@ -196,3 +197,18 @@ def test_dali_refuses_jpeg_scale_before_writing(demo_onnx, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "--jpeg-scale auto is the python preprocess's" in err, err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_build_without_dali_is_one_line_and_writes_nothing(demo_onnx, tmp_path, capsys, monkeypatch):
+    """Where the dali extra is not installed (an import of nvidia.dali fails), --preprocess dali says how to get it."""
+    import sys
+
+    from tdet.client.cli import main
+
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # what `import nvidia.dali` raises ImportError for
+    out = tmp_path / "repo"
+    assert main(["repo", "build", "--onnx", str(demo_onnx["damo-yolo-t"]), "--out", str(out),
+                 "--preprocess", "dali"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--preprocess dali needs nvidia-dali" in err and "pip install" in err, err
+    assert not out.exists()
