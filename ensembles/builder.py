@@ -47,7 +47,7 @@ from .configs import (
     tracker_config,
     write_config,
 )
-from .dali_preprocess import require_dali, write_dali_model
+from .dali_preprocess import dali_version, require_dali, write_dali_model
 from .engine_graph import trtexec_command, uint8_engine_graph
 from .nms_graph import append_nms, check_nms_family
 from .onnx_info import OnnxInfo, load_onnx, read_onnx_info
@@ -122,7 +122,9 @@ def _write_variant(stage: Path, model, info: OnnxInfo, opts: BuildOptions, max_p
     meta = {"family": info.family, "variant": info.variant, "weights": versions[newest],
             "versions": json.dumps(versions, sort_keys=True), "class_names": json.dumps(info.class_names),
             "category_ids": json.dumps(info.category_ids), "input_hw": specs.format_hw(info.input_hw),
-            "engine": opts.engine, "nms": opts.nms, "preprocess": opts.preprocess, "precision": recorded, **info.size}
+            "engine": opts.engine, "nms": opts.nms, "preprocess": opts.preprocess,
+            "precision": recorded, **info.size,
+            **({"dali_version": dali_version()} if opts.preprocess == "dali" else {})}
     ens = stage / m
     (ens / "1").mkdir(parents=True)  # an ensemble needs an (empty) version directory
     write_config(ens / "config.pbtxt", ensemble_config(m, info.family, opts, meta))

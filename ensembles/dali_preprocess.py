@@ -60,6 +60,11 @@ def serialized_pipeline(spec: PreprocessSpec, *, device: str = "gpu", batch_size
     return dali_pipeline(spec, device=device, batch_size=batch_size).serialize()
 
 
+def dali_version() -> str:
+    """The nvidia-dali release that serialises model.dali (the backend's DALI must be able to read it)."""
+    return str(require_dali().__version__)
+
+
 def write_dali_model(version_dir: Path, spec: PreprocessSpec, batch_size: int) -> Path:
     """`<m>_preprocess/1/model.dali`: the GPU pipeline, for up to `batch_size` images per batch."""
     path = Path(version_dir) / DALI_FILE

@@ -178,6 +178,7 @@ def test_build_writes_model_dali_and_a_dali_config(demo_onnx, tmp_path, capsys):
     ens = read_config(out / "m" / "config.pbtxt")
     assert [(i.name, i.data_type, list(i.dims)) for i in ens.input] == [("IMAGE", mc.TYPE_UINT8, [-1])]
     assert ens.parameters["preprocess"].string_value == "dali"
+    assert ens.parameters["dali_version"].string_value == dali.__version__  # the release that serialised it
     step = ens.ensemble_scheduling.step[0]
     assert step.model_name == "m_preprocess" and dict(step.output_map) == {"images": "images", "orig_hw": "orig_hw"}
 
