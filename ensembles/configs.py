@@ -17,7 +17,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tdet.client import specs
 from tdet.client.optionfields import settings
 
-from .dali_preprocess import DALI_FILE, DALI_INPUT
+from .dali_preprocess import DALI_FILE, DALI_INPUT, DALI_OUTPUTS
 from .nms_graph import NMS_OUTPUTS, nms_output_dims
 from .options import BuildOptions, VersionPolicy
 
@@ -94,9 +94,9 @@ def dali_preprocess_config(name: str, input_hw: tuple[int, int], opts: BuildOpti
     """`--preprocess dali`: the python step's outputs from Triton's DALI backend (model.dali). Its IMAGE is uint8
     [-1] (the encoded bytes): the backend cannot read Triton's length-prefixed BYTES. One GPU instance: DALI
     runs its own threads and CUDA streams."""
+    images, orig_hw = DALI_OUTPUTS  # in the pipeline's output order: the backend pairs them by position
     cfg = _model(name, opts, [(DALI_INPUT, mc.TYPE_UINT8, [-1])],
-                 [(specs.EXPORT_INPUT, mc.TYPE_UINT8, [3, *input_hw]), ("orig_hw", mc.TYPE_INT32, [2])],
-                 backend="dali")
+                 [(images, mc.TYPE_UINT8, [3, *input_hw]), (orig_hw, mc.TYPE_INT32, [2])], backend="dali")
     cfg.default_model_filename = DALI_FILE
     _step_defaults(cfg, opts, 1, mc.ModelInstanceGroup.KIND_GPU)
     return cfg
