@@ -109,3 +109,18 @@ def _reason(err: object, timeout_s: float) -> str:
     if isinstance(err, TimeoutError):
         return f"no answer within {timeout_s:g} s"
     return str(getattr(err, "strerror", None) or err) or type(err).__name__
+
+
+def wire_images(blobs: list[bytes], config: dict) -> tuple[np.ndarray, str]:
+    """(array, Triton datatype) of one request's IMAGE input for this model config: BYTES [B, 1] (the python
+    preprocess), or uint8 [B, L] where the model's IMAGE is uint8 (--preprocess dali: Triton's DALI backend
+    reads raw bytes, not length-prefixed BYTES), each row zero-padded to the longest (decoders stop at the
+    image's end marker)."""
+    cfg = config.get("config", config)
+    image = next((i for i in cfg.get("input", []) if i.get("name") == "IMAGE"), {})
+    if image.get("data_type") != "TYPE_UINT8":
+        return np.array([[b] for b in blobs], dtype=np.object_), "BYTES"
+    rows = np.zeros((len(blobs), max(len(b) for b in blobs)), np.uint8)
+    for i, b in enumerate(blobs):
+        rows[i, :len(b)] = np.frombuffer(b, np.uint8)
+    return rows, "UINT8"

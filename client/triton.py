@@ -30,8 +30,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-import numpy as np
-
 from .connection import (
     DEFAULT_BACKOFF_S,
     DEFAULT_PORTS,
@@ -55,7 +53,7 @@ from .errors import (
     UserError,
     WrongProtocolError,
 )
-from .image_input import ImageInput, encode_image
+from .image_input import ImageInput, encode_image, wire_images
 from .options import NAMES, DetectOptions, resolve, to_parameters
 from .postprocess import Detection, Detections, from_wire
 from .server_args import add_connection_args, add_url_args, detached_server, metrics_url, server_url
@@ -235,8 +233,8 @@ class DetectorClient(ABC):
     def infer_encoded(self, blobs: list[bytes], parameters: dict[str, Any]) -> list[Detections]:
         """One request: encoded images as its rows (at most max_batch_size), `parameters` as sent."""
         mod = self._module
-        arr = np.array([[b] for b in blobs], dtype=np.object_)
-        inp = mod.InferInput("IMAGE", list(arr.shape), "BYTES")
+        arr, datatype = wire_images(blobs, self.config)
+        inp = mod.InferInput("IMAGE", list(arr.shape), datatype)
         inp.set_data_from_numpy(arr)
         outputs = [mod.InferRequestedOutput(n) for n in WIRE_OUTPUTS]
         res = self._call(lambda c: c.infer(self.model, [inp], model_version=self.version, outputs=outputs,

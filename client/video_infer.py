@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from .errors import InferenceError, ModelNotFoundError, ServerUnavailableError, UserError
+from .image_input import wire_images
 from .postprocess import Detections, from_wire
 from .specs import WIRE_OUTPUTS
 from .video_source import DEFAULT_RECONNECTS, Frame, LatestFrame, SourceLost, VideoSource, select_frames
@@ -35,8 +36,8 @@ def infer_frame(client: Any, blob: bytes, parameters: dict, extras: Sequence[str
     through the client's retrying call. An extra output is per detection when its first axis is the BOXES'
     (K, padded); sequence: tritonclient's sequence_id / sequence_start / sequence_end, for stateful models."""
     mod = client._module
-    arr = np.array([[blob]], dtype=np.object_)
-    inp = mod.InferInput("IMAGE", list(arr.shape), "BYTES")
+    arr, datatype = wire_images([blob], client.config)
+    inp = mod.InferInput("IMAGE", list(arr.shape), datatype)
     inp.set_data_from_numpy(arr)
     names = [*WIRE_OUTPUTS, *extras]
     outputs = [mod.InferRequestedOutput(n) for n in names]

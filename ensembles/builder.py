@@ -2,6 +2,7 @@
 
 For each ONNX (family/variant/labels read from its metadata, written by `tdet export`) this writes
     <m>_preprocess/   python: IMAGE bytes -> images uint8 [3,H,W], orig_hw int32 [2]
+                      (--preprocess dali: the same outputs from a DALI pipeline, 1/model.dali; IMAGE uint8 [-1])
     <m>_engine/       onnxruntime (V/model.onnx) or tensorrt (V/model.plan, built on a GPU host)
     <m>_postprocess/  python: engine outputs + orig_hw -> NUM_DETECTIONS, BOXES, SCORES, CLASSES
     <m>/              the ensemble clients call
@@ -36,6 +37,7 @@ from tdet.client.preprocess import MAX_PIXELS
 
 from .configs import (
     BuildOptions,
+    dali_preprocess_config,
     engine_config,
     ensemble_config,
     postprocess_config,
@@ -45,6 +47,7 @@ from .configs import (
     tracker_config,
     write_config,
 )
+from .dali_preprocess import dali_version, require_dali, write_dali_model
 from .engine_graph import trtexec_command, uint8_engine_graph
 from .nms_graph import append_nms, check_nms_family
 from .onnx_info import OnnxInfo, load_onnx, read_onnx_info
@@ -85,11 +88,16 @@ def _write_variant(stage: Path, model, info: OnnxInfo, opts: BuildOptions, max_p
     pre, eng, post = stage / f"{m}_preprocess", stage / f"{m}_engine", stage / f"{m}_postprocess"
     for d, src in ((pre, "preprocess"), (post, "postprocess")):
         (d / "1").mkdir(parents=True)
-        (d / "1" / "model.py").write_text(sources.joinpath(src, "model.py").read_text())
-    (pre / "warmup").mkdir()
-    (pre / "warmup" / "image.bin").write_bytes(_warmup_image())
-    write_config(pre / "config.pbtxt", preprocess_config(pre.name, info.family, info.input_hw, opts, max_pixels,
-                                                         "image.bin"))
+        if d is post or opts.preprocess == "python":
+            (d / "1" / "model.py").write_text(sources.joinpath(src, "model.py").read_text())
+    if opts.preprocess == "dali":
+        write_dali_model(pre / "1", specs.preprocess_spec(info.family, info.input_hw), opts.max_batch_size)
+        write_config(pre / "config.pbtxt", dali_preprocess_config(pre.name, info.input_hw, opts))
+    else:
+        (pre / "warmup").mkdir()
+        (pre / "warmup" / "image.bin").write_bytes(_warmup_image())
+        write_config(pre / "config.pbtxt", preprocess_config(pre.name, info.family, info.input_hw, opts, max_pixels,
+                                                             "image.bin"))
     write_config(post / "config.pbtxt", postprocess_config(post.name, info.family, info.input_hw, info.output_dims,
                                                            opts, info.category_ids))
     vdir = eng / str(version)
@@ -114,7 +122,9 @@ def _write_variant(stage: Path, model, info: OnnxInfo, opts: BuildOptions, max_p
     meta = {"family": info.family, "variant": info.variant, "weights": versions[newest],
             "versions": json.dumps(versions, sort_keys=True), "class_names": json.dumps(info.class_names),
             "category_ids": json.dumps(info.category_ids), "input_hw": specs.format_hw(info.input_hw),
-            "engine": opts.engine, "nms": opts.nms, "precision": recorded, **info.size}
+            "engine": opts.engine, "nms": opts.nms, "preprocess": opts.preprocess,
+            "precision": recorded, **info.size,
+            **({"dali_version": dali_version()} if opts.preprocess == "dali" else {})}
     ens = stage / m
     (ens / "1").mkdir(parents=True)  # an ensemble needs an (empty) version directory
     write_config(ens / "config.pbtxt", ensemble_config(m, info.family, opts, meta))
@@ -169,6 +179,8 @@ def build_repository(onnx_files: list[str | Path], out: str | Path = "model_repo
         raise UserError(f"several --onnx files would be model(s) {twice}; build them one at a time with --name")
     for f in onnx_files if opts.nms == "engine" else ():
         check_nms_family(read_onnx_info(load_onnx(f)).family, opts.nms)
+    if opts.preprocess == "dali":
+        require_dali()  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
     built: list[Built] = []
     for f, m in zip(onnx_files, names):

@@ -73,6 +73,9 @@ def cmd_repo_build(args: argparse.Namespace) -> int:
               + (f"  (replaced weights {b.replaced})" if b.replaced else ""))
     if args.engine == "tensorrt":
         print("TensorRT: build the plans on the GPU host: docker compose run --rm engine-builder")
+    if opts.preprocess == "dali":
+        print("DALI: the preprocess runs on Triton's DALI backend (the NGC tritonserver image, a GPU); the local "
+              "`tdet serve` (nvidia-pytriton) has no DALI backend and cannot serve this repository")
     return 0
 
 

@@ -17,11 +17,13 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tdet.client import specs
 from tdet.client.optionfields import settings
 
+from .dali_preprocess import DALI_FILE, DALI_INPUT, DALI_OUTPUTS
 from .nms_graph import NMS_OUTPUTS, nms_output_dims
 from .options import BuildOptions, VersionPolicy
 
-__all__ = ["BuildOptions", "VersionPolicy", "engine_config", "ensemble_config", "postprocess_config",
-           "preprocess_config", "read_config", "track_ensemble_config", "tracker_config", "write_config"]
+__all__ = ["BuildOptions", "VersionPolicy", "dali_preprocess_config", "engine_config", "ensemble_config",
+           "postprocess_config", "preprocess_config", "read_config", "track_ensemble_config", "tracker_config",
+           "write_config"]
 
 
 
@@ -88,6 +90,18 @@ def preprocess_config(name: str, family: str, input_hw: tuple[int, int], opts: B
     return cfg
 
 
+def dali_preprocess_config(name: str, input_hw: tuple[int, int], opts: BuildOptions) -> mc.ModelConfig:
+    """`--preprocess dali`: the python step's outputs from Triton's DALI backend (model.dali). Its IMAGE is uint8
+    [-1] (the encoded bytes): the backend cannot read Triton's length-prefixed BYTES. One GPU instance: DALI
+    runs its own threads and CUDA streams."""
+    images, orig_hw = DALI_OUTPUTS  # in the pipeline's output order: the backend pairs them by position
+    cfg = _model(name, opts, [(DALI_INPUT, mc.TYPE_UINT8, [-1])],
+                 [(images, mc.TYPE_UINT8, [3, *input_hw]), (orig_hw, mc.TYPE_INT32, [2])], backend="dali")
+    cfg.default_model_filename = DALI_FILE
+    _step_defaults(cfg, opts, 1, mc.ModelInstanceGroup.KIND_GPU)
+    return cfg
+
+
 def engine_config(name: str, family: str, input_hw: tuple[int, int], output_dims: dict[str, list[int]],
                   opts: BuildOptions) -> mc.ModelConfig:
     image = (specs.EXPORT_INPUT, mc.TYPE_UINT8, [3, *input_hw])
@@ -133,8 +147,8 @@ def ensemble_config(model: str, family: str, opts: BuildOptions, meta: dict[str,
     """The public model: IMAGE -> NUM_DETECTIONS/BOXES/SCORES/CLASSES. Class names and category ids are
     config parameters, so a client discovers them with one model-config call."""
     outs = NMS_OUTPUTS if opts.nms == "engine" else specs.EXPORT_OUTPUTS[family]
-    cfg = _model(model, opts, [("IMAGE", mc.TYPE_STRING, [1])], _wire(opts.max_det), platform="ensemble",
-                 params=meta)
+    image = ("IMAGE", mc.TYPE_UINT8, [-1]) if opts.preprocess == "dali" else ("IMAGE", mc.TYPE_STRING, [1])
+    cfg = _model(model, opts, [image], _wire(opts.max_det), platform="ensemble", params=meta)
     steps = [
         (f"{model}_preprocess", {"IMAGE": "IMAGE"}, {specs.EXPORT_INPUT: "images", "orig_hw": "orig_hw"}),
         (f"{model}_engine", {specs.EXPORT_INPUT: "images"}, {o: o for o in outs}),

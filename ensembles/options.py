@@ -82,9 +82,16 @@ class BuildOptions:
                       "ONNX NonMaxSuppression appended to the engine graph at the build's --conf/--iou/--max-det "
                       "(requests may raise conf, lower max_det, pick classes; not change iou or lower conf). "
                       "RT-DETRv2 has no NMS: refused for it", choices=("python", "engine"))
+    preprocess: str = option("python", "python: decode/resize in the python step (CPU, served here); dali: a DALI "
+                             "pipeline (nvJPEG decode + GPU resize) for Triton's DALI backend in the NGC image, "
+                             "written as NAME_preprocess/1/model.dali (the pip tritonserver here has no DALI backend; "
+                             "needs the dali extra to build)", choices=("python", "dali"))
 
     def __post_init__(self) -> None:
         check(self)
+        if self.preprocess == "dali" and self.jpeg_scale != "off":
+            raise UserError("--jpeg-scale auto is the python preprocess's libjpeg-turbo option; --preprocess dali "
+                            "decodes every pixel: use --jpeg-scale off")
 
     @property
     def detect(self) -> DetectOptions:

@@ -92,12 +92,20 @@ def backend_dir() -> Path:
     return dest
 
 
+DALI_BACKEND = re.compile(r'^backend:\s*"dali"', re.M)  # a config.pbtxt's top-level backend field
+
+
 def check_repository(repository: Path) -> list[str]:
     if not repository.is_dir():
         raise FileNotFoundError(f"model repository not found: {repository}")
     models = sorted(p.name for p in repository.iterdir() if (p / "config.pbtxt").is_file())
     if not models:
         raise UserError(f"{repository} holds no models (no */config.pbtxt): build it with `tdet repo build`")
+    dali = [m for m in models if DALI_BACKEND.search((repository / m / "config.pbtxt").read_text())]
+    if dali and not (_pytriton_root() / "backends" / "dali").is_dir():
+        raise UserError(f"{repository}: {', '.join(dali)} use Triton's DALI backend (--preprocess dali), which the "
+                        "local tritonserver (nvidia-pytriton) does not have: serve it with the NGC tritonserver image "
+                        "(docker compose), or rebuild with --preprocess python")
     return models
 
 
