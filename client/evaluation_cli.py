@@ -107,7 +107,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("compare", help="the DAMO-YOLO vs RT-DETRv2 table, measured through the server",
                        description="For each served model: mAP, single-stream p50 latency, saturated throughput, "
-                                   "params, GFLOPs, engine and precision; writes compare.md, compare.json and compare.png.")
+                                   "params, GFLOPs, engine and precision; writes compare.md, compare.json and "
+                                   "compare.png.")
     p.add_argument("--models", required=True, help="comma-separated served models, e.g. damo_yolo_t,rtdetrv2_s")
     add_url_args(p)
     p.add_argument("--coco", type=Path, required=True, help="COCO annotations JSON")
@@ -146,7 +147,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import sys
 
     from .evaluation import evaluate, format_metrics, format_per_class
-
     from .precision_gate import parse_models
 
     models = parse_models(args.model)

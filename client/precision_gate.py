@@ -99,10 +99,9 @@ def precision_rows(results: list[EvalResult], precisions: dict[str, str], baseli
     rows = []
     for r in results:
         ap, ap50 = 100 * r.metrics["AP"], 100 * r.metrics["AP50"]
-        ref = r.delta or {}
+        ref = {k: 100 * v for k, v in (r.delta or {}).items()}  # served - reference, in points
         rows.append(PrecisionRow(r.model, precisions[r.model], ap, ap50, ap - 100 * base["AP"],
-                                 ap50 - 100 * base["AP50"],
-                                 100 * ref["AP"] if "AP" in ref else None, 100 * ref["AP50"] if "AP50" in ref else None))
+                                 ap50 - 100 * base["AP50"], ref.get("AP"), ref.get("AP50")))
     return rows
 
 

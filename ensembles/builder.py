@@ -5,7 +5,8 @@ For each ONNX (family/variant/labels read from its metadata, written by `tdet ex
     <m>_engine/       onnxruntime (V/model.onnx) or tensorrt (V/model.plan, built on a GPU host)
     <m>_postprocess/  python: engine outputs + orig_hw -> NUM_DETECTIONS, BOXES, SCORES, CLASSES
     <m>/              the ensemble clients call
-<m> is the variant (damo_yolo_t; damo_yolo_t_int8 / _fp16 for a `tdet export --precision` file) or --name. The engine is the versioned model (V = --version, default 1;
+<m> is the variant (damo_yolo_t; damo_yolo_t_int8 / _fp16 for a `tdet export --precision` file) or --name.
+The engine is the versioned model (V = --version, default 1;
 versions already there are kept, within Triton's version_policy); the ensemble runs the newest loaded
 one. A Triton ensemble has one config for all its versions, so it cannot route a request to a chosen
 engine version: two checkpoints side by side (A/B) are two names.
