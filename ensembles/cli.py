@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                   "damo_yolo_t_int8)")
     p.add_argument("--version", type=int, default=1,
                    help="Triton version of the engine: N/ holds this checkpoint; other versions already there are "
-                        "kept (same family, input size and classes required)")
+                        "kept (same family, input size, classes and precision required)")
     add_arguments(p, BuildOptions, only=["version_policy"])
     p.add_argument("--replace", action="store_true", help="replace a model of the same name built from other weights")
     p.add_argument("--track", action="store_true", help="also build <model>_track: the ensemble plus a server-side "
