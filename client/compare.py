@@ -31,6 +31,7 @@ class Row:
     engine: str
     weights: str = ""  # what the served graph holds: a checkpoint, or "random-init(seed=N)"
     images: int = 0  # evaluated images
+    precision: str = "fp32"  # the served model's `precision` config parameter (tdet export --precision)
 
 
 def _latency_and_throughput(model: str, url: str, protocol: str, blobs: list[bytes], *, single: int,
@@ -74,15 +75,14 @@ def compare(models: list[str], url: str, coco_json: Path, images_dir: Path, *, o
     rows = []
     for model in models:
         with connect(url, model, protocol, **client_kw) as client:
-            params = client.parameters
+            params, precision = client.parameters, client.precision
         res = evaluate(model, url, coco_json, images_dir, protocol=protocol, concurrency=concurrency,
                        out=out / "eval" / model, **client_kw)
         p50, tput = _latency_and_throughput(model, url, protocol, blobs, single=single, seconds=seconds,
                                             concurrency=concurrency, client_kw=client_kw)
         rows.append(Row(model, params.get("variant", model), res.metrics["AP"], res.metrics["AP50"], p50, tput,
                         _number(params, "params_m"), _number(params, "gflops"), params.get("engine", ""),
-                        params.get("weights", ""),
-                        res.num_images))
+                        params.get("weights", ""), res.num_images, precision))
     atomic_write(out / "compare.json", json.dumps([asdict(r) for r in rows], indent=1))
     atomic_write(out / "compare.md", markdown_table(rows))
     plot(rows, out / "compare.png")
@@ -102,10 +102,10 @@ def markdown_table(rows: list[Row]) -> str:
     # the seed page's column order (model, mAP, latency, params, GFLOPs), then what it could not measure
     # rows by served model name (an A/B of a fine-tuned model vs its base has one variant twice)
     lines = ["| Model | mAP 50:95 | mAP 50 | Latency p50 (ms) | Params (M) | GFLOPs | Throughput (img/s) | Engine "
-             "| Variant |", "|---|---|---|---|---|---|---|---|---|"]
+             "| Precision | Variant |", "|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r.model} | {100 * r.map_50_95:.1f} | {100 * r.map_50:.1f} | {r.latency_p50_ms:.1f} | "
               f"{fmt(r.params_m, '.2f')} | {fmt(r.gflops, '.1f')} | {r.throughput_img_s:.2f} | {r.engine} | "
-              f"{r.variant} |" for r in rows]
+              f"{r.precision} | {r.variant} |" for r in rows]
     # what the numbers are, so a table pasted elsewhere still says where it came from
     lines += ["", f"mAP: pycocotools on {rows[0].images if rows else 0} images through the served ensemble; "
               f"latency: single stream; throughput: saturated, client-measured; on {_machine()}.",

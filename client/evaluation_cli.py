@@ -48,10 +48,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="COCO evaluation through the served model (--mot: tracking metrics)",
                        description="Send every annotated image through the served ensemble, write COCO results "
                                    "and the 12 COCO metrics; --reference also runs them in-process (PyTorch) and "
-                                   "prints the per-metric difference. --mot GT instead runs a clip through a "
+                                   "prints the per-metric difference. --model a,b,c (the precisions of one "
+                                   "checkpoint, e.g. damo_yolo_t,damo_yolo_t_int8,damo_yolo_t_fp16) evaluates each "
+                                   "(OUT/MODEL/) and prints one table: AP, AP50 and their drop against the fp32 "
+                                   "model (and the --reference run), written to OUT/precision.json; --max-drop "
+                                   "makes it a gate (exit 1 past it). --mot GT instead runs a clip through a "
                                    "tracking ensemble (<model>_track) and scores its tracks against the clip's "
                                    "MOTChallenge ground truth (MOTA, IDF1, MOTP, ID switches; py-motmetrics).")
-    _server_args(p)
+    _server_args(p, model_help="served ensemble, e.g. damo_yolo_t; comma-separated for several (the precisions "
+                               "of one checkpoint), compared in one table")
     p.add_argument("--coco", type=Path, help="COCO annotations JSON (required without --mot)")
     p.add_argument("--images", type=Path, help="folder with the annotated images (required without --mot)")
     p.add_argument("--mot", type=Path, metavar="GT", help="tracking evaluation: a MOTChallenge clip folder "
@@ -61,7 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mot-iou", type=float, default=0.5, help="with --mot: IoU a track's box needs to match a "
                                                                "ground-truth box")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight")
-    p.add_argument("--out", type=Path, help="output folder (default: build/eval/MODEL)")
+    p.add_argument("--out", type=Path, help="output folder (default: build/eval/MODEL; several models: build/eval, "
+                                            "with OUT/MODEL/ per model and OUT/precision.json)")
     p.add_argument("--conf", type=float, help="score threshold sent with every request (default: the family's "
                                               "official COCO protocol: 0.05 DAMO-YOLO, none (0) RT-DETRv2)")
     p.add_argument("--iou", type=float, help="DAMO-YOLO NMS IoU sent with every request (default: the official 0.7)")
@@ -69,6 +75,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                           "extra) and report the delta")
     p.add_argument("--weights", help="checkpoint for --reference (default: the weights the served model was "
                                      "exported with)")
+    p.add_argument("--max-drop", type=float, metavar="AP", help="with several --model: exit 1 when a model's AP is "
+                                                               "more than AP points (e.g. 1.0) below the fp32 "
+                                                               "model's")
     p.add_argument("--per-class", action="store_true", help="also print AP per dataset category (and write it to "
                                                             "metrics.json as per_class_ap)")
     p.set_defaults(func=cmd_eval)
@@ -98,7 +107,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("compare", help="the DAMO-YOLO vs RT-DETRv2 table, measured through the server",
                        description="For each served model: mAP, single-stream p50 latency, saturated throughput, "
-                                   "params, GFLOPs; writes compare.md, compare.json and compare.png.")
+                                   "params, GFLOPs, engine and precision; writes compare.md, compare.json and "
+                                   "compare.png.")
     p.add_argument("--models", required=True, help="comma-separated served models, e.g. damo_yolo_t,rtdetrv2_s")
     add_url_args(p)
     p.add_argument("--coco", type=Path, required=True, help="COCO annotations JSON")
@@ -110,8 +120,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_compare)
 
 
-def _server_args(p: argparse.ArgumentParser, *, retries: int = DEFAULT_RETRIES) -> None:
-    p.add_argument("--model", required=True, help="served ensemble, e.g. damo_yolo_t")
+def _server_args(p: argparse.ArgumentParser, *, retries: int = DEFAULT_RETRIES,
+                 model_help: str = "served ensemble, e.g. damo_yolo_t") -> None:
+    p.add_argument("--model", required=True, help=model_help)
     add_url_args(p)
     add_connection_args(p, retries=retries)
 
@@ -136,8 +147,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import sys
 
     from .evaluation import evaluate, format_metrics, format_per_class
+    from .precision_gate import parse_models
 
+    models = parse_models(args.model)
     if args.mot is not None:
+        if len(models) > 1 or args.max_drop is not None:
+            raise UserError("--mot evaluates one tracking model: several --model and --max-drop go with COCO "
+                            "evaluation")
         return _cmd_eval_mot(args)
     if args.video is not None:
         raise UserError("--video goes with --mot GT")
@@ -146,6 +162,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.weights and not args.reference:
         raise UserError("--weights goes with --reference VARIANT")
     # the in-process run lives in training/; the CLI front (tdet.client.cli) hands over its constructor
+    if len(models) > 1 or args.max_drop is not None:
+        return _cmd_eval_precisions(args, models)
     reference = args.make_reference(args.reference, args.weights) if args.reference else None
     res = evaluate(args.model, server_url(args), args.coco, args.images, protocol=args.protocol,
                    concurrency=args.concurrency, out=args.out, reference=reference, timeout_s=args.timeout,
@@ -159,6 +177,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(res.class_mismatch, file=sys.stderr)
     print(f"results: {res.results_path}  metrics: {res.results_path.parent / 'metrics.json'}")
     return 0
+
+
+def _cmd_eval_precisions(args: argparse.Namespace, models: list[str]) -> int:
+    """Exit 0: every model evaluated (and within --max-drop); 1: the gate failed (one line per model over it)."""
+    import sys
+
+    from .precision_gate import evaluate_precisions, format_table, pick_baseline
+
+    if args.max_drop is not None and len(models) < 2:
+        pick_baseline(dict.fromkeys(models, ""), args.max_drop)  # its usage error, before the server is asked
+    reference = args.make_reference(args.reference, args.weights) if args.reference else None
+    out = args.out or Path("build/eval")
+    res = evaluate_precisions(models, server_url(args), args.coco, args.images, out=out, protocol=args.protocol,
+                              reference=reference, max_drop=args.max_drop, concurrency=args.concurrency,
+                              timeout_s=args.timeout, retries=args.retries, conf=args.conf, iou=args.iou,
+                              per_class=args.per_class)
+    print(f"{len(models)} models, {res.images} images, COCO AP in %; d: against {res.baseline}"
+          + (" and the in-process reference" if reference else ""))
+    print(format_table(res.rows, res.baseline))
+    print(f"per model: {', '.join(str(out / m / 'metrics.json') for m in models)}  table: {res.path}")
+    for line in res.failures:
+        print(f"tdet eval: gate failed: {line}", file=sys.stderr)
+    if args.max_drop is not None and not res.failures:
+        worst = min(res.rows, key=lambda r: r.d_ap)
+        print(f"gate passed: every model within {args.max_drop:g} AP of {res.baseline} (largest drop: "
+              f"{worst.model} {worst.d_ap:+.2f})")
+    return 1 if res.failures else 0
 
 
 def _cmd_eval_mot(args: argparse.Namespace) -> int:

@@ -110,6 +110,7 @@ class DetectorClient(ABC):
         ids = json.loads(self.parameters.get("category_ids", "[]"))
         self.class_names: dict[int, str] = dict(zip((int(i) for i in ids), names))
         self.family: str = self.parameters.get("family", "")
+        self.precision: str = self.parameters.get("precision") or "fp32"  # tdet export --precision; unset: fp32
         self.max_batch_size: int = int(self.config.get("max_batch_size", 0) or 0)  # 0: no batch axis
         self.options = self._checked_options(options)  # this client's defaults for every call
 

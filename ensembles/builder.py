@@ -6,7 +6,8 @@ For each ONNX (family/variant/labels read from its metadata, written by `tdet ex
     <m>_engine/       onnxruntime (V/model.onnx) or tensorrt (V/model.plan, built on a GPU host)
     <m>_postprocess/  python: engine outputs + orig_hw -> NUM_DETECTIONS, BOXES, SCORES, CLASSES
     <m>/              the ensemble clients call
-<m> is the variant (damo_yolo_t) or --name. The engine is the versioned model (V = --version, default 1;
+<m> is the variant (damo_yolo_t; damo_yolo_t_int8 / _fp16 for a `tdet export --precision` file) or --name.
+The engine is the versioned model (V = --version, default 1;
 versions already there are kept, within Triton's version_policy); the ensemble runs the newest loaded
 one. A Triton ensemble has one config for all its versions, so it cannot route a request to a chosen
 engine version: two checkpoints side by side (A/B) are two names.
@@ -103,7 +104,7 @@ def _write_variant(stage: Path, model, info: OnnxInfo, opts: BuildOptions, max_p
     vdir = eng / str(version)
     vdir.mkdir(parents=True)
     # the ONNX's precision (tdet export --precision): the plan is built from it, and the ensemble records it
-    recorded = {p.key: p.value for p in model.metadata_props}.get("tdet.precision", "fp32")
+    recorded = info.precision
     graph = uint8_engine_graph(model, spec.scale)
     graph = append_nms(graph, opts.detect) if opts.nms == "engine" else graph
     if opts.engine == "tensorrt":

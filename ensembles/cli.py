@@ -20,15 +20,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = rsub.add_parser("build", help="exported ONNX files -> preprocess/engine/postprocess/ensemble models",
                         description="For each ONNX file from `tdet export`, write NAME_preprocess, NAME_engine, "
                                     "NAME_postprocess and the NAME ensemble (NAME: --name, else the variant with "
-                                    "underscores). A model of that name built from other weights is not replaced "
-                                    "unless --replace: use --name to serve both side by side (A/B), or --version "
-                                    "to add the checkpoint as a new engine version of that name.")
+                                    "underscores, plus _int8 / _fp16 for a `tdet export --precision` file, so "
+                                    "the precisions of one checkpoint sit side by side). A model of that name "
+                                    "built from other weights is not replaced unless --replace: use --name to "
+                                    "serve both side by side (A/B), or --version to add the checkpoint as a new "
+                                    "engine version of that name.")
     p.add_argument("--onnx", nargs="+", type=Path, required=True, help="ONNX files from `tdet export`")
     p.add_argument("--out", type=Path, default=Path("model_repository"), help="repository folder")
-    p.add_argument("--name", help="model name (one --onnx file only; default: the variant, e.g. damo_yolo_t)")
+    p.add_argument("--name", help="model name (one --onnx file only; default: the variant, e.g. damo_yolo_t, "
+                                  "damo_yolo_t_int8)")
     p.add_argument("--version", type=int, default=1,
                    help="Triton version of the engine: N/ holds this checkpoint; other versions already there are "
-                        "kept (same family, input size and classes required)")
+                        "kept (same family, input size, classes and precision required)")
     add_arguments(p, BuildOptions, only=["version_policy"])
     p.add_argument("--replace", action="store_true", help="replace a model of the same name built from other weights")
     p.add_argument("--track", action="store_true", help="also build <model>_track: the ensemble plus a server-side "

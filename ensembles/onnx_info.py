@@ -21,10 +21,14 @@ class OnnxInfo:
     weights: str
     output_dims: dict[str, list[int]]  # per output, without the batch axis (-1 = dynamic)
     size: dict[str, str] = field(default_factory=dict)  # params_m / gflops, when export recorded them
+    precision: str = "fp32"  # tdet export --precision (metadata tdet.precision; missing: fp32)
 
     @property
     def model_name(self) -> str:
-        return self.variant.replace("-", "_")
+        """The default served name: the variant with underscores, plus _int8 / _fp16 for a reduced-precision
+        export, so the precisions of one checkpoint are built side by side without --name."""
+        base = self.variant.replace("-", "_")
+        return base if self.precision == "fp32" else f"{base}_{self.precision}"
 
 
 def read_onnx_info(model) -> OnnxInfo:
@@ -56,7 +60,7 @@ def read_onnx_info(model) -> OnnxInfo:
         raise UserError(f"{len(names)} class names but {len(ids)} category ids in ONNX metadata")
     size = {k: meta[m] for k, m in (("params_m", specs.META_PARAMS_M), ("gflops", specs.META_GFLOPS)) if m in meta}
     return OnnxInfo(family, meta[specs.META_VARIANT], (h, w), names, [int(i) for i in ids],
-                    meta.get(specs.META_WEIGHTS, "unknown"), dims, size)
+                    meta.get(specs.META_WEIGHTS, "unknown"), dims, size, meta.get(specs.META_PRECISION, "fp32"))
 
 
 def load_onnx(path: str | Path):

@@ -12,8 +12,9 @@ from tdet.client.errors import UserError
 from .configs import BuildOptions, read_config
 from .onnx_info import OnnxInfo
 
-# what the versions of one name share (the preprocess, postprocess and ensemble configs)
-SHARED = ("family", "input_hw", "category_ids", "engine", "nms")
+# what the versions of one name share (the preprocess, postprocess and ensemble configs; the ensemble records one
+# precision, which clients read, so an int8 graph is not a version of an fp32 name)
+SHARED = ("family", "input_hw", "category_ids", "engine", "nms", "precision")
 
 
 def _existing_versions(out: Path, m: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -32,9 +33,10 @@ def plan_versions(out: Path, m: str, info: OnnxInfo, opts: BuildOptions, version
     """Which engine versions `m` holds after this build (version -> weights) and which weights it replaces.
     UserError when the build would silently replace other weights, or mix incompatible versions."""
     params, versions = _existing_versions(out, m)
-    params = {"nms": "python", **params} if params else params  # built before --nms existed
+    params = {"nms": "python", "precision": "fp32", **params} if params else params  # built before --nms/--precision
     new = {"family": info.family, "input_hw": specs.format_hw(info.input_hw),
-           "category_ids": json.dumps(info.category_ids), "engine": opts.engine, "nms": opts.nms}
+           "category_ids": json.dumps(info.category_ids), "engine": opts.engine, "nms": opts.nms,
+           "precision": info.precision}
     clash = [k for k in SHARED if params and params.get(k) != new[k]]
     if clash:
         if not replace:

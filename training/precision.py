@@ -165,8 +165,35 @@ def convert_fp16(fp32: Path, out: Path, *, family: str, keep_fp32: bool = True) 
         warnings.simplefilter("ignore")  # one warning per weight below fp16's smallest normal
         half = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=keep + casts,
                                                 op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST) + ops)
-    onnx.save(half, str(out))
+    onnx.save(_float32_outputs(half), str(out))
     return keep
+
+
+def _float32_outputs(model: Any) -> Any:
+    """Graph outputs typed float32, as keep_io_types promises. When the node producing an output is kept in fp32
+    (DAMO-YOLO's decode), the converter still appends a Cast to fp16 there and types the output fp16, which the
+    served postprocess (float32 inputs) refuses: that Cast casts to float32 instead (from fp32: a no-op), any
+    other fp16 output gets a Cast appended."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for out in model.graph.output:
+        if out.type.tensor_type.elem_type != TensorProto.FLOAT16:
+            continue
+        node = producers[out.name]
+        if node.op_type == "Cast":
+            next(a for a in node.attribute if a.name == "to").i = TensorProto.FLOAT
+        else:
+            half = f"{out.name}_fp16"
+            node.output[list(node.output).index(out.name)] = half
+            for n in model.graph.node:  # other readers of the fp16 tensor keep reading it
+                n.input[:] = [half if i == out.name else i for i in n.input]
+            model.graph.node.append(helper.make_node("Cast", [half], [out.name], to=TensorProto.FLOAT,
+                                                     name=f"{out.name}_to_fp32"))
+        out.type.tensor_type.elem_type = TensorProto.FLOAT
+    onnx.checker.check_model(model)
+    return model
 
 
 def _drop_initializer_identities(model: Any) -> Any:
