@@ -37,6 +37,19 @@ def uint8_engine_graph(model, scale: float):
     return out
 
 
+def check_engine_precision(onnx_precision: str, engine: str, device: str) -> None:
+    """Refuse, at build time, a reduced-precision graph the chosen runtime would not run at that precision.
+    ONNX Runtime's CUDA execution provider (Triton's onnxruntime backend on a GPU instance) has no int8
+    kernels for a QDQ graph: it runs the Q/DQ pairs as float ops around float convolutions (ORT leaves GPU
+    quantization to its TensorRT EP), so the engine would serve at fp32 speed or worse while claiming int8.
+    ONNX Runtime on CPU runs QDQ with int8 kernels and fp16 graphs (casting where it has no fp16 kernel);
+    TensorRT builds both (trtexec_command)."""
+    if onnx_precision == "int8" and engine == "onnxruntime" and device == "gpu":
+        raise UserError("an int8 ONNX with --engine onnxruntime --device gpu: ONNX Runtime's CUDA provider has no "
+                        "int8 kernels (it would run the Q/DQ graph in float); build it with --engine tensorrt "
+                        "(an explicit-precision int8 plan) or --device cpu")
+
+
 def trtexec_command(onnx_path: str, plan_path: str, input_hw: tuple[int, int], max_batch_size: int,
                     precision: str = "fp16", onnx_precision: str = "fp32") -> str:
     """The exact TensorRT 10 build, explicit batch profile 1..max_batch_size (opt = max/2).

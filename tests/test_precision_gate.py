@@ -93,6 +93,19 @@ def test_precisions_of_one_checkpoint_get_distinct_names(repo, onnx_files):
     assert sorted(p.name for p in (repo / f"{FP32}_engine").iterdir() if p.is_dir()) == ["1"]
 
 
+def test_int8_on_a_runtime_without_int8_kernels_is_refused_at_build_time(onnx_files, tmp_path):
+    """ONNX Runtime's CUDA provider has no int8 kernels: refused when building, nothing written; the same
+    graph as a TensorRT plan (explicit precision) or on ORT's CPU provider builds."""
+    out = tmp_path / "repo"
+    res = tdet("repo", "build", "--out", str(out), "--onnx", str(onnx_files[INT8]), "--device", "gpu")
+    assert res.returncode == 2, res.stderr
+    assert "int8" in res.stderr and "--engine tensorrt" in res.stderr and "Traceback" not in res.stderr
+    assert not out.exists() or not any(out.iterdir())
+    res = tdet("repo", "build", "--out", str(out), "--onnx", str(onnx_files[INT8]), "--engine", "tensorrt")
+    assert res.returncode == 0, res.stderr
+    assert " --int8 --fp16 " in (out / f"{INT8}_engine" / "1" / "build_plan.sh").read_text()
+
+
 def test_reduced_precision_graphs_keep_float32_outputs(onnx_files):
     """What the served postprocess takes (its config: TYPE_FP32); the fp16 converter typed DAMO-YOLO's outputs
     fp16 when their producers were kept in fp32, which only the server refused."""
