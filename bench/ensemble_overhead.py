@@ -92,6 +92,21 @@ def _model_spec(onnx_path: Path, jpeg_scale: str):
     return info, replace(preprocess_spec(info.family, info.input_hw), jpeg_scale=jpeg_scale)
 
 
+def old_nms_post_ms(post, reps: int) -> float:
+    """The same postprocess with the NMS it had before issue 17 (tdet.client.boxes.nms, one numpy IoU row per
+    kept box; the same kept set, tests/test_nms.py) in place of the blocked batched_nms: old vs new, one run."""
+    from unittest import mock
+
+    from tdet.client import postprocess
+    from tdet.client.boxes import nms
+
+    def old(boxes, scores, labels, iou, *, max_keep=None):
+        return nms(boxes, scores, iou, labels=labels, max_keep=max_keep)
+
+    with mock.patch.object(postprocess, "batched_nms", old):
+        return median_ms(post, reps)
+
+
 def in_process(row: Row, engine_onnx: Path, threads: int, batch: int, images: list[bytes], reps: int
                ) -> dict[str, float]:
     """Per step on one thread (pre/post single-threaded as in the server's python steps), and the engine
@@ -115,6 +130,8 @@ def in_process(row: Row, engine_onnx: Path, threads: int, batch: int, images: li
     res = {"pre_ms": cycle_ms(lambda d: preprocess_rows([d], spec), images, reps * 3),
            "engine_ms": median_ms(lambda: sess.run(None, {EXPORT_INPUT: x}), reps),
            "post_ms": median_ms(post, reps * 2)}
+    if row.nms == "python" and info.family == "damo-yolo":
+        res["post_old_ms"] = old_nms_post_ms(post, reps * 2)
     if row.nms == "engine":
         res["tail_ms"] = nms_tail_ms(row, info, x, threads, reps)
     xb, _ = preprocess_rows(images[:batch], spec)
@@ -310,7 +327,8 @@ def report(rows: list[Row], results: dict[str, dict], splits: dict, args: argpar
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {load}; ORT threads "
           f"{args.ort_threads}; {args.requests} distinct real-content 1280x720 JPEGs (synthetic val split, scaled); "
           f"served: gRPC, concurrency {args.concurrency}; engine alone at batch {args.batch}")
-    header = ("model", "weights", "input", "jpeg", "nms", "pre ms", "engine b1 ms", "post ms", "(pre+post)/engine",
+    header = ("model", "weights", "input", "jpeg", "nms", "pre ms", "engine b1 ms", "post ms (old NMS)",
+              "(pre+post)/engine (old NMS)",
               f"engine alone b{args.batch} img/s", "served img/s", "served/engine", "server pre|engine|post ms/img",
               "engine batch")
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
@@ -318,7 +336,10 @@ def report(rows: list[Row], results: dict[str, dict], splits: dict, args: argpar
         r = results[row.name]
         print("| " + " | ".join([
             row.variant, row.kind, r["input"], row.jpeg_scale, row.nms, f"{r['pre_ms']:.2f}", f"{r['engine_ms']:.1f}",
-            f"{r['post_ms']:.2f}", f"{(r['pre_ms'] + r['post_ms']) / r['engine_ms']:.2f}", f"{r['engine_ips']:.2f}",
+            f"{r['post_ms']:.2f}" + (f" ({r['post_old_ms']:.2f})" if "post_old_ms" in r else ""),
+            f"{(r['pre_ms'] + r['post_ms']) / r['engine_ms']:.2f}"
+            + (f" ({(r['pre_ms'] + r['post_old_ms']) / r['engine_ms']:.2f})" if "post_old_ms" in r else ""),
+            f"{r['engine_ips']:.2f}",
             f"{r['served_ips']:.2f}", f"**{r['served_ips'] / r['engine_ips']:.2f}x**",
             f"{r['preprocess_server_ms']:.1f}|{r['engine_server_ms']:.1f}|{r['postprocess_server_ms']:.1f}",
             f"{r['engine_batch']:.2f}"]) + " |")

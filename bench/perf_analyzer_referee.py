@@ -103,6 +103,17 @@ def tdet_open(model: str, grpc_url: str, frame: bytes, rate: float, fps: float, 
             "p99_ms": level.latency_ms["p99"], "lateness_p99_ms": level.lateness_ms["p99"]}
 
 
+def with_engine_batch(metrics_url: str, model: str, measure) -> dict:
+    """measure()'s result plus the batch the engine formed meanwhile (Triton's counters, before/after): how
+    the load generator's timing met the dynamic batcher."""
+    from tdet.client.loadtest.metrics import per_model, scrape
+
+    before = scrape(metrics_url)
+    res = measure()
+    eng = per_model(before, scrape(metrics_url), [f"{model}_engine"])[f"{model}_engine"]
+    return {**res, "engine_batch": eng["avg_batch_size"]}
+
+
 def serve_demo_model(work: Path):
     """Export the damo-yolo-t demo checkpoint, build its repository, start a server: (process, info, model)."""
     from tdet.ensembles.builder import build_repository
@@ -143,12 +154,15 @@ def main() -> None:
 
         with connect(info.grpc_url, model) as client:  # warm-up: every instance has run once
             client.infer_many([frame] * 16, concurrency=8)
+        batch = lambda fn: with_engine_batch(info.metrics_url, model, fn)  # noqa: E731
         for c in args.concurrency:
-            pa = perf_analyzer(binary, env, model, info.grpc_url, frame, work, concurrency=c, duration_s=args.duration)
-            td = tdet_closed(model, info.grpc_url, frame_dir, work, c, args.duration)
+            pa = batch(lambda c=c: perf_analyzer(binary, env, model, info.grpc_url, frame, work, concurrency=c,
+                                                 duration_s=args.duration))
+            td = batch(lambda c=c: tdet_closed(model, info.grpc_url, frame_dir, work, c, args.duration))
             rows.append({"load": f"concurrency {c}", "perf_analyzer": pa, "tdet": td})
-        pa = perf_analyzer(binary, env, model, info.grpc_url, frame, work, rate=args.rate, duration_s=args.duration)
-        td = tdet_open(model, info.grpc_url, frame, args.rate, args.fps, args.duration)
+        pa = batch(lambda: perf_analyzer(binary, env, model, info.grpc_url, frame, work, rate=args.rate,
+                                         duration_s=args.duration))
+        td = batch(lambda: tdet_open(model, info.grpc_url, frame, args.rate, args.fps, args.duration))
         rows.append({"load": f"{args.rate:g} req/s open loop", "perf_analyzer": pa, "tdet": td})
     finally:
         stop_process(proc.pid)
@@ -158,12 +172,14 @@ def main() -> None:
     args.out.write_text(json.dumps(report, indent=1))
     print(f"{model}, one 1280x720 JPEG, gRPC; 1-min load average {load_start:.1f} at the start, "
           f"{report['load_avg_end']:.1f} at the end (other jobs on the cores inflate latency)\n")
-    print("| load | perf_analyzer img/s | tdet img/s | tdet / pa | pa p50 / p99 ms | tdet p50 / p99 ms |")
-    print("|---|---|---|---|---|---|")
+    print("| load | perf_analyzer img/s | tdet img/s | tdet / pa | pa p50 / p99 ms | tdet p50 / p99 ms "
+          "| engine batch pa / tdet |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         pa, td = r["perf_analyzer"], r["tdet"]
         print(f"| {r['load']} | {pa['img_s']:.2f} | {td['img_s']:.2f} | {td['img_s'] / pa['img_s']:.2f}x | "
-              f"{pa['p50_ms']:.1f} / {pa['p99_ms']:.1f} | {td['p50_ms']:.1f} / {td['p99_ms']:.1f} |")
+              f"{pa['p50_ms']:.1f} / {pa['p99_ms']:.1f} | {td['p50_ms']:.1f} / {td['p99_ms']:.1f} | "
+              f"{pa['engine_batch']:.2f} / {td['engine_batch']:.2f} |")
     print(f"\nwrote {args.out}")
 
 
