@@ -53,13 +53,19 @@ def assert_same_detections(got: Dets, want: Dets, *, scale: float, box_tol: floa
 # quantization steps (measured on the trained demo checkpoints: see the README's precision section).
 STRONG, WEAK = 0.5, 0.2
 TOLERANCES = {"fp16": (0.01, 0.02), "int8": (0.05, 0.15)}  # (box / input size, score)
+# RT-DETRv2's int8 scores move further (its confident scores sit near 0.5-0.7, where the sigmoid is steepest):
+# rtdetrv2-s.pth int8 (minmax, 8 calibration images) vs fp32 on the gate's 24 held-out val images, in-process and
+# served alike, 206 pairs: score error median 0.039, p95 0.143, max 0.207 (9 pairs > 0.15; 64 calibration images:
+# max 0.241), boxes max 0.028, no detection lost. 0.15 held only on test_precision's 2 images.
+BY_VARIANT = {("rtdetrv2-s", "int8"): (0.05, 0.25)}
 
 
-def assert_precision_close(got: Dets, want: Dets, precision: str, *, scale: float, what: str) -> None:
+def assert_precision_close(got: Dets, want: Dets, variant: str, precision: str, *, scale: float,
+                           what: str) -> None:
     """`got` (the int8 / fp16 graph's detections, score >= WEAK) against `want` (the fp32 graph's) of one image,
-    as TOLERANCES[precision] states, both ways; box errors are divided by `scale` (the input size, in the boxes'
-    units). The fp32 side must hold a detection >= STRONG (else there is nothing to compare: not trained?)."""
-    box_tol, score_tol = TOLERANCES[precision]
+    as TOLERANCES[precision] (or BY_VARIANT) states, both ways; box errors are divided by `scale` (the input size,
+    in the boxes' units). The fp32 side must hold a detection >= STRONG (else nothing to compare: not trained?)."""
+    box_tol, score_tol = BY_VARIANT.get((variant, precision), TOLERANCES[precision])
     for a, b, direction in ((want, got, "fp32 -> " + precision), (got, want, precision + " -> fp32")):
         strong = np.asarray(a[1]) >= STRONG
         assert strong.any() or a is got, f"{what}: no fp32 detection >= {STRONG}: not a trained model?"

@@ -19,7 +19,7 @@ from tdet.ensembles.ort_session import ort_session
 
 DEMO = Path(__file__).resolve().parents[1] / "training" / "demo"
 CALIB_NUM = 8  # precision.MIN_CALIB_NUM: the cheapest calibration the CLI accepts
-# how close int8 / fp16 must come to fp32: matching.STRONG, WEAK, TOLERANCES (shared with test_precision_gate)
+# how close int8 / fp16 must come to fp32: matching.STRONG, WEAK, TOLERANCES, BY_VARIANT (shared with the gate)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_reduced_precision_detects_what_fp32_detects(fp32, data, variant, precis
     assert got_meta[specs.META_CLASS_NAMES] == meta[specs.META_CLASS_NAMES]
     images = sorted(data["val"].iterdir())
     for i, (g, w) in enumerate(zip(_detect(out, images), _detect(src, images))):
-        assert_precision_close(g[:3], w[:3], precision, scale=float(max(w[3])),
+        assert_precision_close(g[:3], w[:3], variant, precision, scale=float(max(w[3])),
                                what=f"{variant} {precision} image {i}")
     import onnx
 
@@ -105,7 +105,7 @@ def test_int8_export_through_the_cli(fp32, data, tmp_path, capsys):
     assert json.loads(meta[specs.META_CALIBRATION]) == {"method": "percentile", "images": CALIB_NUM}
     images = sorted(data["val"].iterdir())
     for i, (g, w) in enumerate(zip(_detect(out, images), _detect(fp32["damo-yolo-t"], images))):
-        assert_precision_close(g[:3], w[:3], "int8", scale=float(max(w[3])),
+        assert_precision_close(g[:3], w[:3], "damo-yolo-t", "int8", scale=float(max(w[3])),
                                what=f"damo-yolo-t int8 (CLI) image {i}")
 
 
