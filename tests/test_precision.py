@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from matching import pair_detections
+from matching import WEAK, assert_precision_close
 
 from tdet.client import specs
 from tdet.client.postprocess import postprocess_one
@@ -19,12 +19,7 @@ from tdet.ensembles.ort_session import ort_session
 
 DEMO = Path(__file__).resolve().parents[1] / "training" / "demo"
 CALIB_NUM = 8  # precision.MIN_CALIB_NUM: the cheapest calibration the CLI accepts
-# int8 / fp16 vs fp32, after pairing: every confident fp32 detection (score >= STRONG) has a twin of the same
-# label among the other graph's detections with score >= WEAK (and the other way round), its box within BOX_TOL
-# of the input size and its score within SCORE_TOL. fp16 is float noise; int8 moves scores and box edges by a few
-# quantization steps (measured on these checkpoints: see the README's precision section).
-STRONG, WEAK = 0.5, 0.2
-TOLERANCES = {"fp16": (0.01, 0.02), "int8": (0.05, 0.15)}  # (box / input size, score)
+# how close int8 / fp16 must come to fp32: matching.STRONG, WEAK, TOLERANCES, BY_VARIANT (shared with the gate)
 
 
 @pytest.fixture(scope="module")
@@ -65,19 +60,6 @@ def _detect(path: Path, images: list[Path]) -> list[tuple]:
     return dets
 
 
-def _assert_close(got: tuple, want: tuple, precision: str, what: str) -> None:
-    box_tol, score_tol = TOLERANCES[precision]
-    scale = float(max(want[3]))
-    for a, b, direction in ((want, got, "fp32 -> " + precision), (got, want, precision + " -> fp32")):
-        strong = a[1] >= STRONG
-        assert strong.any() or a is got, f"{what}: no fp32 detection >= {STRONG}: not a trained model?"
-        rows, _, box_err, score_err = pair_detections((a[0][strong], a[1][strong], a[2][strong]), b[:3], scale=scale)
-        assert len(rows) == strong.sum(), f"{what} {direction}: {strong.sum() - len(rows)} detections lost"
-        if len(rows):
-            assert box_err.max() <= box_tol, f"{what} {direction}: box off by {box_err.max():.3g} of the input"
-            assert score_err.max() <= score_tol, f"{what} {direction}: score off by {score_err.max():.3g}"
-
-
 @pytest.mark.parametrize(("variant", "precision"), [("damo-yolo-t", "fp16"), ("rtdetrv2-s", "int8"),
                                                     ("rtdetrv2-s", "fp16")])  # damo-yolo-t int8: the CLI test
 def test_reduced_precision_detects_what_fp32_detects(fp32, data, variant, precision):
@@ -99,7 +81,8 @@ def test_reduced_precision_detects_what_fp32_detects(fp32, data, variant, precis
     assert got_meta[specs.META_CLASS_NAMES] == meta[specs.META_CLASS_NAMES]
     images = sorted(data["val"].iterdir())
     for i, (g, w) in enumerate(zip(_detect(out, images), _detect(src, images))):
-        _assert_close(g, w, precision, f"{variant} {precision} image {i}")
+        assert_precision_close(g[:3], w[:3], variant, precision, scale=float(max(w[3])),
+                               what=f"{variant} {precision} image {i}")
     import onnx
 
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
@@ -122,7 +105,8 @@ def test_int8_export_through_the_cli(fp32, data, tmp_path, capsys):
     assert json.loads(meta[specs.META_CALIBRATION]) == {"method": "percentile", "images": CALIB_NUM}
     images = sorted(data["val"].iterdir())
     for i, (g, w) in enumerate(zip(_detect(out, images), _detect(fp32["damo-yolo-t"], images))):
-        _assert_close(g, w, "int8", f"damo-yolo-t int8 (CLI) image {i}")
+        assert_precision_close(g[:3], w[:3], "damo-yolo-t", "int8", scale=float(max(w[3])),
+                               what=f"damo-yolo-t int8 (CLI) image {i}")
 
 
 def _write_images(folder: Path, n: int, bad: int | None = None) -> Path:

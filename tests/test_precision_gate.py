@@ -1,8 +1,9 @@
 """The accuracy gate through the server (issue 21, item 3): fp32, int8 and fp16 exports of the TRAINED demo
-damo-yolo-t built side by side into one repository under their default names, served by one real tritonserver
-(this module's), `tdet eval --model a,b,c` prints the table per precision with the drops against fp32 and the
-in-process PyTorch run, `--max-drop` passes above the measured drop and fails (exit 1) below it, and
-`tdet compare` shows the served precision."""
+checkpoints of both families (damo-yolo-t, rtdetrv2-s) built side by side into one repository under their
+default names, served by one real tritonserver (this module's); the served int8 / fp16 ensembles return what the
+served fp32 one returns within test_precision's tolerances (tests/matching.py); `tdet eval --model a,b,c`
+prints the table per precision with the drops against fp32 and the in-process PyTorch run, `--max-drop` passes
+above the measured drop and fails (exit 1) below it, and `tdet compare` shows the served precision."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from matching import STRONG, WEAK, assert_precision_close
 
 from tdet.client.synth import synthesize
 
@@ -20,7 +23,12 @@ pytestmark = pytest.mark.server
 DEMO = Path(__file__).resolve().parents[1] / "training" / "demo"
 CALIB_NUM = 8  # precision.MIN_CALIB_NUM: the cheapest calibration export accepts
 VAL_NUM = 24  # held-out val images: enough for AP to mean something, few enough for ~5 s a model here
+SERVED_NUM = 5  # of those, sent to every precision of both families (the detections test)
 FP32, INT8, FP16, NOKEEP = "damo_yolo_t", "damo_yolo_t_int8", "damo_yolo_t_fp16", "damo_yolo_t_int8_nokeep"
+RT_FP32, RT_INT8, RT_FP16 = "rtdetrv2_s", "rtdetrv2_s_int8", "rtdetrv2_s_fp16"
+# variant -> its checkpoint's served names by precision (the default names `tdet repo build` gives them)
+PRECISIONS = {"damo-yolo-t": {"fp32": FP32, "int8": INT8, "fp16": FP16},
+              "rtdetrv2-s": {"fp32": RT_FP32, "int8": RT_INT8, "fp16": RT_FP16}}
 
 
 def tdet(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -38,27 +46,32 @@ def data(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def onnx_files(data) -> dict[str, Path]:
-    """The demo checkpoint (trained at 320) exported four ways: fp32, int8 and fp16 with the keep-in-fp32 list,
-    and int8 without it (the model known to be worse: ~12 AP lost, README's precision section)."""
+    """The damo-yolo-t demo checkpoint (trained at 320) exported four ways: fp32, int8 and fp16 with the
+    keep-in-fp32 list, and int8 without it (the model known to be worse: ~12 AP lost, README's precision
+    section); the rtdetrv2-s one (trained at 256) at fp32, int8 and fp16."""
     pytest.importorskip("torch")
     from tdet.training.export import export_onnx
     from tdet.training.precision import Calibration
 
-    w, root = DEMO / "damo-yolo-t.pth", data["root"]
+    w, rw, root = DEMO / "damo-yolo-t.pth", DEMO / "rtdetrv2-s.pth", data["root"]
     calib = Calibration(data["calib"], CALIB_NUM)
     return {FP32: export_onnx("damo-yolo-t", root / "m.onnx", weights=w).path,
             INT8: export_onnx("damo-yolo-t", root / "m-int8.onnx", weights=w, precision="int8", calib=calib).path,
             FP16: export_onnx("damo-yolo-t", root / "m-fp16.onnx", weights=w, precision="fp16").path,
             NOKEEP: export_onnx("damo-yolo-t", root / "m-int8-nokeep.onnx", weights=w, precision="int8",
-                                calib=calib, keep_fp32=False).path}
+                                calib=calib, keep_fp32=False).path,
+            RT_FP32: export_onnx("rtdetrv2-s", root / "r.onnx", weights=rw).path,
+            RT_INT8: export_onnx("rtdetrv2-s", root / "r-int8.onnx", weights=rw, precision="int8", calib=calib).path,
+            RT_FP16: export_onnx("rtdetrv2-s", root / "r-fp16.onnx", weights=rw, precision="fp16").path}
 
 
 @pytest.fixture(scope="module")
 def repo(onnx_files, data) -> Path:
-    """Built through the CLI as a user would: the three precisions in one call without --name (their default
-    names must differ), the no-keep int8 beside them with --name."""
+    """Built through the CLI as a user would: the three precisions of both checkpoints in one call without
+    --name (their default names must differ), the no-keep int8 beside them with --name."""
     repo = data["root"] / "model_repository"
-    res = tdet("repo", "build", "--out", str(repo), "--onnx", *(str(onnx_files[m]) for m in (FP32, INT8, FP16)))
+    res = tdet("repo", "build", "--out", str(repo), "--onnx",
+               *(str(onnx_files[m]) for names in PRECISIONS.values() for m in names.values()))
     assert res.returncode == 0, res.stderr
     res = tdet("repo", "build", "--out", str(repo), "--onnx", str(onnx_files[NOKEEP]), "--name", NOKEEP)
     assert res.returncode == 0, res.stderr
@@ -85,7 +98,7 @@ def test_precisions_of_one_checkpoint_get_distinct_names(repo, onnx_files):
     from tdet.ensembles.builder import build_repository
     from tdet.ensembles.configs import read_config
 
-    for m, want in ((FP32, "fp32"), (INT8, "int8"), (FP16, "fp16"), (NOKEEP, "int8")):
+    for m, want in [(m, p) for names in PRECISIONS.values() for p, m in names.items()] + [(NOKEEP, "int8")]:
         assert read_config(repo / m / "config.pbtxt").parameters["precision"].string_value == want, m
     # one ensemble records one precision: an int8 graph is not another version of the fp32 name
     with pytest.raises(UserError, match="another precision"):
@@ -119,9 +132,35 @@ def test_reduced_precision_graphs_keep_float32_outputs(onnx_files):
 def test_client_reads_the_served_precision(server):
     from tdet.client.triton import connect
 
-    for m, want in ((FP32, "fp32"), (INT8, "int8"), (FP16, "fp16")):
-        with connect(server, m, "grpc") as client:
-            assert client.precision == want, m
+    for names in PRECISIONS.values():
+        for want, m in names.items():
+            with connect(server, m, "grpc") as client:
+                assert client.precision == want, m
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp16"])
+@pytest.mark.parametrize("variant", list(PRECISIONS))
+def test_served_reduced_precision_detects_what_served_fp32_detects(server, data, variant, precision):
+    """Held-out val images through the served int8 / fp16 ensemble and the served fp32 one (the same trained
+    checkpoint), both answering detections with score > WEAK: paired, every fp32 detection >= STRONG has a
+    same-label twin in the reduced answer and back, box and score within matching's tolerances (the
+    in-process test_precision's). Boxes come back in original pixels; divided per axis by the image's width and
+    height they are in units of the (square, stretched-to) input size, as the tolerance is stated."""
+    from tdet.client.preprocess import image_size
+    from tdet.client.triton import connect
+
+    blobs = [f.read_bytes() for f in sorted(data["images"].iterdir())[:SERVED_NUM]]
+    names = PRECISIONS[variant]
+    with connect(server, names["fp32"], conf=WEAK) as fp32, connect(server, names[precision], conf=WEAK) as low:
+        assert low.precision == precision
+        want, got = fp32.infer_batch(blobs), low.infer_batch(blobs)
+    for i, (blob, g, w) in enumerate(zip(blobs, got, want)):
+        width, height = image_size(blob)
+        per_axis = np.array([width, height, width, height], np.float32)
+        assert_precision_close((g.boxes / per_axis, g.scores, g.category_ids),
+                               (w.boxes / per_axis, w.scores, w.category_ids), variant, precision, scale=1.0,
+                               what=f"served {names[precision]} vs {names['fp32']}, image {i} ({width}x{height})")
+    assert sum(int((w.scores >= STRONG).sum()) for w in want) > 0, f"{names['fp32']}: no detection >= {STRONG}"
 
 
 def _rows(out: Path) -> dict[str, dict]:
