@@ -24,7 +24,9 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "training" / "demo"
-FORMS = (("fp32", True), ("int8", True), ("int8", False), ("fp16", True), ("fp16", False))
+# (precision, keep the KEEP_FP32 layers, int8 activations: s8 the TensorRT form, u8 ONNX Runtime CPU's fast form)
+FORMS = (("fp32", True, ""), ("int8", True, "s8"), ("int8", False, "s8"), ("int8", True, "u8"),
+         ("fp16", True, ""), ("fp16", False, ""))
 
 
 def convert_all(variant: str, work: Path, calib_dir: Path, calib_num: int, method: str) -> dict[str, Path]:
@@ -39,15 +41,14 @@ def convert_all(variant: str, work: Path, calib_dir: Path, calib_num: int, metho
     meta = {p.key: p.value for p in onnx.load(str(fp32), load_external_data=False).metadata_props}
     family = meta[specs.META_FAMILY]
     spec = specs.preprocess_spec(family, specs.parse_hw(meta[specs.META_INPUT_HW]))
-    calib = Calibration(calib_dir, calib_num, method)
-    inputs = calibration_inputs(check_precision_args("int8", calib), spec)
+    inputs = calibration_inputs(check_precision_args("int8", Calibration(calib_dir, calib_num, method)), spec)
     out = {"fp32": fp32}
-    for precision, keep in FORMS[1:]:
-        name = precision if keep else f"{precision} (no keep list)"
-        path = work / f"{variant}-{precision}{'' if keep else '-nokeep'}.onnx"
+    for precision, keep, act in FORMS[1:]:
+        name = f"{precision}{' u8' if act == 'u8' else ''}{'' if keep else ' (no keep list)'}"
+        path = work / f"{variant}-{precision}{'-u8' if act == 'u8' else ''}{'' if keep else '-nokeep'}.onnx"
         t = time.perf_counter()
-        reduce_precision(fp32, path, precision, family=family, inputs=inputs,
-                         calib=calib if precision == "int8" else None, keep_fp32=keep)
+        calib = Calibration(calib_dir, calib_num, method, act) if precision == "int8" else None
+        reduce_precision(fp32, path, precision, family=family, inputs=inputs, calib=calib, keep_fp32=keep)
         print(f"{variant} {name}: converted in {time.perf_counter() - t:.0f} s", flush=True)
         out[name] = path
     return out

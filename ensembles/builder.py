@@ -49,7 +49,7 @@ from .configs import (
     write_config,
 )
 from .dali_preprocess import dali_version, require_dali, write_dali_model
-from .engine_graph import check_engine_precision, trtexec_command, uint8_engine_graph
+from .engine_graph import check_engine_precision, has_uint8_qdq, trtexec_command, uint8_engine_graph
 from .nms_graph import append_nms, check_nms_family
 from .onnx_info import OnnxInfo, load_onnx, read_onnx_info
 from .versions import plan_versions
@@ -174,21 +174,20 @@ def build_repository(onnx_files: list[str | Path], out: str | Path = "model_repo
             raise UserError(f"--name {name!r}: use letters, digits, '_' and '-', "
                             f"not ending in {'/'.join(STEP_SUFFIXES)}")
     out = Path(out)
-    infos = [read_onnx_info(load_onnx(f)) for f in onnx_files]  # every file checked before any write
+    models = [load_onnx(f) for f in onnx_files]
+    infos = [read_onnx_info(m) for m in models]  # every file checked before any write
     names = [name or i.model_name for i in infos]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise UserError(f"several --onnx files would be model(s) {twice}; build them one at a time with --name")
-    for info in infos:  # what the options cannot build, refused before anything is written
+    for model, info in zip(models, infos):  # what the options cannot build, refused before anything is written
         check_nms_family(info.family, opts.nms)
-        check_engine_precision(info.precision, opts.engine, opts.device)
+        check_engine_precision(info.precision, opts.engine, opts.device, has_uint8_qdq(model))
     if opts.preprocess == "dali":
         require_dali()  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
     built: list[Built] = []
-    for f, m in zip(onnx_files, names):
-        model = load_onnx(f)
-        info = read_onnx_info(model)
+    for model, info, m in zip(models, infos, names):
         versions, replaced = plan_versions(out, m, info, opts, version, replace)
         stage = Path(tempfile.mkdtemp(prefix=".stage-", dir=out.parent))
         try:

@@ -37,13 +37,27 @@ def uint8_engine_graph(model, scale: float):
     return out
 
 
-def check_engine_precision(onnx_precision: str, engine: str, device: str) -> None:
+def has_uint8_qdq(model) -> bool:
+    """Whether a Q/DQ node of the graph takes a uint8 zero point (asymmetric uint8 activations, `tdet export
+    --int8-activations u8`): ONNX Runtime CPU's fast form, which TensorRT does not build."""
+    from onnx import TensorProto
+
+    zero_points = {n.input[2] for n in model.graph.node
+                   if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2}
+    return any(t.data_type == TensorProto.UINT8 for t in model.graph.initializer if t.name in zero_points)
+
+
+def check_engine_precision(onnx_precision: str, engine: str, device: str, uint8_qdq: bool = False) -> None:
     """Refuse, at build time, a reduced-precision graph the chosen runtime would not run at that precision.
     ONNX Runtime's CUDA execution provider (Triton's onnxruntime backend on a GPU instance) has no int8
     kernels for a QDQ graph: it runs the Q/DQ pairs as float ops around float convolutions (ORT leaves GPU
     quantization to its TensorRT EP), so the engine would serve at fp32 speed or worse while claiming int8.
     ONNX Runtime on CPU runs QDQ with int8 kernels and fp16 graphs (casting where it has no fp16 kernel);
-    TensorRT builds both (trtexec_command)."""
+    TensorRT builds both (trtexec_command), but int8 only as symmetric int8 Q/DQ (zero point 0): an asymmetric
+    uint8 graph (`uint8_qdq`) is refused for it."""
+    if onnx_precision == "int8" and engine == "tensorrt" and uint8_qdq:
+        raise UserError("an int8 ONNX with uint8 (asymmetric) activations and --engine tensorrt: TensorRT builds "
+                        "only symmetric int8 Q/DQ; export it with --int8-activations s8 (the default)")
     if onnx_precision == "int8" and engine == "onnxruntime" and device == "gpu":
         raise UserError("an int8 ONNX with --engine onnxruntime --device gpu: ONNX Runtime's CUDA provider has no "
                         "int8 kernels (it would run the Q/DQ graph in float); build it with --engine tensorrt "

@@ -102,11 +102,52 @@ def test_int8_export_through_the_cli(fp32, data, tmp_path, capsys):
     assert sorted(p.name for p in out.parent.iterdir()) == [out.name]
     meta = _meta(out)
     assert meta[specs.META_PRECISION] == "int8"
-    assert json.loads(meta[specs.META_CALIBRATION]) == {"method": "percentile", "images": CALIB_NUM}
+    assert json.loads(meta[specs.META_CALIBRATION]) == {"method": "percentile", "images": CALIB_NUM,
+                                                        "activations": "s8"}
     images = sorted(data["val"].iterdir())
     for i, (g, w) in enumerate(zip(_detect(out, images), _detect(fp32["damo-yolo-t"], images))):
         assert_precision_close(g[:3], w[:3], "damo-yolo-t", "int8", scale=float(max(w[3])),
                                what=f"damo-yolo-t int8 (CLI) image {i}")
+
+
+def _ort_optimized_ops(path: Path, tmp: Path) -> list[str]:
+    """The op types of the graph ONNX Runtime's CPU provider runs (after its QDQ fusions)."""
+    import onnx
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp / "optimized.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+
+
+def test_uint8_activations_for_onnxruntime_cpu(fp32, data, tmp_path, capsys):
+    """`--int8-activations u8`: asymmetric uint8 activations, the form ONNX Runtime's CPU provider fuses into
+    QLinearConv for every conv (the README's speed table); it detects what fp32 detects, its metadata says so,
+    and TensorRT (symmetric int8 only) is refused at build time with nothing written."""
+    import onnx
+
+    from tdet.client.cli import main
+    from tdet.ensembles.engine_graph import has_uint8_qdq
+
+    out = tmp_path / "damo-int8-u8.onnx"
+    assert main(["export", "damo-yolo-t", "--weights", str(DEMO / "damo-yolo-t.pth"), "--out", str(out),
+                 "--precision", "int8", "--calib", str(data["calib"]), "--calib-num", str(CALIB_NUM),
+                 "--int8-activations", "u8"]) == 0
+    assert json.loads(_meta(out)[specs.META_CALIBRATION])["activations"] == "u8"
+    assert has_uint8_qdq(onnx.load(str(out))) and not has_uint8_qdq(onnx.load(str(fp32["damo-yolo-t"])))
+    ops = _ort_optimized_ops(out, tmp_path)
+    assert ops.count("QLinearConv") > 0 and "Conv" not in ops, sorted(set(ops))
+    images = sorted(data["val"].iterdir())
+    for i, (g, w) in enumerate(zip(_detect(out, images), _detect(fp32["damo-yolo-t"], images))):
+        assert_precision_close(g[:3], w[:3], "damo-yolo-t", "int8", scale=float(max(w[3])),
+                               what=f"damo-yolo-t int8 u8 image {i}")
+    capsys.readouterr()
+    repo = tmp_path / "repo"
+    assert main(["repo", "build", "--out", str(repo), "--onnx", str(out), "--engine", "tensorrt"]) == 2
+    assert "symmetric int8" in capsys.readouterr().err
+    assert not repo.exists() or not any(repo.iterdir())
+    assert main(["repo", "build", "--out", str(repo), "--onnx", str(out)]) == 0
 
 
 def _write_images(folder: Path, n: int, bad: int | None = None) -> Path:

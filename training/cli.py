@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tdet.client.errors import train_extra_missing
 
-from .precision import CALIBRATORS, DEFAULT_CALIB_NUM, MIN_CALIB_NUM, PRECISIONS, Calibration
+from .precision import ACTIVATIONS, CALIBRATORS, DEFAULT_CALIB_NUM, MIN_CALIB_NUM, PRECISIONS, Calibration
 from .train_cli import register_train
 
 
@@ -46,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calib-num", type=int, default=DEFAULT_CALIB_NUM,
                    help=f"int8: calibration images to use (the first N by name; >= {MIN_CALIB_NUM})")
     p.add_argument("--calibrator", choices=CALIBRATORS, default="minmax", help="int8: activation range method")
+    p.add_argument("--int8-activations", choices=ACTIVATIONS, default="s8",
+                   help="int8: s8 = symmetric int8, the form TensorRT builds (--engine tensorrt); u8 = asymmetric "
+                        "uint8, the form ONNX Runtime's CPU provider runs fastest (TensorRT cannot build it)")
     p.add_argument("--no-keep-fp32", action="store_true",
                    help="int8/fp16: convert the KEEP_FP32 layers too (to measure what keeping them buys)")
     p.set_defaults(func=cmd_export)
@@ -94,7 +97,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .precision import check_precision_args
 
     check_export_args(args.variant, args.out, opset=args.opset, weights=args.weights)
-    calib = Calibration(Path(args.calib), args.calib_num, args.calibrator) if args.calib is not None else None
+    calib = (Calibration(Path(args.calib), args.calib_num, args.calibrator, args.int8_activations)
+             if args.calib is not None else None)
     check_precision_args(args.precision, calib)
     if args.weights is None:
         print(f"WARNING: no --weights given: exporting {args.variant} with a seeded RANDOM init "

@@ -28,6 +28,10 @@ from tdet.client.preprocess import preprocess, to_float_input
 
 PRECISIONS = ("fp32", "int8", "fp16")
 CALIBRATORS = ("minmax", "entropy", "percentile")  # onnxruntime.quantization.CalibrationMethod
+# int8 activations: s8 = symmetric int8 (zero point 0), the only Q/DQ form TensorRT builds (explicit precision);
+# u8 = asymmetric uint8 x int8 weights, the form ONNX Runtime's CPU provider fuses into QLinearConv for every conv
+# (with s8 it fuses fewer than half of DAMO-YOLO-T's convs and runs the rest as Q/DQ + float Conv: README).
+ACTIVATIONS = ("s8", "u8")
 DEFAULT_CALIB_NUM = 64
 MIN_CALIB_NUM = 8  # fewer images give ranges set by a handful of activations: not a calibration
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -57,11 +61,12 @@ KEEP_FP32: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class Calibration:
-    """int8 calibration: the image folder, how many of its images, and the range calibrator."""
+    """int8 calibration: the image folder, how many of its images, the range calibrator and the activation type."""
 
     images: Path
     num: int = DEFAULT_CALIB_NUM
     method: str = "minmax"
+    activations: str = "s8"
 
 
 def check_precision_args(precision: str, calib: Calibration | None) -> list[Path]:
@@ -76,6 +81,8 @@ def check_precision_args(precision: str, calib: Calibration | None) -> list[Path
         raise UserError("--precision int8 needs --calib IMAGES: a folder of images like the served ones")
     if calib.method not in CALIBRATORS:
         raise UserError(f"--calibrator must be one of {', '.join(CALIBRATORS)}, got {calib.method!r}")
+    if calib.activations not in ACTIVATIONS:
+        raise UserError(f"--int8-activations must be one of {', '.join(ACTIVATIONS)}, got {calib.activations!r}")
     if calib.num < MIN_CALIB_NUM:
         raise UserError(f"--calib-num must be >= {MIN_CALIB_NUM}, got {calib.num}")
     if not calib.images.is_dir():
@@ -113,7 +120,7 @@ def keep_patterns(family: str, keep_fp32: bool) -> tuple[str, ...]:
 
 
 def quantize_int8(fp32: Path, out: Path, inputs: list[np.ndarray], *, family: str, method: str = "minmax",
-                  keep_fp32: bool = True) -> list[str]:
+                  keep_fp32: bool = True, activations: str = "s8") -> list[str]:
     """fp32 ONNX -> QDQ int8 ONNX at `out` (per-channel weights, activations calibrated on `inputs`);
     -> the node names left in fp32."""
     import onnx
@@ -137,10 +144,11 @@ def quantize_int8(fp32: Path, out: Path, inputs: list[np.ndarray], *, family: st
         exclude = matched_nodes(onnx.load(str(pre)), keep_patterns(family, keep_fp32))
         methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
                    "percentile": q.CalibrationMethod.Percentile}
+        act = {"s8": q.QuantType.QInt8, "u8": q.QuantType.QUInt8}[activations]
         q.quantize_static(str(pre), str(out), Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
-                          activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
+                          activation_type=act, weight_type=q.QuantType.QInt8,
                           calibrate_method=methods[method], nodes_to_exclude=exclude,
-                          extra_options={"ActivationSymmetric": True})  # symmetric: the form TensorRT builds
+                          extra_options={"ActivationSymmetric": activations == "s8"})
     finally:
         root.setLevel(level)
         pre.unlink(missing_ok=True)
@@ -224,7 +232,8 @@ def write_precision_meta(path: Path, base_meta: dict[str, str], precision: str, 
     meta[specs.META_PRECISION] = precision
     meta[specs.META_KEEP_FP32] = json.dumps({"patterns": list(patterns), "nodes": len(kept)})
     if calib is not None:
-        meta[specs.META_CALIBRATION] = json.dumps({"method": calib.method, "images": calib.num})
+        meta[specs.META_CALIBRATION] = json.dumps({"method": calib.method, "images": calib.num,
+                                                   "activations": calib.activations})
     del model.metadata_props[:]
     for k, v in meta.items():
         model.metadata_props.add(key=k, value=v)
@@ -240,7 +249,8 @@ def reduce_precision(fp32: Path, out: Path, precision: str, *, family: str, inpu
     base_meta = {p.key: p.value for p in onnx.load(str(fp32), load_external_data=False).metadata_props}
     if precision == "int8":
         assert calib is not None
-        kept = quantize_int8(fp32, out, inputs, family=family, method=calib.method, keep_fp32=keep_fp32)
+        kept = quantize_int8(fp32, out, inputs, family=family, method=calib.method, keep_fp32=keep_fp32,
+                             activations=calib.activations)
     else:
         kept = convert_fp16(fp32, out, family=family, keep_fp32=keep_fp32)
     write_precision_meta(out, base_meta, precision, keep_patterns(family, keep_fp32), kept, calib)
