@@ -46,6 +46,7 @@ class Row:
     kind: str  # "trained" | "random-init"
     jpeg_scale: str = "off"
     nms: str = "python"
+    precision: str = "fp32"  # or a PRECISIONS key: the trained checkpoint at a reduced precision
 
 
 def frames(n: int, work: Path, seed: int = 0) -> list[bytes]:
@@ -205,7 +206,26 @@ def preprocess_split(images: list[bytes], size_hw: tuple[int, int], reps: int) -
             "layout": median_ms(lambda: np.ascontiguousarray(net.transpose(2, 0, 1)[::-1]), reps)}
 
 
-def build_rows(variants: list[str], work: Path, kinds: list[str], jpeg_auto: bool, nms_engine: bool) -> list[Row]:
+# --precisions: tdet export --precision / --int8-activations of each (int8 calibrated on 64 train-split images)
+PRECISIONS = {"int8": ("int8", "s8"), "int8-u8": ("int8", "u8"), "fp16": ("fp16", "")}
+
+
+def reduced_export(variant: str, ckpt: Path, work: Path, form: str) -> Path:
+    from tdet.client.synth import synthesize
+    from tdet.training.export import export_onnx
+    from tdet.training.precision import Calibration
+
+    precision, activations = PRECISIONS[form]
+    calib = None
+    if precision == "int8":
+        if not (work / "calib" / "annotations.json").is_file():
+            synthesize(work / "calib", 64, seed=0, split="train", workers=2)
+        calib = Calibration(work / "calib" / "images", 64, "minmax", activations)
+    return export_onnx(variant, work / f"{variant}.{form}.onnx", weights=ckpt, precision=precision, calib=calib).path
+
+
+def build_rows(variants: list[str], work: Path, kinds: list[str], jpeg_auto: bool, nms_engine: bool,
+               precisions: tuple[str, ...] = ()) -> list[Row]:
     from tdet.training.export import export_onnx
 
     rows = []
@@ -219,6 +239,9 @@ def build_rows(variants: list[str], work: Path, kinds: list[str], jpeg_auto: boo
                 rows.append(Row(f"{m}_jpeg_auto", v, path, "trained", "auto"))
             if nms_engine and v.startswith("damo-yolo"):  # RT-DETRv2 has no NMS
                 rows.append(Row(f"{m}_engine_nms", v, path, "trained", nms="engine"))
+            for form in precisions:
+                rows.append(Row(f"{m}_{form.replace('-', '_')}", v, reduced_export(v, ckpt, work, form), "trained",
+                                precision=form))
         elif "trained" in kinds:
             print(f"(no demo checkpoint {ckpt}: {v} has no trained row)")
         if "random" in kinds:
@@ -233,6 +256,8 @@ def main() -> None:
                     help="trained: the demo checkpoints at their served size; random: seeded random init at 640")
     ap.add_argument("--no-jpeg-auto", action="store_true", help="skip the trained model served with --jpeg-scale auto")
     ap.add_argument("--no-nms-engine", action="store_true", help="skip the trained DAMO-YOLO built with --nms engine")
+    ap.add_argument("--precisions", nargs="*", choices=list(PRECISIONS), default=[],
+                    help="also the trained checkpoint at these precisions (int8-u8: --int8-activations u8)")
     ap.add_argument("--requests", type=int, default=64, help="distinct frames; the served run sends each once")
     ap.add_argument("--reps", type=int, default=10, help="repetitions per in-process timing (median)")
     ap.add_argument("--concurrency", type=int, default=8)
@@ -256,7 +281,8 @@ def main() -> None:
     images = frames(max(args.requests, args.batch, args.concurrency), work)
     if args.sweep is not None:
         return sweep(args, work, images)
-    rows = build_rows(args.variants, work, args.rows, not args.no_jpeg_auto, not args.no_nms_engine)
+    rows = build_rows(args.variants, work, args.rows, not args.no_jpeg_auto, not args.no_nms_engine,
+                      tuple(args.precisions))
     repo = work / "model_repository"
     for row in rows:
         build_repository([row.onnx], repo, BuildOptions(ort_threads=args.ort_threads, engine_instances=1,
@@ -335,7 +361,8 @@ def report(rows: list[Row], results: dict[str, dict], splits: dict, args: argpar
     for row in rows:
         r = results[row.name]
         print("| " + " | ".join([
-            row.variant, row.kind, r["input"], row.jpeg_scale, row.nms, f"{r['pre_ms']:.2f}", f"{r['engine_ms']:.1f}",
+            row.variant, row.kind + ("" if row.precision == "fp32" else f" {row.precision}"), r["input"],
+            row.jpeg_scale, row.nms, f"{r['pre_ms']:.2f}", f"{r['engine_ms']:.1f}",
             f"{r['post_ms']:.2f}" + (f" ({r['post_old_ms']:.2f})" if "post_old_ms" in r else ""),
             f"{(r['pre_ms'] + r['post_ms']) / r['engine_ms']:.2f}"
             + (f" ({(r['pre_ms'] + r['post_old_ms']) / r['engine_ms']:.2f})" if "post_old_ms" in r else ""),
