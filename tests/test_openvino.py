@@ -16,7 +16,8 @@ pytest.importorskip("torch")
 from tdet.training.export import check_input, compare_outputs, export_onnx  # noqa: E402
 
 VARIANTS = {"damo-yolo-t": "damo-yolo", "rtdetrv2-s": "rtdetrv2"}
-# OpenVINO inference precision per graph precision (int8: test_int8_u8_graph_detects_what_onnxruntime_detects).
+# OpenVINO inference precision per graph precision. int8 (issue 21 item 1's QDQ export) goes here as
+# {"int8": "f32"}: the CPU plugin runs the QDQ ops in int8 and the rest in f32, compared the same way.
 PRECISIONS = {"fp32": "f32"}
 
 
@@ -40,34 +41,3 @@ def test_exported_graph_compiles_in_openvino_and_matches_onnxruntime(demo_onnx, 
     for name, res in compare_outputs(family, got, ref).items():
         assert got[name].shape == ref[name].shape == (2, *ref[name].shape[1:])
         assert res.ok, f"{variant} {name}: max |OpenVINO - ORT| {res.max_abs_diff:.3g} > {res.tolerance:.3g}"
-
-
-def test_int8_u8_graph_detects_what_onnxruntime_detects(tmp_path):
-    """The int8 graphs (`--int8-activations u8`) of both families compile in OpenVINO and detect what ONNX Runtime
-    detects on held-out images, paired, within the int8 tolerances tests/matching.py states. Raw outputs are not
-    compared: the two runtimes' int8 kernels round differently, most on noise (README's OpenVINO section). The
-    s8 form compiles too, but its scores differ by up to 0.24 between the runtimes (README): not held here."""
-    from matching import WEAK, assert_precision_close
-
-    from tdet.client.postprocess import postprocess_one
-    from tdet.client.preprocess import preprocess, to_float_input
-    from tdet.client.synth import synthesize
-    from tdet.training.precision import MIN_CALIB_NUM, Calibration
-
-    synthesize(tmp_path / "train", MIN_CALIB_NUM, seed=0, split="train", size=(320, 240))
-    synthesize(tmp_path / "val", 4, seed=0, split="val", size=(320, 240))
-    calib = Calibration(tmp_path / "train" / "images", MIN_CALIB_NUM, activations="u8")
-    images = sorted((tmp_path / "val" / "images").glob("*.jpg"))
-    for variant, family in VARIANTS.items():
-        path = export_onnx(variant, tmp_path / f"{variant}-u8.onnx", weights=DEMO_DIR / f"{variant}.pth",
-                           precision="int8", calib=calib).path
-        compiled, sess = ov_compiled(path, threads=2), ort_session(path, threads=2)
-        size = tuple(sess.get_inputs()[0].shape[2:])
-        spec, names = specs.preprocess_spec(family, size), list(specs.EXPORT_OUTPUTS[family])
-        for i, image in enumerate(images):
-            chw, orig = preprocess(image.read_bytes(), spec)
-            feeds = {specs.EXPORT_INPUT: to_float_input(chw, spec)[None]}
-            got, want = (postprocess_one(family, [o[0] for o in outs], orig, conf=WEAK, input_hw=size)[:3]
-                         for outs in (ov_run(compiled, names, feeds), sess.run(names, feeds)))
-            assert_precision_close(got, want, variant, "int8", scale=float(max(size)),
-                                   what=f"{variant} u8 OpenVINO vs ORT image {i}")
