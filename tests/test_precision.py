@@ -170,6 +170,8 @@ def _write_images(folder: Path, n: int, bad: int | None = None) -> Path:
     ("num-too-small", "--calib-num must be"),
     ("unreadable", "003.jpg"),
     ("fp16-with-calib", "int8 only"),
+    ("fp32-with-activations", "--int8-activations: int8 calibration options"),
+    ("fp16-with-calibrator", "--calibrator: int8 calibration options"),
 ])
 def test_bad_calibration_is_a_clear_error_and_writes_nothing(tmp_path, capsys, case, message):
     from tdet.client.cli import main
@@ -184,6 +186,12 @@ def test_bad_calibration_is_a_clear_error_and_writes_nothing(tmp_path, capsys, c
                  "2" if case == "num-too-small" else "8"]
     if case == "fp16-with-calib":
         args[args.index("int8")] = "fp16"
+    if case == "fp32-with-activations":
+        args[args.index("int8")] = "fp32"
+        args += ["--int8-activations", "u8"]
+    if case == "fp16-with-calibrator":
+        args[args.index("int8")] = "fp16"
+        args += ["--calibrator", "entropy"]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err, err

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from tdet.client.errors import train_extra_missing
+from tdet.client.errors import UserError, train_extra_missing
 
 from .precision import ACTIVATIONS, CALIBRATORS, DEFAULT_CALIB_NUM, MIN_CALIB_NUM, PRECISIONS, Calibration
 from .train_cli import register_train
@@ -43,12 +43,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="int8: QDQ (per-channel weights, activations calibrated on --calib); fp16: fp32 I/O. "
                         "Both keep the layers that break detection in fp32 (training/precision.py KEEP_FP32)")
     p.add_argument("--calib", help="int8: folder of calibration images, passed through the served preprocess")
-    p.add_argument("--calib-num", type=int, default=DEFAULT_CALIB_NUM,
-                   help=f"int8: calibration images to use (the first N by name; >= {MIN_CALIB_NUM})")
-    p.add_argument("--calibrator", choices=CALIBRATORS, default="minmax", help="int8: activation range method")
-    p.add_argument("--int8-activations", choices=ACTIVATIONS, default="s8",
-                   help="int8: s8 = symmetric int8, the form TensorRT builds (--engine tensorrt); u8 = asymmetric "
-                        "uint8, the form ONNX Runtime's CPU provider runs fastest (TensorRT cannot build it)")
+    # The int8-only options default to None so that giving one without --precision int8 is refused, not ignored.
+    p.add_argument("--calib-num", type=int,
+                   help=f"int8: calibration images to use (the first N by name; >= {MIN_CALIB_NUM}; "
+                        f"default {DEFAULT_CALIB_NUM})")
+    p.add_argument("--calibrator", choices=CALIBRATORS, help="int8: activation range method (default minmax)")
+    p.add_argument("--int8-activations", choices=ACTIVATIONS,
+                   help="int8: s8 (default) = symmetric int8, the form TensorRT builds (--engine tensorrt); u8 = "
+                        "asymmetric uint8, the form ONNX Runtime's CPU provider runs fastest (TensorRT cannot "
+                        "build it)")
     p.add_argument("--no-keep-fp32", action="store_true",
                    help="int8/fp16: convert the KEEP_FP32 layers too (to measure what keeping them buys)")
     p.set_defaults(func=cmd_export)
@@ -90,6 +93,22 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def calibration_from_args(args: argparse.Namespace) -> Calibration | None:
+    """--calib and its int8-only options -> a Calibration (None without --calib); one of them given without
+    --calib is an error naming it (an option silently ignored is a different export than the one asked for)."""
+    options = {"--calib-num": args.calib_num, "--calibrator": args.calibrator,
+               "--int8-activations": args.int8_activations}
+    if args.calib is None:
+        given = [k for k, v in options.items() if v is not None]
+        if given:
+            raise UserError(f"{', '.join(given)}: int8 calibration options, they need --precision int8 --calib IMAGES")
+        return None
+    defaults = Calibration(Path(args.calib))
+    return Calibration(defaults.images,
+                       defaults.num if args.calib_num is None else args.calib_num,
+                       args.calibrator or defaults.method, args.int8_activations or defaults.activations)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Exit 0; 1 when --check finds ONNX Runtime and PyTorch apart; 2 for bad arguments."""
     _require_train_extra("export")
@@ -97,8 +116,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .precision import check_precision_args
 
     check_export_args(args.variant, args.out, opset=args.opset, weights=args.weights)
-    calib = (Calibration(Path(args.calib), args.calib_num, args.calibrator, args.int8_activations)
-             if args.calib is not None else None)
+    calib = calibration_from_args(args)
     check_precision_args(args.precision, calib)
     if args.weights is None:
         print(f"WARNING: no --weights given: exporting {args.variant} with a seeded RANDOM init "
