@@ -2,7 +2,7 @@
 keep-in-fp32 list), ONNX Runtime on CPU in this process (a measurement, not a test).
 
     .venv/bin/python bench/precision.py [--variants damo-yolo-t rtdetrv2-s] [--num 200] [--calib-num 64]
-        [--calibrator minmax] [--rounds 5] [--runs 10] [--threads 2]
+        [--calibrator minmax] [--rounds 5] [--runs 10] [--threads 2] [--modelopt-python /tmp/mo/bin/python]
 
 Exports each trained demo checkpoint (training/demo/<variant>.pth) once in fp32 and converts it as `tdet export
 --precision` does (training/precision.py), calibrating int8 on the first --calib-num images of `tdet data synth
@@ -10,6 +10,11 @@ Exports each trained demo checkpoint (training/demo/<variant>.pth) once in fp32 
 demo's), batch 1, the served numpy postprocess with the family's COCO protocol, pycocotools. Speed: the engine
 alone at batch 1 on one val image, every graph timed in turn in each of --rounds rounds (side by side: a load
 change on the machine hits all of them), median of the per-round medians.
+
+--modelopt-python PY adds the form "int8 modelopt": NVIDIA ModelOpt's ONNX PTQ of the same fp32 graph (symmetric
+int8, its own Q/DQ placement, the one TensorRT wants), calibrated on the same images and leaving the same keep-in-fp32
+nodes unquantized, by bench/modelopt_int8.py run in PY (a python with nvidia-modelopt[onnx]; not a project
+dependency), then evaluated and timed here like the others.
 """
 
 from __future__ import annotations
@@ -29,8 +34,33 @@ FORMS = (("fp32", True, ""), ("int8", True, "s8"), ("int8", False, "s8"), ("int8
          ("fp16", True, ""), ("fp16", False, ""))
 
 
-def convert_all(variant: str, work: Path, calib_dir: Path, calib_num: int, method: str) -> dict[str, Path]:
-    """-> {form name: .onnx} for FORMS, from one fp32 export."""
+def convert_modelopt(python: str, fp32: Path, out: Path, inputs: list, family: str) -> Path:
+    """ModelOpt's int8 of `fp32` at `out` (bench/modelopt_int8.py in `python`), with the fp32 export's metadata."""
+    import json
+    import subprocess
+
+    import numpy as np
+    import onnx
+
+    from tdet.training.precision import keep_patterns, matched_nodes
+
+    model = onnx.load(str(fp32))
+    calib, keep = out.with_suffix(".calib.npy"), out.with_suffix(".keep.json")
+    np.save(calib, np.concatenate(inputs))
+    keep.write_text(json.dumps(matched_nodes(model, keep_patterns(family, True))))
+    script = Path(__file__).with_name("modelopt_int8.py")
+    subprocess.run([python, str(script), str(fp32), str(calib), str(keep), str(out)], check=True)
+    q = onnx.load(str(out))
+    q.ClearField("metadata_props")
+    q.metadata_props.extend(model.metadata_props)
+    onnx.save(q, str(out))
+    calib.unlink()
+    return out
+
+
+def convert_all(variant: str, work: Path, calib_dir: Path, calib_num: int, method: str,
+                modelopt_python: str | None = None) -> dict[str, Path]:
+    """-> {form name: .onnx} for FORMS (and "int8 modelopt" with `modelopt_python`), from one fp32 export."""
     import onnx
 
     from tdet.client import specs
@@ -51,6 +81,11 @@ def convert_all(variant: str, work: Path, calib_dir: Path, calib_num: int, metho
         reduce_precision(fp32, path, precision, family=family, inputs=inputs, calib=calib, keep_fp32=keep)
         print(f"{variant} {name}: converted in {time.perf_counter() - t:.0f} s", flush=True)
         out[name] = path
+    if modelopt_python:
+        t = time.perf_counter()
+        out["int8 modelopt"] = convert_modelopt(modelopt_python, fp32, work / f"{variant}-int8-modelopt.onnx",
+                                                inputs, family)
+        print(f"{variant} int8 modelopt: converted in {time.perf_counter() - t:.0f} s", flush=True)
     return out
 
 
@@ -120,6 +155,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--runs", type=int, default=10, help="timed runs per graph per round")
     ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
+    ap.add_argument("--modelopt-python", help="a python with nvidia-modelopt[onnx]: add ModelOpt's int8 (see above)")
     args = ap.parse_args()
 
     from tdet.client.coco_eval import load_dataset
@@ -131,7 +167,8 @@ def main() -> None:
     coco, paths = load_dataset(work / "val" / "annotations.json", work / "val" / "images")
     table = []
     for v in args.variants:
-        graphs = convert_all(v, work, work / "train" / "images", args.calib_num, args.calibrator)
+        graphs = convert_all(v, work, work / "train" / "images", args.calib_num, args.calibrator,
+                             args.modelopt_python)
         ips = speeds(graphs, paths[min(paths)], args.threads, args.rounds, args.runs)
         for name, path in graphs.items():
             t = time.perf_counter()

@@ -142,17 +142,22 @@ def test_search_doubles_the_capacity_with_two_engine_instances_and_restores(serv
 def test_sigint_mid_search_restores_the_files_and_the_loaded_models(server, repo, frames, tmp_path):
     before = _files(repo)
     out = tmp_path / "search"
-    run = subprocess.Popen([sys.executable, "-m", "tdet.client.cli", *_search(server, repo, frames, out)],
+    # --hold 4: trial 1's levels take ~4 s each, so the interrupt lands inside it on a loaded machine too
+    args = _search(server, repo, frames, out, "--hold", "4")
+    run = subprocess.Popen([sys.executable, "-m", "tdet.client.cli", *args],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 240
         while b"count: 2" not in (repo / "cam_engine" / "config.pbtxt").read_bytes():  # trial 1 written
             assert time.monotonic() < deadline and run.poll() is None, "hang guard: trial 1 never started"
             time.sleep(0.05)
         while _counts(server.grpc_url)["cam_engine"] != 2:  # and loaded
             assert time.monotonic() < deadline and run.poll() is None, "hang guard: trial 1 never loaded"
             time.sleep(0.05)
-        os.kill(run.pid, signal.SIGINT)  # while trial 1 measures (its levels take ~10 s)
+        while not (out / "trials" / "01" / "capacity.json").is_file():  # and its first level measured
+            assert time.monotonic() < deadline and run.poll() is None, "hang guard: trial 1 never measured"
+            time.sleep(0.05)
+        os.kill(run.pid, signal.SIGINT)  # while trial 1 measures its next level
         stdout, err = run.communicate(timeout=120)  # hang guard
     finally:
         if run.poll() is None:

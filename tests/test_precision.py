@@ -60,6 +60,13 @@ def _detect(path: Path, images: list[Path]) -> list[tuple]:
     return dets
 
 
+def _assert_detects_like(graph: Path, fp32: Path, images: list[Path], variant: str, precision: str,
+                         what: str) -> None:
+    """`graph` detects on each image what `fp32` detects, paired, within the precision's tolerances."""
+    for i, (g, w) in enumerate(zip(_detect(graph, images), _detect(fp32, images))):
+        assert_precision_close(g[:3], w[:3], variant, precision, scale=float(max(w[3])), what=f"{what} image {i}")
+
+
 @pytest.mark.parametrize(("variant", "precision"), [("damo-yolo-t", "fp16"), ("rtdetrv2-s", "int8"),
                                                     ("rtdetrv2-s", "fp16")])  # damo-yolo-t int8: the CLI test
 def test_reduced_precision_detects_what_fp32_detects(fp32, data, variant, precision):
@@ -79,10 +86,7 @@ def test_reduced_precision_detects_what_fp32_detects(fp32, data, variant, precis
     assert json.loads(got_meta[specs.META_KEEP_FP32])["patterns"] == list(p.KEEP_FP32[family])
     assert json.loads(got_meta[specs.META_KEEP_FP32])["nodes"] > 0
     assert got_meta[specs.META_CLASS_NAMES] == meta[specs.META_CLASS_NAMES]
-    images = sorted(data["val"].iterdir())
-    for i, (g, w) in enumerate(zip(_detect(out, images), _detect(src, images))):
-        assert_precision_close(g[:3], w[:3], variant, precision, scale=float(max(w[3])),
-                               what=f"{variant} {precision} image {i}")
+    _assert_detects_like(out, src, sorted(data["val"].iterdir()), variant, precision, f"{variant} {precision}")
     import onnx
 
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
@@ -104,10 +108,8 @@ def test_int8_export_through_the_cli(fp32, data, tmp_path, capsys):
     assert meta[specs.META_PRECISION] == "int8"
     assert json.loads(meta[specs.META_CALIBRATION]) == {"method": "percentile", "images": CALIB_NUM,
                                                         "activations": "s8"}
-    images = sorted(data["val"].iterdir())
-    for i, (g, w) in enumerate(zip(_detect(out, images), _detect(fp32["damo-yolo-t"], images))):
-        assert_precision_close(g[:3], w[:3], "damo-yolo-t", "int8", scale=float(max(w[3])),
-                               what=f"damo-yolo-t int8 (CLI) image {i}")
+    _assert_detects_like(out, fp32["damo-yolo-t"], sorted(data["val"].iterdir()), "damo-yolo-t", "int8",
+                         "damo-yolo-t int8 (CLI)")
 
 
 def _ort_optimized_ops(path: Path, tmp: Path) -> list[str]:
@@ -140,10 +142,8 @@ def test_uint8_activations_for_onnxruntime_cpu(fp32, data, tmp_path, capsys):
     assert has_uint8_qdq(onnx.load(str(out))) and not has_uint8_qdq(onnx.load(str(fp32["damo-yolo-t"])))
     ops = _ort_optimized_ops(out, tmp_path)
     assert ops.count("QLinearConv") > 0 and "Conv" not in ops, sorted(set(ops))
-    images = sorted(data["val"].iterdir())
-    for i, (g, w) in enumerate(zip(_detect(out, images), _detect(fp32["damo-yolo-t"], images))):
-        assert_precision_close(g[:3], w[:3], "damo-yolo-t", "int8", scale=float(max(w[3])),
-                               what=f"damo-yolo-t int8 u8 image {i}")
+    _assert_detects_like(out, fp32["damo-yolo-t"], sorted(data["val"].iterdir()), "damo-yolo-t", "int8",
+                         "damo-yolo-t int8 u8")
     capsys.readouterr()
     repo = tmp_path / "repo"
     assert main(["repo", "build", "--out", str(repo), "--onnx", str(out), "--engine", "tensorrt"]) == 2
