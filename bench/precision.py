@@ -13,14 +13,15 @@ change on the machine hits all of them), median of the per-round medians.
 
 --modelopt-python PY adds the form "int8 modelopt": NVIDIA ModelOpt's ONNX PTQ of the same fp32 graph (symmetric
 int8, its own Q/DQ placement, the one TensorRT wants), calibrated on the same images and leaving the same keep-in-fp32
-nodes unquantized, by bench/modelopt_int8.py run in PY (a python with nvidia-modelopt[onnx]; not a project
-dependency), then evaluated and timed here like the others.
+nodes unquantized, as `tdet export --quantizer modelopt --modelopt-python PY` does (training/modelopt_int8.py run in
+PY, a python with nvidia-modelopt[onnx]; not a project dependency), then evaluated and timed here like the others.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -32,30 +33,6 @@ DEMO_DIR = Path(__file__).resolve().parents[1] / "training" / "demo"
 # (precision, keep the KEEP_FP32 layers, int8 activations: s8 the TensorRT form, u8 ONNX Runtime CPU's fast form)
 FORMS = (("fp32", True, ""), ("int8", True, "s8"), ("int8", False, "s8"), ("int8", True, "u8"),
          ("fp16", True, ""), ("fp16", False, ""))
-
-
-def convert_modelopt(python: str, fp32: Path, out: Path, inputs: list, family: str) -> Path:
-    """ModelOpt's int8 of `fp32` at `out` (bench/modelopt_int8.py in `python`), with the fp32 export's metadata."""
-    import json
-    import subprocess
-
-    import numpy as np
-    import onnx
-
-    from tdet.training.precision import keep_patterns, matched_nodes
-
-    model = onnx.load(str(fp32))
-    calib, keep = out.with_suffix(".calib.npy"), out.with_suffix(".keep.json")
-    np.save(calib, np.concatenate(inputs))
-    keep.write_text(json.dumps(matched_nodes(model, keep_patterns(family, True))))
-    script = Path(__file__).with_name("modelopt_int8.py")
-    subprocess.run([python, str(script), str(fp32), str(calib), str(keep), str(out)], check=True)
-    q = onnx.load(str(out))
-    q.ClearField("metadata_props")
-    q.metadata_props.extend(model.metadata_props)
-    onnx.save(q, str(out))
-    calib.unlink()
-    return out
 
 
 def convert_all(variant: str, work: Path, calib_dir: Path, calib_num: int, method: str,
@@ -83,8 +60,10 @@ def convert_all(variant: str, work: Path, calib_dir: Path, calib_num: int, metho
         out[name] = path
     if modelopt_python:
         t = time.perf_counter()
-        out["int8 modelopt"] = convert_modelopt(modelopt_python, fp32, work / f"{variant}-int8-modelopt.onnx",
-                                                inputs, family)
+        path = work / f"{variant}-int8-modelopt.onnx"
+        calib = Calibration(calib_dir, calib_num, method, "s8", "modelopt", modelopt_python)
+        reduce_precision(fp32, path, "int8", family=family, inputs=inputs, calib=calib)
+        out["int8 modelopt"] = path
         print(f"{variant} int8 modelopt: converted in {time.perf_counter() - t:.0f} s", flush=True)
     return out
 
@@ -157,34 +136,39 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
     ap.add_argument("--modelopt-python", help="a python with nvidia-modelopt[onnx]: add ModelOpt's int8 (see above)")
     args = ap.parse_args()
+    if args.modelopt_python and args.calibrator not in ("minmax", "entropy"):
+        ap.error(f"ModelOpt has no {args.calibrator} calibrator: drop --modelopt-python or use minmax|entropy")
 
     from tdet.client.coco_eval import load_dataset
     from tdet.client.synth import synthesize
 
     work = Path(tempfile.mkdtemp(prefix="tdet-precision-"))
-    synthesize(work / "val", args.num, seed=0, split="val", workers=2)
-    synthesize(work / "train", args.calib_num, seed=0, split="train", workers=2)
-    coco, paths = load_dataset(work / "val" / "annotations.json", work / "val" / "images")
-    table = []
-    for v in args.variants:
-        graphs = convert_all(v, work, work / "train" / "images", args.calib_num, args.calibrator,
-                             args.modelopt_python)
-        ips = speeds(graphs, paths[min(paths)], args.threads, args.rounds, args.runs)
-        for name, path in graphs.items():
-            t = time.perf_counter()
-            m = evaluate(path, coco, paths, args.threads)
-            print(f"{v} {name}: AP {100 * m['AP']:.2f} ({time.perf_counter() - t:.0f} s)", flush=True)
-            table.append((v, name, m, ips[name], path.stat().st_size / 1e6))
-    print(f"\nval split (seed 0, {args.num} images), COCO box AP in percent, ONNX Runtime {args.threads} threads, "
-          f"int8 calibrated with {args.calibrator} on {args.calib_num} train-split images")
-    print("| model | precision | AP | AP50 | dAP vs fp32 | dAP50 | engine img/s (batch 1) | x fp32 | file MB |")
-    print("|" + "---|" * 9)
-    base = {}
-    for v, name, m, ips, mb in table:
-        base.setdefault(v, (m, ips))
-        m0, ips0 = base[v]
-        print(f"| {v} | {name} | {100 * m['AP']:.2f} | {100 * m['AP50']:.2f} | {100 * (m['AP'] - m0['AP']):+.2f} "
-              f"| {100 * (m['AP50'] - m0['AP50']):+.2f} | {ips:.1f} | {ips / ips0:.2f} | {mb:.1f} |")
+    try:  # the graphs and images take ~0.4 GB
+        synthesize(work / "val", args.num, seed=0, split="val", workers=2)
+        synthesize(work / "train", args.calib_num, seed=0, split="train", workers=2)
+        coco, paths = load_dataset(work / "val" / "annotations.json", work / "val" / "images")
+        table = []
+        for v in args.variants:
+            graphs = convert_all(v, work, work / "train" / "images", args.calib_num, args.calibrator,
+                                 args.modelopt_python)
+            ips = speeds(graphs, paths[min(paths)], args.threads, args.rounds, args.runs)
+            for name, path in graphs.items():
+                t = time.perf_counter()
+                m = evaluate(path, coco, paths, args.threads)
+                print(f"{v} {name}: AP {100 * m['AP']:.2f} ({time.perf_counter() - t:.0f} s)", flush=True)
+                table.append((v, name, m, ips[name], path.stat().st_size / 1e6))
+        print(f"\nval split (seed 0, {args.num} images), COCO box AP in percent, ONNX Runtime {args.threads} threads, "
+              f"int8 calibrated with {args.calibrator} on {args.calib_num} train-split images")
+        print("| model | precision | AP | AP50 | dAP vs fp32 | dAP50 | engine img/s (batch 1) | x fp32 | file MB |")
+        print("|" + "---|" * 9)
+        base = {}
+        for v, name, m, ips, mb in table:
+            base.setdefault(v, (m, ips))
+            m0, ips0 = base[v]
+            print(f"| {v} | {name} | {100 * m['AP']:.2f} | {100 * m['AP50']:.2f} | {100 * (m['AP'] - m0['AP']):+.2f} "
+                  f"| {100 * (m['AP50'] - m0['AP50']):+.2f} | {ips:.1f} | {ips / ips0:.2f} | {mb:.1f} |")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ writes nothing."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +174,12 @@ def _write_images(folder: Path, n: int, bad: int | None = None) -> Path:
     ("fp16-with-calib", "int8 only"),
     ("fp32-with-activations", "--int8-activations: int8 calibration options"),
     ("fp16-with-calibrator", "--calibrator: int8 calibration options"),
+    ("modelopt-no-python", "needs --modelopt-python"),
+    ("modelopt-python-missing", "cannot run it"),
+    ("modelopt-not-installed", "cannot import modelopt.onnx.quantization"),
+    ("modelopt-u8", "symmetric int8 only"),
+    ("modelopt-percentile", "not --calibrator percentile"),
+    ("python-without-modelopt", "--modelopt-python is for --quantizer modelopt"),
 ])
 def test_bad_calibration_is_a_clear_error_and_writes_nothing(tmp_path, capsys, case, message):
     from tdet.client.cli import main
@@ -181,6 +189,13 @@ def test_bad_calibration_is_a_clear_error_and_writes_nothing(tmp_path, capsys, c
             "--precision", "int8"]
     folders = {"empty": (0, None), "too-few": (3, None), "num-too-small": (8, None), "unreadable": (8, 3),
                "fp16-with-calib": (8, None)}
+    folders.update({c: (8, None) for c in ("modelopt-no-python", "modelopt-python-missing", "modelopt-not-installed",
+                                           "modelopt-u8", "modelopt-percentile", "python-without-modelopt")})
+    # this test's python has no ModelOpt (not a project dependency): the import check must refuse it
+    modelopt = {"modelopt-no-python": [], "modelopt-python-missing": ["--modelopt-python", str(tmp_path / "nopy")],
+                "modelopt-not-installed": ["--modelopt-python", sys.executable],
+                "modelopt-u8": ["--modelopt-python", sys.executable, "--int8-activations", "u8"],
+                "modelopt-percentile": ["--modelopt-python", sys.executable, "--calibrator", "percentile"]}
     if case in folders:
         args += ["--calib", str(_write_images(tmp_path / "calib", *folders[case])), "--calib-num",
                  "2" if case == "num-too-small" else "8"]
@@ -192,7 +207,34 @@ def test_bad_calibration_is_a_clear_error_and_writes_nothing(tmp_path, capsys, c
     if case == "fp16-with-calibrator":
         args[args.index("int8")] = "fp16"
         args += ["--calibrator", "entropy"]
+    if case in modelopt:
+        args += ["--quantizer", "modelopt", *modelopt[case]]
+    if case == "python-without-modelopt":
+        args += ["--modelopt-python", sys.executable]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert not out.parent.exists() or not any(out.parent.iterdir()), list(out.parent.iterdir())
+
+
+@pytest.mark.skipif(not os.environ.get("TDET_MODELOPT_PYTHON"),
+                    reason="TDET_MODELOPT_PYTHON (a python with nvidia-modelopt[onnx], ~6 GB) is not set")
+def test_modelopt_int8_detects_what_fp32_detects(fp32, data):
+    """`tdet export --quantizer modelopt`: ModelOpt's symmetric Q/DQ graph, tdet metadata written (so `tdet repo
+    build` takes it as int8), detecting what fp32 detects within the int8 tolerances, rtdetrv2-s."""
+    from tdet.client.cli import main
+
+    out = fp32["rtdetrv2-s"].with_name("rtdetrv2-s-int8-modelopt.onnx")
+    assert main(["export", "rtdetrv2-s", "--weights", str(DEMO / "rtdetrv2-s.pth"), "--out", str(out),
+                 "--precision", "int8", "--calib", str(data["calib"]), "--calib-num", str(CALIB_NUM),
+                 "--quantizer", "modelopt", "--modelopt-python", os.environ["TDET_MODELOPT_PYTHON"]]) == 0
+    import onnx
+
+    model = onnx.load(str(out), load_external_data=False)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta[specs.META_PRECISION] == "int8"
+    assert json.loads(meta[specs.META_CALIBRATION])["quantizer"] == "modelopt"
+    zero_points = [i for i in model.graph.initializer if i.name.endswith("zero_point")]
+    assert "QuantizeLinear" in {n.op_type for n in model.graph.node} and all(z.data_type == 3 for z in zero_points)
+    _assert_detects_like(out, fp32["rtdetrv2-s"], sorted(data["val"].iterdir()), "rtdetrv2-s", "int8",
+                         "rtdetrv2-s int8 modelopt")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tdet.client.errors import UserError, train_extra_missing
 
-from .precision import ACTIVATIONS, CALIBRATORS, DEFAULT_CALIB_NUM, MIN_CALIB_NUM, PRECISIONS, Calibration
+from .precision import ACTIVATIONS, CALIBRATORS, DEFAULT_CALIB_NUM, MIN_CALIB_NUM, PRECISIONS, QUANTIZERS, Calibration
 from .train_cli import register_train
 
 
@@ -52,6 +52,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="int8: s8 (default) = symmetric int8, the form TensorRT builds (--engine tensorrt); u8 = "
                         "asymmetric uint8, the form ONNX Runtime's CPU provider runs fastest (TensorRT cannot "
                         "build it)")
+    p.add_argument("--quantizer", choices=QUANTIZERS,
+                   help="int8: onnxruntime (default; quantize_static) or modelopt (NVIDIA ModelOpt's ONNX PTQ, "
+                        "TensorRT's Q/DQ placement; symmetric int8, --calibrator minmax|entropy; needs "
+                        "--modelopt-python)")
+    p.add_argument("--modelopt-python", metavar="PY",
+                   help="int8 --quantizer modelopt: a python with nvidia-modelopt[onnx] installed (its pins exclude "
+                        "this environment's; training/modelopt_int8.py runs in it)")
     p.add_argument("--no-keep-fp32", action="store_true",
                    help="int8/fp16: convert the KEEP_FP32 layers too (to measure what keeping them buys)")
     p.set_defaults(func=cmd_export)
@@ -97,7 +104,8 @@ def calibration_from_args(args: argparse.Namespace) -> Calibration | None:
     """--calib and its int8-only options -> a Calibration (None without --calib); one of them given without
     --calib is an error naming it (an option silently ignored is a different export than the one asked for)."""
     options = {"--calib-num": args.calib_num, "--calibrator": args.calibrator,
-               "--int8-activations": args.int8_activations}
+               "--int8-activations": args.int8_activations, "--quantizer": args.quantizer,
+               "--modelopt-python": args.modelopt_python}
     if args.calib is None:
         given = [k for k, v in options.items() if v is not None]
         if given:
@@ -106,7 +114,8 @@ def calibration_from_args(args: argparse.Namespace) -> Calibration | None:
     defaults = Calibration(Path(args.calib))
     return Calibration(defaults.images,
                        defaults.num if args.calib_num is None else args.calib_num,
-                       args.calibrator or defaults.method, args.int8_activations or defaults.activations)
+                       args.calibrator or defaults.method, args.int8_activations or defaults.activations,
+                       args.quantizer or defaults.quantizer, args.modelopt_python)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

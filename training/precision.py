@@ -1,7 +1,9 @@
 """`tdet export --precision int8|fp16`: an fp32 export turned into a reduced-precision ONNX.
 
 int8: onnxruntime's static quantization (QDQ, per-channel weights), activations calibrated on the user's
-images passed through the served preprocess (tdet.client.preprocess), so calibration sees served inputs.
+images passed through the served preprocess (tdet.client.preprocess), so calibration sees served inputs; or
+NVIDIA ModelOpt's ONNX PTQ (`--quantizer modelopt`), whose Q/DQ placement is TensorRT's, run in its own python
+(training/modelopt_int8.py: its pins exclude the project's).
 fp16: onnxconverter-common's float16 conversion with fp32 inputs/outputs (keep_io_types).
 
 Both keep the layers that break detection in fp32 by default (KEEP_FP32, per family): node-name regexes
@@ -11,6 +13,7 @@ tdet.keep_fp32) so the served repository and reports can tell what a graph is.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -32,6 +35,8 @@ CALIBRATORS = ("minmax", "entropy", "percentile")  # onnxruntime.quantization.Ca
 # u8 = asymmetric uint8 x int8 weights, the form ONNX Runtime's CPU provider fuses into QLinearConv for every conv
 # (with s8 it fuses fewer than half of DAMO-YOLO-T's convs and runs the rest as Q/DQ + float Conv: README).
 ACTIVATIONS = ("s8", "u8")
+QUANTIZERS = ("onnxruntime", "modelopt")
+MODELOPT_METHODS = {"minmax": "max", "entropy": "entropy"}  # our calibrator names -> ModelOpt's
 DEFAULT_CALIB_NUM = 64
 MIN_CALIB_NUM = 8  # fewer images give ranges set by a handful of activations: not a calibration
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -61,12 +66,15 @@ KEEP_FP32: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class Calibration:
-    """int8 calibration: the image folder, how many of its images, the range calibrator and the activation type."""
+    """int8 calibration: the image folder, how many of its images, the range calibrator, the activation type and
+    the quantizer (with ModelOpt, the python that has it)."""
 
     images: Path
     num: int = DEFAULT_CALIB_NUM
     method: str = "minmax"
     activations: str = "s8"
+    quantizer: str = "onnxruntime"
+    modelopt_python: str | None = None
 
 
 def check_precision_args(precision: str, calib: Calibration | None) -> list[Path]:
@@ -83,6 +91,12 @@ def check_precision_args(precision: str, calib: Calibration | None) -> list[Path
         raise UserError(f"--calibrator must be one of {', '.join(CALIBRATORS)}, got {calib.method!r}")
     if calib.activations not in ACTIVATIONS:
         raise UserError(f"--int8-activations must be one of {', '.join(ACTIVATIONS)}, got {calib.activations!r}")
+    if calib.quantizer not in QUANTIZERS:
+        raise UserError(f"--quantizer must be one of {', '.join(QUANTIZERS)}, got {calib.quantizer!r}")
+    if calib.quantizer == "modelopt":
+        check_modelopt(calib)
+    elif calib.modelopt_python is not None:
+        raise UserError("--modelopt-python is for --quantizer modelopt")
     if calib.num < MIN_CALIB_NUM:
         raise UserError(f"--calib-num must be >= {MIN_CALIB_NUM}, got {calib.num}")
     if not calib.images.is_dir():
@@ -92,6 +106,35 @@ def check_precision_args(precision: str, calib: Calibration | None) -> list[Path
         raise UserError(f"--calib {calib.images}: {len(files)} images ({', '.join(IMAGE_SUFFIXES)}), "
                         f"--calib-num asks for {calib.num}")
     return files[:calib.num]
+
+
+def check_modelopt(calib: Calibration) -> None:
+    """--quantizer modelopt: the options ModelOpt has, and a --modelopt-python that imports it."""
+    if calib.activations != "s8":
+        raise UserError("--quantizer modelopt writes symmetric int8 only: drop --int8-activations u8")
+    if calib.method not in MODELOPT_METHODS:
+        raise UserError(f"--quantizer modelopt calibrates with {' or '.join(MODELOPT_METHODS)}, "
+                        f"not --calibrator {calib.method}")
+    if calib.modelopt_python is None:
+        raise UserError("--quantizer modelopt needs --modelopt-python PY: a python with nvidia-modelopt[onnx] "
+                        "(its pins exclude this environment's onnx/onnxruntime/torch; see training/modelopt_int8.py)")
+    _modelopt_importable(calib.modelopt_python)
+
+
+@functools.cache
+def _modelopt_importable(python: str) -> None:
+    """Fail before the export, naming the cause, if `python` cannot run ModelOpt (checked once per python)."""
+    import subprocess
+
+    try:
+        res = subprocess.run([python, "-c", "import modelopt.onnx.quantization"], capture_output=True, text=True,
+                             timeout=600)
+    except OSError as err:
+        raise UserError(f"--modelopt-python {python}: cannot run it ({err.strerror})") from None
+    if res.returncode != 0:
+        last = (res.stderr.strip().splitlines() or ["no output"])[-1]
+        raise UserError(f"--modelopt-python {python}: cannot import modelopt.onnx.quantization ({last}); "
+                        "install nvidia-modelopt[onnx] in it")
 
 
 def calibration_inputs(files: Sequence[Path], spec: specs.PreprocessSpec) -> list[np.ndarray]:
@@ -154,6 +197,33 @@ def quantize_int8(fp32: Path, out: Path, inputs: list[np.ndarray], *, family: st
         pre.unlink(missing_ok=True)
         for aux in out.parent.glob(out.name + ".pre*"):
             aux.unlink(missing_ok=True)
+    return exclude
+
+
+def quantize_int8_modelopt(fp32: Path, out: Path, inputs: list[np.ndarray], *, family: str, method: str,
+                           python: str, keep_fp32: bool = True) -> list[str]:
+    """fp32 ONNX -> ModelOpt's QDQ int8 ONNX at `out` (training/modelopt_int8.py run by `python`, calibrated on
+    `inputs`, the keep-in-fp32 nodes excluded); -> the node names left in fp32. Its failure is a UserError
+    carrying the child's last lines; nothing is left at `out`."""
+    import subprocess
+    import tempfile
+
+    import onnx
+
+    exclude = matched_nodes(onnx.load(str(fp32), load_external_data=False), keep_patterns(family, keep_fp32))
+    with tempfile.TemporaryDirectory(prefix="tdet-modelopt-") as tmp:
+        calib, keep, src = Path(tmp) / "calib.npy", Path(tmp) / "keep.json", Path(tmp) / "fp32.onnx"
+        src.symlink_to(fp32.resolve())  # ModelOpt wants an .onnx name; the export's temp file has none
+        np.save(calib, np.concatenate(inputs))
+        keep.write_text(json.dumps(exclude))
+        script = Path(__file__).with_name("modelopt_int8.py")
+        res = subprocess.run([python, str(script), str(src), str(calib), str(keep), str(out.resolve()),
+                              "--method", MODELOPT_METHODS[method], "--input", specs.EXPORT_INPUT],
+                             capture_output=True, text=True)
+    if res.returncode != 0 or not out.is_file():
+        out.unlink(missing_ok=True)
+        tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-5:])
+        raise UserError(f"ModelOpt's quantization failed (exit {res.returncode}):\n{tail}")
     return exclude
 
 
@@ -233,7 +303,7 @@ def write_precision_meta(path: Path, base_meta: dict[str, str], precision: str, 
     meta[specs.META_KEEP_FP32] = json.dumps({"patterns": list(patterns), "nodes": len(kept)})
     if calib is not None:
         meta[specs.META_CALIBRATION] = json.dumps({"method": calib.method, "images": calib.num,
-                                                   "activations": calib.activations})
+                                                   "activations": calib.activations, "quantizer": calib.quantizer})
     del model.metadata_props[:]
     for k, v in meta.items():
         model.metadata_props.add(key=k, value=v)
@@ -249,8 +319,13 @@ def reduce_precision(fp32: Path, out: Path, precision: str, *, family: str, inpu
     base_meta = {p.key: p.value for p in onnx.load(str(fp32), load_external_data=False).metadata_props}
     if precision == "int8":
         assert calib is not None
-        kept = quantize_int8(fp32, out, inputs, family=family, method=calib.method, keep_fp32=keep_fp32,
-                             activations=calib.activations)
+        if calib.quantizer == "modelopt":
+            assert calib.modelopt_python is not None
+            kept = quantize_int8_modelopt(fp32, out, inputs, family=family, method=calib.method,
+                                          python=calib.modelopt_python, keep_fp32=keep_fp32)
+        else:
+            kept = quantize_int8(fp32, out, inputs, family=family, method=calib.method, keep_fp32=keep_fp32,
+                                 activations=calib.activations)
     else:
         kept = convert_fp16(fp32, out, family=family, keep_fp32=keep_fp32)
     write_precision_meta(out, base_meta, precision, keep_patterns(family, keep_fp32), kept, calib)
