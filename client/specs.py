@@ -112,4 +112,4 @@ META_PARAMS_M = "tdet.params_m"  # parameters (millions), as `tdet info` counts 
 META_GFLOPS = "tdet.gflops"  # deploy-form GFLOPs at the input size (2 x MACs)
 META_PRECISION = "tdet.precision"  # fp32 | int8 | fp16 (missing: fp32)
 META_KEEP_FP32 = "tdet.keep_fp32"  # JSON {"patterns": [...], "nodes": N}: what a reduced-precision graph keeps in fp32
-META_CALIBRATION = "tdet.calibration"  # int8: JSON {"method", "images"}
+META_CALIBRATION = "tdet.calibration"  # int8: JSON {"method", "images", "activations", "quantizer"}

@@ -109,7 +109,7 @@ def test_int8_export_through_the_cli(fp32, data, tmp_path, capsys):
     meta = _meta(out)
     assert meta[specs.META_PRECISION] == "int8"
     assert json.loads(meta[specs.META_CALIBRATION]) == {"method": "percentile", "images": CALIB_NUM,
-                                                        "activations": "s8"}
+                                                        "activations": "s8", "quantizer": "onnxruntime"}
     _assert_detects_like(out, fp32["damo-yolo-t"], sorted(data["val"].iterdir()), "damo-yolo-t", "int8",
                          "damo-yolo-t int8 (CLI)")
 
