@@ -1,10 +1,11 @@
-"""File helpers every command shares: the one atomic write and the one image-file collector."""
+"""File helpers every command shares: the one atomic write (atomic_path, atomic_write), the one image collector."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import UserError
@@ -13,22 +14,29 @@ from .errors import UserError
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
 
-def atomic_write(path: str | Path, data: bytes | str, *, mode: int = 0o644) -> Path:
-    """Write `data` to `path` through a temp file in the same folder and a rename, so a reader never
-    sees a half-written file and an interrupted run never leaves one that looks complete. The temp
-    file is removed on any error. `mode`: the file's permissions (mkstemp alone would leave 0600)."""
+@contextlib.contextmanager
+def atomic_path(path: str | Path, *, mode: int = 0o644, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temp file beside `path` for writers that take a file name (torch.save, onnx.save, a download): on a
+    clean exit it gets `mode` (mkstemp alone would leave 0600) and is renamed onto `path`, so a reader never
+    sees a half-written file; on any error it is removed, so an interrupted run never leaves one that looks
+    complete."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
+        yield Path(tmp)
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise
-    return path
+
+
+def atomic_write(path: str | Path, data: bytes | str, *, mode: int = 0o644) -> Path:
+    """Write `data` to `path` atomically (atomic_path)."""
+    with atomic_path(path, mode=mode) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    return Path(path)
 
 
 def collect_images(paths: list[Path] | Path, *, recursive: bool = False) -> list[Path]:

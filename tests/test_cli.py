@@ -165,6 +165,8 @@ def test_export_check_gives_a_verdict_and_fails_beyond_the_tolerance(tmp_path, m
     assert main(["export", "damo-yolo-t", "--out", str(tmp_path / "x.onnx"), "--check"]) == 1
     out = capsys.readouterr()
     assert "check FAILED" in out.err and "max abs diff" in out.out and (tmp_path / "x.onnx").is_file()
+    assert (tmp_path / "x.onnx").stat().st_mode & 0o777 == 0o644  # readable by the serving user, not mkstemp's 0600
+    assert [p.name for p in tmp_path.iterdir()] == ["x.onnx"]  # no .part left behind
 
 
 @pytest.mark.parametrize("area", ["tdet.training.cli", "tdet.ensembles.cli", "tdet.client.evaluation_cli"])

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from tdet.client.errors import UserError
-from tdet.client.files import atomic_write, collect_images
+from tdet.client.files import atomic_path, atomic_write, collect_images
 
 
 def test_atomic_write_replaces_whole_files_and_leaves_no_temp_file(tmp_path):
@@ -28,6 +28,19 @@ def test_atomic_write_removes_its_temp_file_when_writing_fails(tmp_path):
     with pytest.raises(TypeError):
         atomic_write(target, Unwritable())  # type: ignore[arg-type]
     assert target.read_text() == "old" and sorted(os.listdir(tmp_path)) == ["out.json"]
+
+
+def test_atomic_path_renames_a_written_file_and_removes_a_failed_one(tmp_path):
+    """For writers that take a file name (torch.save, onnx.save): the file appears whole, 0644, or not at all."""
+    target = tmp_path / "model.onnx"
+    with atomic_path(target, suffix=".part") as tmp:
+        assert tmp.parent == tmp_path and tmp.name.endswith(".part") and not target.exists()
+        tmp.write_bytes(b"graph")
+    assert target.read_bytes() == b"graph" and target.stat().st_mode & 0o777 == 0o644
+    with pytest.raises(RuntimeError, match="export failed"), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half a graph")
+        raise RuntimeError("export failed")
+    assert target.read_bytes() == b"graph" and sorted(os.listdir(tmp_path)) == ["model.onnx"]
 
 
 def test_collect_images(tmp_path):

@@ -16,6 +16,7 @@ def test_download_from_a_local_url_caches_atomically(tmp_path):
     out = W.download(info, dest_dir=tmp_path / "cache")
     assert out.read_bytes() == src.read_bytes()
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["cached.pth"]  # no .part left behind
+    assert out.stat().st_mode & 0o777 == 0o644  # a shared cache, not mkstemp's 0600
     assert W.read_checkpoint(out)["model"]["w"].sum().item() == 2
 
 

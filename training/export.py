@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from tdet.client import specs
 from tdet.client.errors import UserError
+from tdet.client.files import atomic_path
 from tdet.client.labels import COCO_CATEGORY_IDS, COCO_CLASSES
 
 from .info import count_gflops
@@ -97,46 +97,44 @@ def export_onnx(variant: str, out: str | Path, *, weights: str | Path | None = N
     dummy = check_input(1, (h, w), spec.scale, seed)  # seeded: an export is reproducible
     weights_desc = str(weights) if weights is not None else f"random-init(seed={seed})"
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".onnx.part", dir=out.parent)
-    os.close(fd)
-    reduced = f"{tmp[:-len('.onnx.part')]}.{precision}.onnx.part"
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # legacy-exporter deprecation and tracer notices
-            # The legacy (TorchScript) exporter: with dynamic_axes it keeps the batch symbolic, where
-            # torch>=2.9's default dynamo exporter specializes RT-DETR to batch 1.
-            torch.onnx.export(
-                wrapper, (dummy,), tmp, dynamo=False, opset_version=opset, do_constant_folding=True,
-                input_names=[specs.EXPORT_INPUT], output_names=output_names,
-                dynamic_axes={n: {0: "batch"} for n in [specs.EXPORT_INPUT, *output_names]},
-            )
-        graph = onnx.load(tmp)
-        meta = {
-            specs.META_FAMILY: fam.FAMILY,
-            specs.META_VARIANT: variant,
-            specs.META_INPUT_HW: specs.format_hw((h, w)),
-            specs.META_CLASS_NAMES: json.dumps(class_names),
-            specs.META_CATEGORY_IDS: json.dumps(category_ids),
-            specs.META_WEIGHTS: weights_desc,
-            specs.META_PARAMS_M: f"{fam.num_params(model) / 1e6:.2f}",
-            specs.META_GFLOPS: f"{count_gflops(model, (h, w)):.2f}",
-        }
-        del graph.metadata_props[:]
-        for k, v in meta.items():
-            graph.metadata_props.add(key=k, value=v)
-        graph.producer_name = "tdet"
-        onnx.checker.check_model(graph)
-        onnx.save(graph, tmp)
-        diffs = check_against_torch(tmp, wrapper, fam.FAMILY, (h, w), spec.scale, seed=seed) if check else None
-        if precision != "fp32":
-            reduce_precision(Path(tmp), Path(reduced), precision, family=fam.FAMILY, inputs=calib_inputs,
-                             calib=calib, keep_fp32=keep_fp32)
-            os.replace(reduced, tmp)
-        os.replace(tmp, out)
-    finally:
-        for f in (tmp, reduced):
-            if os.path.exists(f):
-                os.unlink(f)
+    with atomic_path(out, suffix=".onnx.part") as tmp_path:  # a failed run leaves nothing, a good one 0644
+        tmp = str(tmp_path)
+        reduced = f"{tmp[:-len('.onnx.part')]}.{precision}.onnx.part"
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")  # legacy-exporter deprecation and tracer notices
+                # The legacy (TorchScript) exporter: with dynamic_axes it keeps the batch symbolic, where
+                # torch>=2.9's default dynamo exporter specializes RT-DETR to batch 1.
+                torch.onnx.export(
+                    wrapper, (dummy,), tmp, dynamo=False, opset_version=opset, do_constant_folding=True,
+                    input_names=[specs.EXPORT_INPUT], output_names=output_names,
+                    dynamic_axes={n: {0: "batch"} for n in [specs.EXPORT_INPUT, *output_names]},
+                )
+            graph = onnx.load(tmp)
+            meta = {
+                specs.META_FAMILY: fam.FAMILY,
+                specs.META_VARIANT: variant,
+                specs.META_INPUT_HW: specs.format_hw((h, w)),
+                specs.META_CLASS_NAMES: json.dumps(class_names),
+                specs.META_CATEGORY_IDS: json.dumps(category_ids),
+                specs.META_WEIGHTS: weights_desc,
+                specs.META_PARAMS_M: f"{fam.num_params(model) / 1e6:.2f}",
+                specs.META_GFLOPS: f"{count_gflops(model, (h, w)):.2f}",
+            }
+            del graph.metadata_props[:]
+            for k, v in meta.items():
+                graph.metadata_props.add(key=k, value=v)
+            graph.producer_name = "tdet"
+            onnx.checker.check_model(graph)
+            onnx.save(graph, tmp)
+            diffs = check_against_torch(tmp, wrapper, fam.FAMILY, (h, w), spec.scale, seed=seed) if check else None
+            if precision != "fp32":
+                reduce_precision(Path(tmp), Path(reduced), precision, family=fam.FAMILY, inputs=calib_inputs,
+                                 calib=calib, keep_fp32=keep_fp32)
+                os.replace(reduced, tmp)
+        finally:
+            if os.path.exists(reduced):
+                os.unlink(reduced)
     return ExportResult(out, variant, fam.FAMILY, weights_desc, diffs, precision)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tdet.client.errors import UserError
+from tdet.client.files import atomic_path
 
 
 @dataclass(frozen=True)
@@ -47,22 +47,18 @@ def download(info: WeightsInfo, *, dest_dir: Path | None = None, timeout_s: floa
     if dest.is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{info.filename}.", suffix=".part", dir=dest.parent)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(info.url, timeout=timeout_s) as resp:
-            shutil.copyfileobj(resp, out, length=1 << 20)
-        if info.sha256 is not None:
-            digest = sha256sum(Path(tmp))
-            if digest != info.sha256:
-                raise UserError(f"checksum mismatch for {info.url}: got {digest}, expected {info.sha256}")
-        os.replace(tmp, dest)
+        with atomic_path(dest, suffix=".part") as tmp:
+            with open(tmp, "wb") as out, urllib.request.urlopen(info.url, timeout=timeout_s) as resp:
+                shutil.copyfileobj(resp, out, length=1 << 20)
+            if info.sha256 is not None:
+                digest = sha256sum(tmp)
+                if digest != info.sha256:
+                    raise UserError(f"checksum mismatch for {info.url}: got {digest}, expected {info.sha256}")
     except (urllib.error.URLError, TimeoutError, OSError) as err:
         raise ConnectionError(
             f"could not download {info.url} ({err}). Download it elsewhere and pass the file with "
             f"--weights PATH, or put it at {dest}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return dest
 
 

@@ -11,8 +11,6 @@ Both carry "tdet" (variant, classes, input size, recipe, run arguments: what exp
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -21,22 +19,17 @@ import torch
 from torch import nn
 
 from tdet.client.errors import UserError
+from tdet.client.files import atomic_path
 
 from ..weights import TDET_META, read_checkpoint
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save through a temp file and a rename: an interrupted save never leaves a truncated checkpoint."""
+    """torch.save through atomic_path: an interrupted save never leaves a truncated checkpoint; 0644, as
+    checkpoints are meant to be shared."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".part") as tmp:
         torch.save(obj, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; checkpoints are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def build_checkpoint(fam: ModuleType, *, model: nn.Module, ema: dict, optimizer: dict, scaler: dict | None,
