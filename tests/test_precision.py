@@ -238,3 +238,67 @@ def test_modelopt_int8_detects_what_fp32_detects(fp32, data):
     assert "QuantizeLinear" in {n.op_type for n in model.graph.node} and all(z.data_type == 3 for z in zero_points)
     _assert_detects_like(out, fp32["rtdetrv2-s"], sorted(data["val"].iterdir()), "rtdetrv2-s", "int8",
                          "rtdetrv2-s int8 modelopt")
+
+
+def _conv_relu_graph(path: Path) -> None:
+    """images [N,1,8,8] -> Conv 3x3 (4 channels) -> Relu -> out: the smallest graph with one two-signed and one
+    one-signed activation for the calibrators."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 1, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", [specs.EXPORT_INPUT, "w"], ["conv"], name="conv", pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["conv"], ["out"], name="relu")], "g",
+        [helper.make_tensor_value_info(specs.EXPORT_INPUT, TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 4, 8, 8])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def _input_scale(path: Path) -> float:
+    """The scale of the QuantizeLinear on the graph input."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == specs.EXPORT_INPUT)
+    return float(inits[q.input[1]])
+
+
+def test_entropy_calibration_clips_outliers_that_minmax_keeps(tmp_path):
+    """`--calibrator entropy` is the KL search over a 2048-bin histogram (precision.entropy_ranges), not
+    quantize_static's own Entropy (128 bins for 128 quantized bins: one candidate, the minmax range): on a
+    heavy-tailed input it clips the rare outliers minmax keeps, a one-signed tensor keeps its sign, and
+    quantize_int8 writes those ranges into the graph."""
+    from tdet.training.precision import entropy_ranges, quantize_int8
+
+    model = tmp_path / "conv.onnx"
+    _conv_relu_graph(model)
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal((1, 1, 8, 8)).astype(np.float32) for _ in range(16)]
+    inputs[3][0, 0, 0, 0] = 40.0  # one outlier, ~10x the rest
+    peak = max(float(np.abs(x).max()) for x in inputs)
+
+    class Reader:
+        def __init__(self) -> None:
+            self.it = iter(inputs)
+
+        def get_next(self):
+            x = next(self.it, None)
+            return None if x is None else {specs.EXPORT_INPUT: x}
+
+    ranges = entropy_ranges(model, Reader())
+    lo, hi = (float(v) for v in ranges[specs.EXPORT_INPUT].range_value)
+    assert 0 < hi < 0.5 * peak and -hi <= lo < 0  # clipped well inside the outlier, symmetric about zero
+    relu_lo, relu_hi = (float(v) for v in ranges["out"].range_value)
+    assert relu_lo == 0.0 and relu_hi > 0  # post-ReLU: nothing below zero was seen, none is reserved
+
+    scales = {}
+    for method in ("minmax", "entropy"):
+        out = tmp_path / f"{method}.onnx"
+        quantize_int8(model, out, inputs, family="damo-yolo", method=method, keep_fp32=False)
+        scales[method] = _input_scale(out)
+    assert scales["minmax"] == pytest.approx(peak / 127, rel=1e-5)
+    assert scales["entropy"] == pytest.approx(hi / 127, rel=1e-5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["conv.onnx", "entropy.onnx", "minmax.onnx"]

@@ -13,10 +13,13 @@ tdet.keep_fp32) so the served repository and reports can tell what a graph is.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import json
 import logging
 import re
+import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -168,6 +171,7 @@ def quantize_int8(fp32: Path, out: Path, inputs: list[np.ndarray], *, family: st
     -> the node names left in fp32."""
     import onnx
     from onnxruntime import quantization as q
+    from onnxruntime.quantization.calibrate import save_tensors_data
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(q.CalibrationDataReader):
@@ -179,6 +183,7 @@ def quantize_int8(fp32: Path, out: Path, inputs: list[np.ndarray], *, family: st
             return None if x is None else {specs.EXPORT_INPUT: x}
 
     pre = out.with_name(out.name + ".pre.onnx")
+    cache = out.with_name(out.name + ".ranges.json")
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # the quantizer logs a warning per 1-D weight it cannot quantize per channel
@@ -188,16 +193,50 @@ def quantize_int8(fp32: Path, out: Path, inputs: list[np.ndarray], *, family: st
         methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
                    "percentile": q.CalibrationMethod.Percentile}
         act = {"s8": q.QuantType.QInt8, "u8": q.QuantType.QUInt8}[activations]
+        if method == "entropy":  # ranges from the KL search below, handed to quantize_static as its cache
+            save_tensors_data(entropy_ranges(pre, Reader()), cache)
         q.quantize_static(str(pre), str(out), Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
                           activation_type=act, weight_type=q.QuantType.QInt8,
                           calibrate_method=methods[method], nodes_to_exclude=exclude,
+                          calibration_cache_path=str(cache) if method == "entropy" else None,
                           extra_options={"ActivationSymmetric": activations == "s8"})
     finally:
         root.setLevel(level)
         pre.unlink(missing_ok=True)
+        cache.unlink(missing_ok=True)
         for aux in out.parent.glob(out.name + ".pre*"):
             aux.unlink(missing_ok=True)
     return exclude
+
+
+ENTROPY_BINS = 2048  # histogram bins over [-max|x|, max|x|]: the KL search tries 961 clipping thresholds
+
+
+def entropy_ranges(model: Path, reader: Any) -> Any:
+    """Activation ranges by the KL-divergence search of TensorRT's entropy calibrator, with onnxruntime's own
+    EntropyCalibrater over the op types quantize_static quantizes. Why not quantize_static's Entropy method
+    alone: it builds 128-bin histograms for 128 quantized bins, so its search has one candidate, the whole
+    range, and lands on the minmax ranges (measured: the same AP as minmax to 0.01 on both families). The
+    histogram is symmetric (TensorRT's form); each range is the clipped (-t, t) narrowed to what was seen, so a
+    one-signed tensor keeps its sign for the u8 form. Served, it costs the demo detectors 6-26 AP (README): an
+    option for TensorRT users, never the default."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    with tempfile.TemporaryDirectory(prefix="tdet-entropy-") as tmp:
+        calibrator = create_calibrator(model, list(set(QLinearOpsRegistry) | set(QDQRegistry)),
+                                       augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                       calibrate_method=CalibrationMethod.Entropy,
+                                       extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": 128,
+                                                      "symmetric": True})
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints its progress and bin counts
+            calibrator.collect_data(reader)
+            clipped = calibrator.compute_data()
+        seen = calibrator.collector.histogram_dict  # name -> (hist, edges, min, max, ...)
+    for k, r in clipped.items():
+        r.lowest = np.asarray(max(r.lowest, seen[k][2]), r.lowest.dtype)
+        r.highest = np.asarray(min(r.highest, seen[k][3]), r.highest.dtype)
+    return clipped
 
 
 def quantize_int8_modelopt(fp32: Path, out: Path, inputs: list[np.ndarray], *, family: str, method: str,
@@ -206,7 +245,6 @@ def quantize_int8_modelopt(fp32: Path, out: Path, inputs: list[np.ndarray], *, f
     `inputs`, the keep-in-fp32 nodes excluded); -> the node names left in fp32. Its failure is a UserError
     carrying the child's last lines; nothing is left at `out`."""
     import subprocess
-    import tempfile
 
     import onnx
 
