@@ -280,15 +280,7 @@ def test_entropy_calibration_clips_outliers_that_minmax_keeps(tmp_path):
     inputs[3][0, 0, 0, 0] = 40.0  # one outlier, ~10x the rest
     peak = max(float(np.abs(x).max()) for x in inputs)
 
-    class Reader:
-        def __init__(self) -> None:
-            self.it = iter(inputs)
-
-        def get_next(self):
-            x = next(self.it, None)
-            return None if x is None else {specs.EXPORT_INPUT: x}
-
-    ranges = entropy_ranges(model, Reader())
+    ranges = entropy_ranges(model, inputs)
     lo, hi = (float(v) for v in ranges[specs.EXPORT_INPUT].range_value)
     assert 0 < hi < 0.5 * peak and -hi <= lo < 0  # clipped well inside the outlier, symmetric about zero
     relu_lo, relu_hi = (float(v) for v in ranges["out"].range_value)

@@ -165,6 +165,18 @@ def keep_patterns(family: str, keep_fp32: bool) -> tuple[str, ...]:
     return KEEP_FP32[family] if keep_fp32 else ()
 
 
+class CalibrationFeed:
+    """The calibration inputs as onnxruntime's CalibrationDataReader (which it recognises by get_next): one
+    input feed per call, then None."""
+
+    def __init__(self, inputs: list[np.ndarray]) -> None:
+        self.it = iter(inputs)
+
+    def get_next(self) -> dict | None:
+        x = next(self.it, None)
+        return None if x is None else {specs.EXPORT_INPUT: x}
+
+
 def quantize_int8(fp32: Path, out: Path, inputs: list[np.ndarray], *, family: str, method: str = "minmax",
                   keep_fp32: bool = True, activations: str = "s8") -> list[str]:
     """fp32 ONNX -> QDQ int8 ONNX at `out` (per-channel weights, activations calibrated on `inputs`);
@@ -173,14 +185,6 @@ def quantize_int8(fp32: Path, out: Path, inputs: list[np.ndarray], *, family: st
     from onnxruntime import quantization as q
     from onnxruntime.quantization.calibrate import save_tensors_data
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(q.CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter(inputs)
-
-        def get_next(self) -> dict | None:
-            x = next(self.it, None)
-            return None if x is None else {specs.EXPORT_INPUT: x}
 
     pre = out.with_name(out.name + ".pre.onnx")
     cache = out.with_name(out.name + ".ranges.json")
@@ -194,8 +198,8 @@ def quantize_int8(fp32: Path, out: Path, inputs: list[np.ndarray], *, family: st
                    "percentile": q.CalibrationMethod.Percentile}
         act = {"s8": q.QuantType.QInt8, "u8": q.QuantType.QUInt8}[activations]
         if method == "entropy":  # ranges from the KL search below, handed to quantize_static as its cache
-            save_tensors_data(entropy_ranges(pre, Reader()), cache)
-        q.quantize_static(str(pre), str(out), Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
+            save_tensors_data(entropy_ranges(pre, inputs), cache)
+        q.quantize_static(str(pre), str(out), CalibrationFeed(inputs), quant_format=q.QuantFormat.QDQ, per_channel=True,
                           activation_type=act, weight_type=q.QuantType.QInt8,
                           calibrate_method=methods[method], nodes_to_exclude=exclude,
                           calibration_cache_path=str(cache) if method == "entropy" else None,
@@ -212,7 +216,7 @@ def quantize_int8(fp32: Path, out: Path, inputs: list[np.ndarray], *, family: st
 ENTROPY_BINS = 2048  # histogram bins over [-max|x|, max|x|]: the KL search tries 961 clipping thresholds
 
 
-def entropy_ranges(model: Path, reader: Any) -> Any:
+def entropy_ranges(model: Path, inputs: list[np.ndarray]) -> Any:
     """Activation ranges by the KL-divergence search of TensorRT's entropy calibrator, with onnxruntime's own
     EntropyCalibrater over the op types quantize_static quantizes. Why not quantize_static's Entropy method
     alone: it builds 128-bin histograms for 128 quantized bins, so its search has one candidate, the whole
@@ -230,7 +234,7 @@ def entropy_ranges(model: Path, reader: Any) -> Any:
                                        extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": 128,
                                                       "symmetric": True})
         with contextlib.redirect_stdout(io.StringIO()):  # it prints its progress and bin counts
-            calibrator.collect_data(reader)
+            calibrator.collect_data(CalibrationFeed(inputs))
             clipped = calibrator.compute_data()
         seen = calibrator.collector.histogram_dict  # name -> (hist, edges, min, max, ...)
     for k, r in clipped.items():

@@ -47,18 +47,18 @@ def download(info: WeightsInfo, *, dest_dir: Path | None = None, timeout_s: floa
     if dest.is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with atomic_path(dest, suffix=".part") as tmp:
+    with atomic_path(dest, suffix=".part") as tmp:
+        try:
             with open(tmp, "wb") as out, urllib.request.urlopen(info.url, timeout=timeout_s) as resp:
                 shutil.copyfileobj(resp, out, length=1 << 20)
-            if info.sha256 is not None:
-                digest = sha256sum(tmp)
-                if digest != info.sha256:
-                    raise UserError(f"checksum mismatch for {info.url}: got {digest}, expected {info.sha256}")
-    except (urllib.error.URLError, TimeoutError, OSError) as err:
-        raise ConnectionError(
-            f"could not download {info.url} ({err}). Download it elsewhere and pass the file with "
-            f"--weights PATH, or put it at {dest}") from None
+        except (urllib.error.URLError, TimeoutError, OSError) as err:
+            raise ConnectionError(
+                f"could not download {info.url} ({err}). Download it elsewhere and pass the file with "
+                f"--weights PATH, or put it at {dest}") from None
+        if info.sha256 is not None:
+            digest = sha256sum(tmp)
+            if digest != info.sha256:
+                raise UserError(f"checksum mismatch for {info.url}: got {digest}, expected {info.sha256}")
     return dest
 
 
