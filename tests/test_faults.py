@@ -158,6 +158,13 @@ def test_bad_requests_are_never_retried(served, protocol):
         before = int(client.statistics(step).get("inference_count", 0))
         with pytest.raises(InvalidInputError, match="empty image"):
             client.infer(b"")
+        # Triton records a step's statistics after the error has gone back to the client: wait for the count
+        # to move, then read it again once it has settled (a retried request would show up by then)
+        deadline = time.monotonic() + 10
+        while (after := int(client.statistics(step).get("inference_count", 0))) == before \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
         after = int(client.statistics(step).get("inference_count", 0))
     assert after - before == 1
 
