@@ -8,6 +8,7 @@ import math
 import sys
 from pathlib import Path
 
+from .. import interrupts
 from ..errors import UserError
 from ..loadtest.runner import _metrics_before
 from .report import write_data, write_report
@@ -67,6 +68,7 @@ def run_capacity(model: str, url: str, source: Path, *, out: Path, fps: float = 
     result = CapacityResult(model, url, fps, deadline_ms, max_miss, hold_s, max_in_flight, workers, len(frames))
 
     def measure(n: int) -> LevelResult:
+        interrupts.check()
         return run_level(gen, n, fps, hold_s, deadline_ms=deadline_ms, max_in_flight=max_in_flight,
                          metrics_url=metrics_url, model=model)
 
@@ -76,7 +78,7 @@ def run_capacity(model: str, url: str, source: Path, *, out: Path, fps: float = 
 
     why = ""
     try:
-        with Generator(url, model, frames, timeout_s=timeout_s, workers=workers) as gen:
+        with interrupts.recorded(), Generator(url, model, frames, timeout_s=timeout_s, workers=workers) as gen:
             if cameras is None:
                 result.capacity, result.at_least, why = find_capacity(
                     measure, max_miss=max_miss, start=start, max_cameras=max_cameras, levels=result.levels,

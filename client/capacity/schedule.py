@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import interrupts
 from ..connection import classify
 from ..errors import InvalidInputError, ServerUnavailableError, UserError
 
@@ -144,6 +145,7 @@ class _Sender:
                 cond.notify_all()
 
         for j, (c, k) in enumerate(entries):
+            interrupts.check()  # a Ctrl-C that gRPC's C core swallowed stops the level here
             if stop["why"]:
                 break
             delay = rec["sched"][j] - time.perf_counter()

@@ -7,16 +7,18 @@ also on an error, Ctrl-C or SIGTERM (tune_repo)."""
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from .. import interrupts
 from ..errors import InferenceError, UserError
 from .run import check_settings, run_capacity
 from .schedule import load_frames
 from .tune_config import Knobs, Served, changed, check_explicit_mode, lowered_ensemble, read_served
-from .tune_repo import RepositoryGuard, TrialRefused, sigterm_as_interrupt, write_patch
+from .tune_repo import RepositoryGuard, TrialRefused, write_patch
 
 DEFAULT_INSTANCES = (1, 2, 4)
 DEFAULT_BATCH_SIZES = (1, 4, 16)
@@ -117,6 +119,7 @@ def search_configs(model: str, url: str, source: Path, repository: Path, *, out:
     measured: dict[tuple, Trial] = {}
 
     def trial(config: dict[str, Knobs]) -> Trial:
+        interrupts.check()
         best = best_trial(result.trials)
         t = Trial(len(result.trials), label(served, config), {n: asdict(k) for n, k in config.items()},
                   report=str(out / "trials" / f"{len(result.trials):02d}"))
@@ -144,7 +147,8 @@ def search_configs(model: str, url: str, source: Path, repository: Path, *, out:
         return t
 
     try:
-        with sigterm_as_interrupt():
+        # SIGTERM (a `kill`, a container stop) takes the Ctrl-C path, so the originals are restored
+        with interrupts.recorded((signal.SIGINT, signal.SIGTERM)):
             best_config = served.knobs()
             trial(best_config)
             for name, knob, values in dimensions(served, instances, batch_sizes, delays_us):

@@ -17,19 +17,6 @@ class TrialRefused(Exception):
 
 
 @contextmanager
-def sigterm_as_interrupt():
-    """SIGTERM (a `kill`, a container stop) takes the Ctrl-C path, so the originals are restored."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
-@contextmanager
 def signals_deferred():
     """Ctrl-C / SIGTERM while the originals go back do not stop that: they are recorded in the list yielded
     (the caller stops once the repository is back)."""

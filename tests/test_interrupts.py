@@ -1,0 +1,37 @@
+"""A Ctrl-C whose KeyboardInterrupt a C extension dropped is raised again at the loops' next check
+(client/interrupts.py; a capacity search once ran on to the end after SIGINT)."""
+
+import os
+import signal
+import time
+
+import pytest
+
+from tdet.client import interrupts
+
+
+def test_a_dropped_ctrl_c_is_raised_once_at_the_next_check():
+    before = signal.getsignal(signal.SIGINT)
+    with interrupts.recorded():
+        interrupts.check()  # nothing pending: no raise
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs at the next bytecode, well inside this
+            pytest.fail("SIGINT raised nothing")
+        except KeyboardInterrupt:
+            pass  # what gRPC's C core may do with it
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.check()
+        interrupts.check()  # once only
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_sigterm_takes_the_ctrl_c_path_only_where_asked():
+    before = signal.getsignal(signal.SIGTERM)
+    with interrupts.recorded((signal.SIGINT, signal.SIGTERM)):
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.check()
+    assert signal.getsignal(signal.SIGTERM) is before
