@@ -7,13 +7,15 @@ trained at, as `make demo` serves it), the seeded random-init export at 640 as a
 model again with `--jpeg-scale auto` (DCT-domain reduced JPEG decode), and for DAMO-YOLO the trained model
 with `--nms engine` (the NMS in the engine graph; its engine times include the NMS). Frames: the project's synthetic val
 split (`tdet data synth --split val`, real shapes and textures) scaled to 1280x720 JPEG, one distinct frame
-per request. Same uint8 engine graph, same ORT threads, one engine instance (the engine-alone comparison),
-spinning off, everywhere. --sweep: served img/s per `tdet repo build` setting instead.
+per request. Same uint8 engine graph, same engine instances x ORT threads (default: `tdet repo build`'s), spinning
+off, everywhere. --sweep: served img/s per `tdet repo build` setting instead.
 
-Prints, per model: per step in-process on one thread (pre, engine at batch 1, post) and (pre+post)/engine;
-the engine alone at the batch the server is given (ORT, same threads) vs the served ensemble at saturation
-(gRPC, concurrent requests) side by side and their ratio; Triton's per-step compute and the engine batch it
-formed. Then the preprocess split into JPEG decode, resize and layout, exact vs reduced decode.
+Prints, per model: per step in-process (pre and post on one thread, the engine at batch 1) and
+(pre+post)/engine; the engine alone at the batch the server is given (ORT, the same instances x threads) vs the
+served ensemble at saturation (gRPC, concurrent requests), measured in turns (--rounds) with the server up,
+their ratio (median and range); Triton's per-step compute and the engine batch it formed; the CPU ms per image
+each served process spent (preprocess, engine, postprocess, tritonserver, this client) next to the engine
+alone's. Then the preprocess split into JPEG decode, resize and layout, exact vs reduced decode.
 """
 
 from __future__ import annotations
@@ -108,10 +110,9 @@ def old_nms_post_ms(post, reps: int) -> float:
         return median_ms(post, reps)
 
 
-def in_process(row: Row, engine_onnx: Path, threads: int, batch: int, images: list[bytes], reps: int
-               ) -> dict[str, float]:
-    """Per step on one thread (pre/post single-threaded as in the server's python steps), and the engine
-    alone at `batch` (the ceiling the served ensemble is measured against)."""
+def in_process(row: Row, engine_onnx: Path, threads: int, images: list[bytes], reps: int) -> dict[str, float]:
+    """Per step: pre and post on one thread (as in the server's python steps), the engine at batch 1 on
+    `threads` (all the server gives its engine instances)."""
     from tdet.client.options import DetectOptions
     from tdet.client.pipeline import postprocess_rows, preprocess_rows
     from tdet.client.specs import EXPORT_INPUT
@@ -135,10 +136,40 @@ def in_process(row: Row, engine_onnx: Path, threads: int, batch: int, images: li
         res["post_old_ms"] = old_nms_post_ms(post, reps * 2)
     if row.nms == "engine":
         res["tail_ms"] = nms_tail_ms(row, info, x, threads, reps)
-    xb, _ = preprocess_rows(images[:batch], spec)
-    res["engine_ips"] = batch / (median_ms(lambda: sess.run(None, {EXPORT_INPUT: xb}), max(reps // 2, 2)) / 1000)
     res["input"] = f"{info.input_hw[0]}x{info.input_hw[1]}"
     return res
+
+
+def engine_alone(row: Row, engine_onnx: Path, threads: int, instances: int, batch: int, images: list[bytes]):
+    """A function measuring the engine alone as the server runs it (`instances` ORT sessions of `threads` each,
+    no spinning, side by side in threads: ORT releases the GIL) on every frame once in batches of `batch`,
+    preprocessed beforehand: -> (img/s, CPU ms per image)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import psutil
+
+    from tdet.client.pipeline import preprocess_rows
+    from tdet.client.specs import EXPORT_INPUT
+    from tdet.ensembles.ort_session import ort_session
+
+    _, spec = _model_spec(row.onnx, row.jpeg_scale)
+    sessions = [ort_session(engine_onnx, threads=threads, inter_threads=1) for _ in range(instances)]
+    batches = [preprocess_rows(images[i:i + batch], spec)[0] for i in range(0, len(images), batch)]
+    for sess in sessions:
+        sess.run(None, {EXPORT_INPUT: batches[0]})
+    me = psutil.Process()
+
+    def share(i: int) -> None:
+        for xb in batches[i::instances]:
+            sessions[i].run(None, {EXPORT_INPUT: xb})
+
+    def measure() -> tuple[float, float]:
+        cpu, t = sum(me.cpu_times()[:2]), time.perf_counter()
+        with ThreadPoolExecutor(instances) as pool:
+            list(pool.map(share, range(instances)))
+        wall, cpu = time.perf_counter() - t, sum(me.cpu_times()[:2]) - cpu
+        return len(images) / wall, 1000 * cpu / len(images)
+    return measure
 
 
 def nms_tail_ms(row: Row, info, x: np.ndarray, threads: int, reps: int) -> float:
@@ -158,18 +189,44 @@ def nms_tail_ms(row: Row, info, x: np.ndarray, threads: int, reps: int) -> float
     return median_ms(lambda: tail.run(None, {"s_in": scores, "b_in": boxes}), reps * 2)
 
 
-def served(grpc_url: str, model: str, images: list[bytes], concurrency: int) -> dict[str, float]:
+def cpu_seconds(server_pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far: this process (the client) and the server's, per Triton model (each
+    step is its own stub processes, named by the model directory in their command line; "tritonserver": gRPC
+    and the ensemble scheduler)."""
+    import psutil
+
+    server, me = psutil.Process(server_pid), psutil.Process()
+    out = {"client": sum(me.cpu_times()[:2]), "tritonserver": sum(server.cpu_times()[:2])}
+    for child in server.children(recursive=True):
+        try:
+            cmd, t = child.cmdline(), child.cpu_times()
+        except psutil.Error:  # a stub that just went away
+            continue
+        name = Path(cmd[1]).parent.parent.name if len(cmd) > 1 else child.name()
+        out[name] = out.get(name, 0.0) + t.user + t.system
+    return out
+
+
+def served(grpc_url: str, model: str, images: list[bytes], concurrency: int, server_pid: int | None = None
+           ) -> dict[str, float]:
+    """Served img/s at `concurrency` in flight, Triton's per-step compute and batch, and (with server_pid) the
+    CPU ms per image each process spent (`cpu_<step>`, `cpu_tritonserver`, `cpu_client`)."""
     from tdet.client.triton import connect
 
     steps = {s: f"{model}_{s}" for s in ("preprocess", "engine", "postprocess")}
     with connect(grpc_url, model) as client:
         client.infer_many(images[:concurrency], concurrency=concurrency)  # warm every instance
         before = {s: client.statistics(m) for s, m in steps.items()}
+        cpu0 = cpu_seconds(server_pid) if server_pid else {}
         t = time.perf_counter()
         client.infer_many(images, concurrency=concurrency)
         wall = time.perf_counter() - t
+        cpu1 = cpu_seconds(server_pid) if server_pid else {}
         after = {s: client.statistics(m) for s, m in steps.items()}
     res = {"served_ips": len(images) / wall}
+    if server_pid:
+        for key, name in {**steps, "tritonserver": "tritonserver", "client": "client"}.items():
+            res[f"cpu_{key}"] = 1000 * (cpu1.get(name, 0.0) - cpu0.get(name, 0.0)) / len(images)
     for s in steps:
         n = int(after[s]["inference_count"]) - int(before[s]["inference_count"])
         ns = (int(after[s]["inference_stats"]["compute_infer"]["ns"])
@@ -250,6 +307,8 @@ def build_rows(variants: list[str], work: Path, kinds: list[str], jpeg_auto: boo
 
 
 def main() -> None:
+    from tdet.ensembles.configs import BuildOptions
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", nargs="+", default=["damo-yolo-t", "rtdetrv2-s"])
     ap.add_argument("--rows", nargs="+", choices=["trained", "random"], default=["trained", "random"],
@@ -261,18 +320,23 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=64, help="distinct frames; the served run sends each once")
     ap.add_argument("--reps", type=int, default=10, help="repetitions per in-process timing (median)")
     ap.add_argument("--concurrency", type=int, default=8)
-    ap.add_argument("--ort-threads", type=int, default=2)
+    defaults = BuildOptions()
+    ap.add_argument("--engine-instances", type=int, default=defaults.engine_instances,
+                    help="engine instances served and run alone (default: tdet repo build's)")
+    ap.add_argument("--ort-threads", type=int, default=defaults.ort_threads,
+                    help="ORT threads per engine instance (default: tdet repo build's)")
     ap.add_argument("--batch", type=int, default=4, help="engine-alone batch (the server's dynamic batches)")
+    ap.add_argument("--rounds", type=int, default=3, help="engine alone then served, this many times in turn "
+                    "(medians; the spread of served / engine alone says how noisy the machine was)")
     ap.add_argument("--quick", action="store_true", help="about a minute less: 24 frames, 4 reps")
     ap.add_argument("--sweep", nargs="*", metavar="SETTING", help="instead: served img/s of the first variant "
                     "(trained) per instance/thread/delay setting (SWEEP: all, or the labels given), from `tdet repo "
                     "build` defaults")
     args = ap.parse_args()
     if args.quick:
-        args.requests, args.reps = min(args.requests, 24), min(args.reps, 4)
+        args.requests, args.reps, args.rounds = min(args.requests, 24), min(args.reps, 4), min(args.rounds, 2)
 
     from tdet.ensembles.builder import build_repository
-    from tdet.ensembles.configs import BuildOptions
     from tdet.ensembles.server import free_port, start, stop_process
 
     cv2.setNumThreads(1)  # as the server's python steps: one thread each
@@ -285,13 +349,14 @@ def main() -> None:
                       tuple(args.precisions))
     repo = work / "model_repository"
     for row in rows:
-        build_repository([row.onnx], repo, BuildOptions(ort_threads=args.ort_threads, engine_instances=1,
+        build_repository([row.onnx], repo, BuildOptions(ort_threads=args.ort_threads,
+                                                        engine_instances=args.engine_instances,
                                                              jpeg_scale=row.jpeg_scale, nms=row.nms),
                          name=row.name)
     results: dict[str, dict] = {}
     for row in rows:  # in-process first, with the server not yet running (no CPU contention)
-        results[row.name] = in_process(row, repo / f"{row.name}_engine" / "1" / "model.onnx", args.ort_threads,
-                                       args.batch, images, args.reps)
+        results[row.name] = in_process(row, repo / f"{row.name}_engine" / "1" / "model.onnx",
+                                       args.ort_threads * args.engine_instances, images, args.reps)
     splits = {}
     for row in rows:
         if row.jpeg_scale == "off":
@@ -299,8 +364,16 @@ def main() -> None:
             splits.setdefault(spec.size_hw, preprocess_split(images, spec.size_hw, args.reps * 3))
     proc, info = start(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), timeout_s=600)
     try:
-        for row in rows:
-            results[row.name].update(served(info.grpc_url, row.name, images[:args.requests], args.concurrency))
+        for row in rows:  # engine alone and served in turns, with the server up and idle for the first
+            alone = engine_alone(row, repo / f"{row.name}_engine" / "1" / "model.onnx", args.ort_threads,
+                                 args.engine_instances, args.batch, images[:args.requests])
+            rounds = []
+            for _ in range(args.rounds):
+                ips, cpu = alone()
+                rounds.append({"engine_ips": ips, "cpu_engine_alone": cpu,
+                               **served(info.grpc_url, row.name, images[:args.requests], args.concurrency, proc.pid)})
+            results[row.name].update({k: statistics.median(r[k] for r in rounds) for k in rounds[0]})
+            results[row.name]["ratios"] = [r["served_ips"] / r["engine_ips"] for r in rounds]
     finally:
         stop_process(proc.pid)
     report(rows, results, splits, args)
@@ -350,12 +423,15 @@ def sweep(args: argparse.Namespace, work: Path, images: list[bytes]) -> None:
 
 def report(rows: list[Row], results: dict[str, dict], splits: dict, args: argparse.Namespace) -> None:
     load = f"1-min load average {args.load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {load}; ORT threads "
-          f"{args.ort_threads}; {args.requests} distinct real-content 1280x720 JPEGs (synthetic val split, scaled); "
-          f"served: gRPC, concurrency {args.concurrency}; engine alone at batch {args.batch}")
+    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {load}; engine: "
+          f"{args.engine_instances} instance(s) x {args.ort_threads} ORT thread(s), served and alone; {args.requests} "
+          "distinct real-content 1280x720 JPEGs (synthetic val split, scaled); "
+          f"served: gRPC, concurrency {args.concurrency}; engine alone at batch {args.batch}, in turns with "
+          f"the served run, {args.rounds} rounds (medians)")
     header = ("model", "weights", "input", "jpeg", "nms", "pre ms", "engine b1 ms", "post ms (old NMS)",
               "(pre+post)/engine (old NMS)",
-              f"engine alone b{args.batch} img/s", "served img/s", "served/engine", "server pre|engine|post ms/img",
+              f"engine alone b{args.batch} img/s", "served img/s", f"served/engine (range of {args.rounds})",
+              "server pre|engine|post ms/img",
               "engine batch")
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for row in rows:
@@ -366,10 +442,21 @@ def report(rows: list[Row], results: dict[str, dict], splits: dict, args: argpar
             f"{r['post_ms']:.2f}" + (f" ({r['post_old_ms']:.2f})" if "post_old_ms" in r else ""),
             f"{(r['pre_ms'] + r['post_ms']) / r['engine_ms']:.2f}"
             + (f" ({(r['pre_ms'] + r['post_old_ms']) / r['engine_ms']:.2f})" if "post_old_ms" in r else ""),
-            f"{r['engine_ips']:.2f}",
-            f"{r['served_ips']:.2f}", f"**{r['served_ips'] / r['engine_ips']:.2f}x**",
+            f"{r['engine_ips']:.2f}", f"{r['served_ips']:.2f}",
+            f"**{statistics.median(r['ratios']):.2f}x** ({min(r['ratios']):.2f}-{max(r['ratios']):.2f})",
             f"{r['preprocess_server_ms']:.1f}|{r['engine_server_ms']:.1f}|{r['postprocess_server_ms']:.1f}",
             f"{r['engine_batch']:.2f}"]) + " |")
+    print("\nCPU ms per image (user + system, by process): the engine alone vs each served process; bound: the "
+          "served / engine alone ratio the cores allow when the engine's CPU per image is the alone figure")
+    header = ("model", "jpeg", "nms", "engine alone", "served: preprocess", "engine", "postprocess", "tritonserver",
+              "client", "total", "bound")
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for row in rows:
+        r = results[row.name]
+        parts = [r[f"cpu_{k}"] for k in ("preprocess", "engine", "postprocess", "tritonserver", "client")]
+        print("| " + " | ".join([row.name, row.jpeg_scale, row.nms, f"{r['cpu_engine_alone']:.1f}",
+                                 *(f"{x:.1f}" for x in parts), f"{sum(parts):.1f}",
+                                 f"{r['cpu_engine_alone'] / sum(parts):.2f}"]) + " |")
     for row in rows:
         if "tail_ms" in results[row.name]:
             print(f"\n{row.name}: the NMS tail alone (ORT, 1 thread, batch 1, this frame's engine outputs) "

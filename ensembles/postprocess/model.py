@@ -19,11 +19,13 @@ import triton_python_backend_utils as pb_utils
 from tdet.client.options import DetectOptions, InvalidParameterError, resolve
 from tdet.client.pipeline import postprocess_rows
 from tdet.client.specs import EXPORT_OUTPUTS, WIRE_OUTPUTS, config_parameters, parse_hw
+from tdet.ensembles.heap import keep_freed_memory
 from tdet.ensembles.nms_graph import NMS_OUTPUTS, check_request, nms_rows
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        keep_freed_memory()  # no page faults per request (ensembles/heap.py)
         params = config_parameters(json.loads(args["model_config"]))
         self.family = params["family"]
         self.nms_engine = params.get("nms", "python") == "engine"  # the engine ran NMS (ensembles/nms_graph.py)

@@ -15,10 +15,12 @@ import triton_python_backend_utils as pb_utils
 from tdet.client.errors import InvalidImageError
 from tdet.client.pipeline import preprocess_rows
 from tdet.client.specs import EXPORT_INPUT, config_parameters, spec_from_parameters
+from tdet.ensembles.heap import keep_freed_memory
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        keep_freed_memory()  # no page faults per request (ensembles/heap.py)
         params = config_parameters(json.loads(args["model_config"]))
         self.spec = spec_from_parameters(params)
         self.max_pixels = int(params["max_pixels"])

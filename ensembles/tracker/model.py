@@ -18,6 +18,7 @@ import triton_python_backend_utils as pb_utils
 
 from tdet.client.bytetrack import ByteTracker, ByteTrackParams
 from tdet.client.specs import WIRE_OUTPUTS, config_parameters
+from tdet.ensembles.heap import keep_freed_memory
 
 START, END = 1, 2  # TRITONSERVER_REQUEST_FLAG_SEQUENCE_START / _END
 FIELDS = {"track_thresh": float, "low_thresh": float, "match_thresh": float, "track_buffer": int, "frame_rate": int}
@@ -37,6 +38,7 @@ def track_params(values, base=None):
 
 class TritonPythonModel:
     def initialize(self, args):
+        keep_freed_memory()  # no page faults per request (ensembles/heap.py)
         cfg = json.loads(args["model_config"])
         self.defaults = track_params(config_parameters(cfg))
         idle_us = int(cfg.get("sequence_batching", {}).get("max_sequence_idle_microseconds", 0) or 0)

@@ -14,11 +14,13 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from tdet.client.specs import config_parameters
+from tdet.ensembles.heap import keep_freed_memory
 from tdet.ensembles.ort_session import ort_session
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        keep_freed_memory()  # no page faults per request (ensembles/heap.py)
         cfg = json.loads(args["model_config"])
         params = config_parameters(cfg)
         path = os.path.join(args["model_repository"], args["model_version"],
