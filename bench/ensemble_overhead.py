@@ -190,20 +190,20 @@ def nms_tail_ms(row: Row, info, x: np.ndarray, threads: int, reps: int) -> float
 
 
 def cpu_seconds(server_pid: int) -> dict[str, float]:
-    """CPU seconds (user + system) so far: this process (the client) and the server's, per Triton model (each
-    step is its own stub processes, named by the model directory in their command line; "tritonserver": gRPC
-    and the ensemble scheduler)."""
+    """CPU seconds (user + system) so far: this process (the client), the tritonserver process (gRPC and the
+    ensemble scheduler) and each Triton model's stub processes (every step is its own)."""
     import psutil
 
-    server, me = psutil.Process(server_pid), psutil.Process()
-    out = {"client": sum(me.cpu_times()[:2]), "tritonserver": sum(server.cpu_times()[:2])}
-    for child in server.children(recursive=True):
+    from tdet.ensembles.server import step_processes
+
+    def cpu(p) -> float:
         try:
-            cmd, t = child.cmdline(), child.cpu_times()
+            return sum(p.cpu_times()[:2])
         except psutil.Error:  # a stub that just went away
-            continue
-        name = Path(cmd[1]).parent.parent.name if len(cmd) > 1 else child.name()
-        out[name] = out.get(name, 0.0) + t.user + t.system
+            return 0.0
+    out = {"client": cpu(psutil.Process()), "tritonserver": cpu(psutil.Process(server_pid))}
+    for model, procs in step_processes(server_pid).items():
+        out[model] = sum(cpu(p) for p in procs)
     return out
 
 

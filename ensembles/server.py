@@ -229,6 +229,23 @@ def is_tritonserver(pid: int) -> bool:
         return False
 
 
+def step_processes(server_pid: int) -> dict[str, list]:
+    """The python-backend stub processes of a running tritonserver by the model they serve (the model directory in
+    the stub's command line, `<repo>/<model>/<version>/model.*`): psutil.Process objects; stubs that exit while
+    being read are left out."""
+    import psutil
+
+    out: dict[str, list] = {}
+    for child in psutil.Process(server_pid).children(recursive=True):
+        try:
+            cmd = child.cmdline()
+        except psutil.Error:
+            continue
+        if len(cmd) > 1:
+            out.setdefault(Path(cmd[1]).parent.parent.name, []).append(child)
+    return out
+
+
 def stop_process(pid: int, timeout_s: float = 30.0) -> None:
     """SIGTERM the server's process group (stubs included), SIGKILL if it does not go."""
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-psutil = pytest.importorskip("psutil")
+pytest.importorskip("psutil")  # step_processes reads the stubs through it
 
 # a fresh process preprocessing one 1280x720 JPEG again and again: its minor page faults per image
 FAULTS_PER_IMAGE = """
@@ -46,13 +46,11 @@ def test_kept_memory_is_not_faulted_in_per_image():
 
 
 def _minor_faults(server_pid: int, model: str) -> int:
-    """Minor page faults so far of `model`'s stub processes (named by the model directory in their command line)."""
-    total = 0
-    for child in psutil.Process(server_pid).children(recursive=True):
-        cmd = child.cmdline()
-        if len(cmd) > 1 and Path(cmd[1]).parent.parent.name == model:
-            total += int(Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
-    return total
+    """Minor page faults so far of `model`'s stub processes (/proc/PID/stat field 10)."""
+    from tdet.ensembles.server import step_processes
+
+    return sum(int(Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+               for p in step_processes(server_pid)[model])
 
 
 def test_the_served_preprocess_does_not_fault_per_request(served, images):
