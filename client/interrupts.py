@@ -1,9 +1,10 @@
 """Ctrl-C (and SIGTERM, where asked) that a C extension cannot lose.
 
 Python runs a signal's handler at the next check in the main thread, and gRPC's C core makes such checks
-inside its own calls, where the KeyboardInterrupt the handler raises can be dropped: a capacity search sent
-SIGINT mid-level ran on to the end and exited 0. The handler here also records the signal, and the long loops
-(one send, one level, one trial) call `check()`, which raises the KeyboardInterrupt again if it was lost."""
+inside its own calls, where the KeyboardInterrupt the handler raises can be dropped: the likely reason a
+capacity search sent SIGINT mid-level ran on to the end and exited 0 (seen once in CI, not reproduced). The
+handler here also records the signal, and the long loops (one send, one level, one trial) call `check()`, which
+raises the KeyboardInterrupt again if it was lost."""
 
 from __future__ import annotations
 
