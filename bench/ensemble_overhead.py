@@ -12,7 +12,8 @@ off, everywhere. --sweep: served img/s per `tdet repo build` setting instead.
 
 Prints, per model: per step in-process (pre and post on one thread, the engine at batch 1) and
 (pre+post)/engine; the engine alone at the batch the server is given (ORT, the same instances x threads) vs the
-served ensemble at saturation (gRPC, concurrent requests), measured in turns (--rounds) with the server up,
+served ensemble at saturation (gRPC, concurrent requests), measured in turns (--rounds) with the server up
+after one discarded served pass (the engines' ORT arenas grow to the batch shapes in the first ones),
 their ratio (median and range); Triton's per-step compute and the engine batch it formed; the CPU ms per image
 each served process spent (preprocess, engine, postprocess, tritonserver, this client) next to the engine
 alone's. Then the preprocess split into JPEG decode, resize and layout, exact vs reduced decode.
@@ -367,6 +368,9 @@ def main() -> None:
         for row in rows:  # engine alone and served in turns, with the server up and idle for the first
             alone = engine_alone(row, repo / f"{row.name}_engine" / "1" / "model.onnx", args.ort_threads,
                                  args.engine_instances, args.batch, images[:args.requests])
+            # the first passes grow each engine's ORT arena to the batch shapes the server forms (hundreds of page
+            # faults per image, then none): one discarded pass, so the rounds measure the steady state
+            served(info.grpc_url, row.name, images[:args.requests], args.concurrency)
             rounds = []
             for _ in range(args.rounds):
                 ips, cpu = alone()
@@ -404,6 +408,8 @@ def sweep(args: argparse.Namespace, work: Path, images: list[bytes]) -> None:
     proc, info = start(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), timeout_s=900)
     ips: dict[str, list[float]] = {label: [] for label in settings}
     try:
+        for label in settings:  # a discarded pass each: the engines' ORT arenas grow in the first ones (main)
+            served(info.grpc_url, names[label], images[:args.requests], args.concurrency)
         for order in (list(settings), list(settings)[::-1]):
             for label in order:
                 ips[label].append(served(info.grpc_url, names[label], images[:args.requests],
