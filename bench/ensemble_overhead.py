@@ -478,4 +478,9 @@ def report(rows: list[Row], results: dict[str, dict], splits: dict, args: argpar
 
 
 if __name__ == "__main__":
-    main()
+    import signal
+
+    from tdet.client import interrupts
+
+    with interrupts.recorded((signal.SIGINT, signal.SIGTERM)):  # SIGTERM too runs the finally that stops the server
+        main()

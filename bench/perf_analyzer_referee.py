@@ -184,4 +184,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import signal
+
+    from tdet.client import interrupts
+
+    with interrupts.recorded((signal.SIGINT, signal.SIGTERM)):  # SIGTERM too runs the finally that stops the server
+        main()
