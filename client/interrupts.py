@@ -26,6 +26,10 @@ def recorded(signals: tuple[int, ...] = (signal.SIGINT,)):
     old = {s: signal.signal(s, _handler) for s in signals}
     try:
         yield
+        check()  # one lost in the block's last stretch still interrupts
+    except KeyboardInterrupt:
+        _pending.clear()  # delivered: a later block must not raise it again
+        raise
     finally:
         for s, h in old.items():
             signal.signal(s, h)

@@ -35,3 +35,23 @@ def test_sigterm_takes_the_ctrl_c_path_only_where_asked():
         with pytest.raises(KeyboardInterrupt):
             interrupts.check()
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_delivered_ctrl_c_is_not_raised_again_in_a_later_block():
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts.recorded():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    with interrupts.recorded():
+        interrupts.check()  # the first block's Ctrl-C reached its caller: nothing pending here
+
+
+def test_a_ctrl_c_lost_at_the_end_of_a_block_interrupts_on_leaving_it():
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts.recorded():
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)
+            except KeyboardInterrupt:
+                pass  # dropped, and no check() follows inside the block
+    interrupts.check()  # raised once, on leaving
