@@ -35,7 +35,7 @@ from .pool import finished_batches
 from .postprocess import Detections
 from .preprocess import decode_bgr
 from .triton import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, add_connection_args, add_url_args, server_url
-from .video import add_video_args, is_video_source, run_videos
+from .video import add_video_args, is_sequence_model, is_video_source, run_videos
 
 INDEX = "detections.json"
 DEFAULT_CONF = 0.25  # Ultralytics' predict default: what a deployment user expects to see drawn and counted
@@ -207,37 +207,53 @@ def run_infer(paths: Sequence[Path | str], model: str, url: str, protocol: str, 
     out.mkdir(parents=True, exist_ok=True)
     summary = InferSummary(out)
     rows: dict[int, dict] = {}
-    with connect_fleet(url, model, protocol, timeout_s=timeout_s, retries=retries) as fleet, \
-            ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool, \
-            tqdm(total=len(images), desc=f"infer {model}", unit="img", disable=None, file=sys.stderr) as bar:
-        parameters = fleet.first.request_parameters(options)  # checked (class names known) before anything is sent
+    stopped, started = "the run stopped early", False  # why inputs without a row were not run; a row per input
+    try:
+        with connect_fleet(url, model, protocol, timeout_s=timeout_s, retries=retries) as fleet, \
+                ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool, \
+                tqdm(total=len(images), desc=f"infer {model}", unit="img", disable=None, file=sys.stderr) as bar:
+            parameters = fleet.first.request_parameters(options)  # checked (class names known) before anything is sent
+            if is_sequence_model(fleet.first):
+                raise UserError(f"{model} is a tracking (stateful) model: it takes a video, a camera or a stream "
+                                "(one sequence of frames), not images; for images use the model without _track")
+            started = True
 
-        def one(i: int) -> dict:
-            blob = fetched.pop(i) if i in fetched else Path(images[i]).read_bytes()
-            dets = fleet.call(lambda c: c.infer_encoded([blob], parameters))[0]
-            return _write_result(images[i], blob, dets, out, names[i], model, parameters)
+            def one(i: int) -> dict:
+                blob = fetched.pop(i) if i in fetched else Path(images[i]).read_bytes()
+                dets = fleet.call(lambda c: c.infer_encoded([blob], parameters))[0]
+                # The worker records its row: a request in flight at Ctrl-C still finishes (the pool waits for
+                # it) and writes its files, and the index must list every result on disk.
+                rows[i] = _write_result(images[i], blob, dets, out, names[i], model, parameters)
+                return rows[i]
 
-        rounds = finished_batches(pool, one, range(len(images)), 2 * max(1, concurrency))
-        try:
-            with contextlib.closing(rounds):
-                for finished in rounds:  # results written as they arrive
-                    for i, fut in finished:
-                        try:
-                            rows[i] = fut.result()
-                            summary.written += 1
-                            if echo:
-                                bar.write(f"{images[i]}: {rows[i]['count']} detections -> {rows[i]['annotated']}")
-                        except (ServerUnavailableError, ModelNotFoundError) as err:
-                            raise type(err)(f"{err}; stopped after {summary.written} of {len(images)} images "
-                                            f"(written to {out})", status=err.status) from None
-                        except (InferenceError, UserError, OSError) as err:
-                            rows[i] = {"image": str(images[i]), "error": str(err)}
-                            summary.skipped += 1
-                            bar.write(f"warning: skipped {images[i]}: {err}", file=sys.stderr)
-                        bar.update()
-        finally:
-            summary.rows = [rows[i] for i in sorted(rows)]
-            summary.servers = fleet.format_summary() if len(fleet.urls) > 1 else ""
+            rounds = finished_batches(pool, one, range(len(images)), 2 * max(1, concurrency))
+            try:
+                with contextlib.closing(rounds):
+                    for finished in rounds:  # results written as they arrive
+                        for i, fut in finished:
+                            try:
+                                fut.result()
+                                summary.written += 1
+                                if echo:
+                                    bar.write(f"{images[i]}: {rows[i]['count']} detections -> {rows[i]['annotated']}")
+                            except (ServerUnavailableError, ModelNotFoundError) as err:
+                                stopped = "the run stopped (server unavailable)"
+                                raise type(err)(f"{err}; stopped after {summary.written} of {len(images)} images "
+                                                f"(written to {out})", status=err.status) from None
+                            except (InferenceError, UserError, OSError) as err:
+                                rows[i] = {"image": str(images[i]), "error": str(err)}
+                                summary.skipped += 1
+                                bar.write(f"warning: skipped {images[i]}: {err}", file=sys.stderr)
+                            bar.update()
+            except KeyboardInterrupt:
+                stopped = "interrupted"
+                raise
+            finally:
+                summary.servers = fleet.format_summary() if len(fleet.urls) > 1 else ""
+    finally:  # after the pool has finished what was in flight: one row per input, the ones not run say so
+        if started:  # (nothing sent: no index)
+            summary.rows = [rows.get(i, {"image": str(src), "error": f"not run: {stopped}"})
+                            for i, src in enumerate(images)]
             atomic_write(out / INDEX, json.dumps(summary.rows, indent=1))
     return summary
 

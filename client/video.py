@@ -6,7 +6,8 @@ stream URL (rtsp://, rtsps://, rtmp://, or http(s):// whose path ends in a video
 video/*, MJPEG or HLS is a video). Frames are JPEG-encoded (--jpeg-quality) and sent as separate requests, several
 in flight (the client's threads, as for images); results are written in frame order:
 
-    OUT/NAME.mp4           the annotated video: the input's size and fps (fps / N with --vid-stride N)
+    OUT/NAME.mp4           the annotated video: the input's size (odd sizes one pixel less: mp4v) and fps
+                           (fps / N with --vid-stride N; a live stream's nominal fps)
     OUT/NAME.jsonl         one line per frame: {"frame", "time_s", "detections": [...], "latency_ms"}; a
                            detection carries "track_id" (and any other per-detection output the model has, e.g.
                            a tracker ensemble's TRACK_IDS) when the model returns one; a frame that could not be
@@ -71,6 +72,7 @@ class _Writer:
 
     def write(self, r: FrameResult) -> None:
         frame = r.frame
+        self.summary.last_frame = frame.index
         if r.detections is None:
             self.summary.corrupt += not r.decoded
             self.summary.failed += r.decoded
@@ -94,18 +96,19 @@ def run_video(source: str, model: str, url: str, protocol: str, out: Path, *, co
               jpeg_quality: int = DEFAULT_JPEG_QUALITY, vid_stride: int = 1, start_s: float = 0.0,
               end_s: float | None = None, max_frames: int | None = None, show: bool = False,
               reconnects: int = DEFAULT_RECONNECTS, timeout_s: float = 60.0, retries: int = 2,
-              **options: Any) -> VideoSummary:
+              name: str | None = None, **options: Any) -> VideoSummary:
     """Run one video source through the served `model` (see the module doc); returns the summary, also written
     next to the outputs. UserError for a source that cannot be opened or bad options; a stream that dies or a
-    truncated file stops the run with the outputs valid up to there (summary.error says why)."""
+    truncated file stops the run with the outputs valid up to there (summary.error says why). name: the outputs'
+    base name (default source_name's; video_names gives distinct ones to several sources)."""
     from tqdm import tqdm
 
     from .fleet import connect_fleet
 
     _check_video_options(jpeg_quality, vid_stride, start_s, end_s, max_frames, concurrency, reconnects)
     src = VideoSource(source, reconnects=reconnects)
-    name = source_name(source)
-    out.mkdir(parents=True, exist_ok=True)
+    name = name or source_name(source)
+    (out / name).parent.mkdir(parents=True, exist_ok=True)  # a name may mirror a subfolder (video_names)
     summary = VideoSummary(str(source), model, str(out / f"{name}.mp4"), str(out / f"{name}.jsonl"),
                            src.size[0], src.size[1], round(src.fps, 3), src.live)
     if show and not display_available():
@@ -139,11 +142,33 @@ def run_video(source: str, model: str, url: str, protocol: str, out: Path, *, co
             except (ServerUnavailableError, ModelNotFoundError) as err:
                 summary.error = f"{err}; stopped after {summary.frames} frames"
                 raise type(err)(f"{summary.error} (written to {out})", status=err.status) from None
+            except KeyboardInterrupt:
+                summary.error = f"interrupted after {summary.frames} frames"
+                raise
             summary.complete = not summary.error and summary.corrupt == summary.failed == 0
     finally:
         _close(src, outputs, writer, summary, show, time.monotonic() - began)
         atomic_write(out / f"{name}.summary.json", json.dumps(asdict(summary), indent=1))
     return summary
+
+
+def video_names(sources: Sequence[str]) -> list[str]:
+    """Distinct output base names, one per source: files as `tdet infer`'s images (their path below the files'
+    common folder, the suffix kept where two share a stem), cameras and streams by source_name, with _2, _3...
+    where two would still share one (rtsp://a/stream, rtsp://b/stream -> stream, stream_2)."""
+    from .infer import output_names
+
+    files = [s for s in sources if "://" not in str(s) and Path(s).is_file()]
+    file_names = iter(output_names(files))
+    names, taken = [], set()
+    for s in sources:
+        base = next(file_names) if s in files else source_name(s)
+        name, n = base, 2
+        while name in taken:
+            name, n = f"{base}_{n}", n + 1
+        taken.add(name)
+        names.append(name)
+    return names
 
 
 def _close(src: VideoSource, outputs: VideoOutputs, writer: _Writer | None, summary: VideoSummary, show: bool,
@@ -193,14 +218,14 @@ def run_videos(sources: Sequence[str], args: argparse.Namespace, model: str, url
     """`tdet infer`'s video part: each source in turn; prints each summary line. Exit status 0 when every
     source was read to its end with nothing lost, 1 otherwise."""
     status = 0
-    for source in sources:
+    for source, name in zip(sources, video_names(sources)):
         s = run_video(source, model, url, args.protocol, out, concurrency=args.concurrency,
                       jpeg_quality=args.jpeg_quality, vid_stride=args.vid_stride, start_s=args.start, end_s=args.end,
                       max_frames=args.max_frames, show=args.show, reconnects=args.reconnect, timeout_s=args.timeout,
-                      retries=args.retries, **options)
+                      retries=args.retries, name=name, **options)
         print(s.line())
         if s.error:
-            print(f"warning: {s.error}; outputs are complete up to frame {s.frames} (video finalised)",
-                  file=sys.stderr)
+            upto = f"up to frame {s.last_frame}" if s.last_frame >= 0 else "empty: no frame was written"
+            print(f"warning: {s.error}; outputs are complete {upto} (video finalised)", file=sys.stderr)
         status = max(status, 0 if s.complete and not s.error else 1)
     return status

@@ -33,6 +33,7 @@ class VideoSummary:
     source_fps: float = 0.0
     live: bool = False
     frames: int = 0  # frames with detections written (video and JSONL)
+    last_frame: int = -1  # the source's index of the last frame in the JSONL (-1: none)
     dropped: int = 0  # live sources: frames replaced by newer ones before they could be sent
     corrupt: int = 0  # frames the decoder could not give (a JSONL line with "error", no video frame)
     failed: int = 0  # frames the server refused (a JSONL line with "error", no video frame)

@@ -177,16 +177,19 @@ class VideoSource:
         counting; time_s is seconds since opening), SourceLost when it cannot be."""
         start = time.monotonic()
         index, bad = -1, 0  # bad: failed reads since the last good frame
+        last, last_s = -1, -1 / self.fps  # the last good frame and its time
         while True:
             ok = self.cap.grab()
             ok, bgr = self.cap.retrieve() if ok else (False, None)
             if ok and bgr is not None:
                 for _ in range(bad):  # they were corrupt: a later frame read again
                     index += 1
-                    yield Frame(index, index / self.fps, None, "corrupt frame: the decoder could not read it, skipped")
+                    yield Frame(index, last_s + (index - last) / self.fps, None,
+                                "corrupt frame: the decoder could not read it, skipped")
                 bad, self._tries = 0, 0
                 index += 1
-                yield Frame(index, time.monotonic() - start if self.live else index / self.fps, bgr)
+                last, last_s = index, time.monotonic() - start if self.live else self._file_time(index)
+                yield Frame(index, last_s, bgr)
                 continue
             bad += 1
             if self.frame_count and index + bad >= self.frame_count:
@@ -214,6 +217,12 @@ class VideoSource:
     def _truncated(self, index: int) -> SourceLost:
         return SourceLost(f"{self.source}: ended {_where(index)} of {self.frame_count} "
                           "(the file is truncated or its end is unreadable)")
+
+    def _file_time(self, index: int) -> float:
+        """The frame just read's presentation time in s (its container timestamp: right for variable frame rates
+        too); index / fps when the container has none."""
+        ms = float(self.cap.get(cv2.CAP_PROP_POS_MSEC))
+        return ms / 1000 if np.isfinite(ms) and (ms > 0 or (ms == 0 and index == 0)) else index / self.fps
 
     def close(self) -> None:
         self.cap.release()

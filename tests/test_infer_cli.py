@@ -5,8 +5,10 @@ threshold and clipping applied to what is returned (the JSON, the count and the 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -77,3 +79,29 @@ def test_infer_keeps_colliding_names_apart_and_applies_conf_and_clip(served, ima
         assert cv2.imread(row["annotated"]).shape[:2] == (h, w)
     wide = json.loads((out / "a/x.jpg.json").read_text())["detections"]
     assert 0 < len(wide) < len(scores)  # the threshold selected some of the served detections, not none or all
+
+
+@pytest.mark.server
+def test_ctrl_c_leaves_an_index_of_every_result_on_disk_and_the_rest_marked_not_run(served, images, tmp_path):
+    src = tmp_path / "many"
+    src.mkdir()
+    for i in range(40):
+        (src / f"{i:03d}.jpg").write_bytes(images["wide.jpg"])
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "tdet.client.cli", "infer", str(src), "--model", "damo_yolo_t",
+                             "--url", served.grpc_url, "--out", str(out), "--concurrency", "4"],
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list(out.glob("0*.json"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)  # a hang guard, not a speed limit
+    assert proc.returncode == 130 and "Traceback" not in err
+    index = json.loads((out / "detections.json").read_text())
+    assert [Path(r["image"]).name for r in index] == [f"{i:03d}.jpg" for i in range(40)]  # one row per input
+    on_disk = sorted(p.stem for p in out.glob("0*.json"))
+    assert sorted(Path(r["json"]).stem for r in index if "json" in r) == on_disk  # every result written is listed
+    not_run = [r for r in index if "error" in r]
+    assert all(r["error"] == "not run: interrupted" for r in not_run)
+    assert 2 <= len(on_disk) < 40 and len(on_disk) + len(not_run) == 40

@@ -255,6 +255,15 @@ def test_infer_video_through_the_track_ensemble(track_server, synth_clip, tmp_pa
     assert 0 < summary["latency_ms_p50"] <= summary["latency_ms_p99"] and summary["achieved_fps"] > 0
 
 
+def test_infer_refuses_images_for_the_track_ensemble_before_sending_any(track_server, synth_clip, tmp_path):
+    url, _ = track_server
+    r = _tdet("infer", str(synth_clip / "img1"), "--model", "damo_yolo_t_track", "--url", url, "--out",
+              str(tmp_path / "out"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1 and "tracking (stateful) model" in r.stderr and "not images" in r.stderr
+    assert not (tmp_path / "out" / "detections.json").exists()
+
+
 def test_eval_mot_scores_a_clip_through_the_track_ensemble(track_server, synth_clip, tmp_path):
     """`tdet eval --mot CLIP`: the clip through <m>_track, scored against its gt.txt; the numbers are
     py-motmetrics' on the JSONL written, over every frame and ground-truth box of the clip."""

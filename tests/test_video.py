@@ -10,6 +10,7 @@ import configparser
 import http.server
 import json
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -129,6 +130,90 @@ def test_video_sources_are_recognised():
         ("clip", "camera0", "cam1")
 
 
+def _mp4_boxes(buf: bytes) -> list[list]:
+    """An mp4's boxes as [type, body], the containers down to the sample table parsed into lists."""
+    out, i = [], 0
+    while i < len(buf):
+        size, kind = struct.unpack(">I4s", buf[i:i + 8])
+        body = buf[i + 8:i + size]
+        out.append([kind, _mp4_boxes(body) if kind in (b"moov", b"trak", b"mdia", b"minf", b"stbl") else body])
+        i += size
+    return out
+
+
+def _mp4_bytes(boxes: list[list]) -> bytes:
+    out = b""
+    for kind, body in boxes:
+        data = _mp4_bytes(body) if isinstance(body, list) else body
+        out += struct.pack(">I4s", len(data) + 8, kind) + data
+    return out
+
+
+def _variable_frame_rate(src: Path, dst: Path, slow_from: int) -> Path:
+    """The clip with its frames from `slow_from` on shown three times as long: the sample table's durations, and
+    the movie's, track's and media's total durations (version-0 headers) stretched to match, the edit list gone."""
+    count = 0
+
+    def retime(boxes: list[list]) -> None:
+        nonlocal count
+        boxes[:] = [box for box in boxes if box[0] != b"edts"]
+        for box in boxes:
+            if box[0] == b"stts":
+                (count, delta), = [struct.unpack(">II", box[1][8:16])]
+                rows = [(slow_from, delta), (count - slow_from, 3 * delta)]
+                box[1] = box[1][:4] + struct.pack(">I", 2) + b"".join(struct.pack(">II", *r) for r in rows)
+            elif isinstance(box[1], list):
+                retime(box[1])
+
+    def stretch(boxes: list[list]) -> None:
+        at = {b"mvhd": 16, b"tkhd": 20, b"mdhd": 16}  # where each header's 32-bit duration is
+        for box in boxes:
+            if box[0] in at:
+                i = at[box[0]]
+                old = struct.unpack(">I", box[1][i:i + 4])[0]
+                box[1] = box[1][:i] + struct.pack(">I", old * (slow_from + 3 * (count - slow_from)) // count) + \
+                    box[1][i + 4:]
+            elif isinstance(box[1], list):
+                stretch(box[1])
+
+    boxes = _mp4_boxes(src.read_bytes())
+    retime(boxes)
+    stretch(boxes)
+    dst.write_bytes(_mp4_bytes(boxes))
+    return dst
+
+
+def test_frame_times_are_the_files_timestamps_also_at_a_variable_frame_rate(clip, tmp_path):
+    from tdet.client.video import VideoSource, select_frames
+
+    def times(path: Path, **select: float) -> list[float]:
+        src = VideoSource(str(path))
+        try:
+            return [f.time_s for f in select_frames(src.frames(), **select)]
+        finally:
+            src.close()
+
+    cfr = times(clip / f"{clip.name}.mp4")
+    assert np.allclose(cfr, np.arange(20) / 10, rtol=0, atol=1e-6)
+    vfr = _variable_frame_rate(clip / f"{clip.name}.mp4", tmp_path / "vfr.mp4", slow_from=10)
+    want = np.concatenate([np.arange(10) * 0.1, 1.0 + np.arange(10) * 0.3])
+    assert np.allclose(times(vfr), want, rtol=0, atol=1e-6)
+    assert np.allclose(times(vfr, start_s=0.95, end_s=2.0), [1.0, 1.3, 1.6, 1.9], rtol=0, atol=1e-6)
+
+
+def test_several_sources_get_distinct_output_names(tmp_path):
+    from tdet.client.video import video_names
+
+    for rel in ("a/x.mp4", "a/x.avi", "b/x.mp4", "c/solo.mp4"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    files = [str(tmp_path / r) for r in ("a/x.mp4", "a/x.avi", "b/x.mp4")]
+    assert video_names([*files, "rtsp://h1/live/stream", "rtsp://h2/stream", "0"]) == \
+        ["a/x.mp4", "a/x.avi", "b/x", "stream", "stream_2", "camera0"]
+    assert video_names([str(tmp_path / "c/solo.mp4")]) == ["solo"]  # one file: its stem, as before
+    assert video_names([files[0], files[0]]) == ["x.mp4", "x.mp4_2"]
+
+
 class _Typed(http.server.BaseHTTPRequestHandler):
     types = {"/video": "multipart/x-mixed-replace; boundary=frame", "/clip": "video/mp4", "/photo": "image/jpeg"}
 
@@ -233,6 +318,7 @@ def test_truncated_file_keeps_what_was_read_and_says_so(served, clip, tmp_path):
     assert "Traceback" not in res.stderr
     assert f"{cut}: ended after frame " in res.stderr and "truncated" in res.stderr
     lines = _jsonl(out / "cut.jsonl")
+    assert f"outputs are complete up to frame {lines[-1]['frame']} (video" in res.stderr  # an index, as in the JSONL
     summary = json.loads((out / "cut.summary.json").read_text())
     assert summary["complete"] is False and "truncated" in summary["error"]
     assert 10 <= len(lines) <= 13 and [r["frame"] for r in lines] == list(range(len(lines)))
@@ -469,3 +555,40 @@ def test_server_that_goes_away_mid_video_stops_with_outputs_valid(exported, clip
     records = _jsonl(out / "cam.jsonl")  # every line whole
     assert len(records) == summary["frames"] >= 3 and all("detections" in r for r in records)
     assert len(_read_all(out / "cam.mp4")[0]) == summary["frames"]  # finalised
+
+
+@pytest.mark.server
+def test_two_videos_named_alike_keep_their_outputs_apart(served, clip, tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(clip / f"{clip.name}.mp4", tmp_path / folder / "x.mp4")
+    out = tmp_path / "out"
+    res = _tdet("infer", str(tmp_path / "a/x.mp4"), str(tmp_path / "b/x.mp4"), "--model", MODEL, "--url",
+                served.grpc_url, "--out", str(out), "--max-frames", "3")
+    assert res.returncode == 0, res.stderr
+    for folder in ("a", "b"):
+        assert len(_jsonl(out / folder / "x.jsonl")) == 3 and len(_read_all(out / folder / "x.mp4")[0]) == 3
+        summary = json.loads((out / folder / "x.summary.json").read_text())
+        assert summary["source"] == str(tmp_path / folder / "x.mp4") and summary["complete"]
+
+
+@pytest.mark.server
+def test_ctrl_c_mid_video_says_interrupted_in_the_summary(served, tmp_path):
+    long_clip = synthesize_video(tmp_path / "clips", 1, seed=6, size=(160, 120), frames=150, fps=10)[0]
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "tdet.client.cli", "infer", str(long_clip / f"{long_clip.name}.mp4"),
+                             "--model", MODEL, "--url", served.grpc_url, "--out", str(out), "--concurrency", "1"],
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    jsonl = out / f"{long_clip.name}.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not jsonl.is_file() or len(jsonl.read_text().splitlines()) < 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)  # a hang guard, not a speed limit
+    assert proc.returncode == 130 and "Traceback" not in err
+    summary = json.loads((out / f"{long_clip.name}.summary.json").read_text())
+    lines = _jsonl(jsonl)
+    assert summary["complete"] is False and summary["error"] == f"interrupted after {summary['frames']} frames"
+    assert 2 <= summary["frames"] == len(lines) < 150 and summary["last_frame"] == lines[-1]["frame"]
+    assert len(_read_all(out / f"{long_clip.name}.mp4")[0]) == len(lines)  # finalised
