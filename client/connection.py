@@ -11,6 +11,7 @@ from .errors import (
     RequestTimeoutError,
     ServerError,
     ServerUnavailableError,
+    UserError,
     WrongProtocolError,
 )
 
@@ -90,8 +91,29 @@ def transport_error(err: BaseException, message: str) -> InferenceError | None:
     return None
 
 
-def strip_scheme(url: str) -> str:
-    for prefix in ("grpc://", "http://", "https://"):
-        if url.startswith(prefix):
-            return url[len(prefix):].rstrip("/")
-    return url.rstrip("/")
+SCHEMES = {"grpc://": "grpc", "http://": "http", "https://": "http"}
+
+
+def strip_scheme(url: str, protocol: str | None = None) -> str:
+    """'grpc://h:8001/' -> 'h:8001', checked: a host and a numeric port (gRPC would otherwise go to 443 and HTTP to
+    80, and a typo would read as a server that is down), and a scheme that agrees with `protocol` when given.
+    UserError naming the URL otherwise."""
+    text = url.strip()
+    scheme = next((s for s in SCHEMES if text.lower().startswith(s)), "")
+    address = text[len(scheme):].rstrip("/")
+    if scheme and protocol and SCHEMES[scheme] != protocol:
+        raise UserError(f"--url {url!r} is a {SCHEMES[scheme]} URL but the protocol is {protocol}: pass --protocol "
+                        f"{SCHEMES[scheme]}, or give the {protocol} port")
+    host, _, port = address.rpartition(":")
+    if not host or host == "[]" or "/" in address:
+        raise UserError(f"--url {url!r}: give the server as host:port (e.g. 127.0.0.1:{DEFAULT_PORTS['grpc']} for "
+                        f"gRPC, 127.0.0.1:{DEFAULT_PORTS['http']} for HTTP)")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(f"--url {url!r}: the port {port!r} is not a number from 1 to 65535")
+    return address
+
+
+def address_key(address: str) -> str:
+    """The same server however it is written (case, localhost), for finding one listed twice."""
+    host, _, port = address.lower().rpartition(":")
+    return f"{'127.0.0.1' if host in ('localhost', '[::1]') else host}:{int(port)}"

@@ -214,7 +214,8 @@ def _cmd_eval_mot(args: argparse.Namespace) -> int:
                             ("--per-class", args.per_class)) if v]
     if mixed:
         raise UserError(f"--mot is a tracking evaluation: {', '.join(mixed)} go with COCO evaluation")
-    res = evaluate_mot(args.model, server_url(args), args.mot, args.out or Path("build/eval") / args.model,
+    url = server_url(args, single="tdet eval --mot")
+    res = evaluate_mot(args.model, url, args.mot, args.out or Path("build/eval") / args.model,
                        video=args.video, protocol=args.protocol, timeout_s=args.timeout, retries=args.retries,
                        iou_threshold=args.mot_iou, conf=args.conf, iou=args.iou)
     print(format_mot(res))
@@ -256,7 +257,8 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare, markdown_table
 
-    rows = compare([m for m in args.models.split(",") if m], server_url(args), args.coco, args.images, out=args.out,
+    url = server_url(args, single="tdet compare")
+    rows = compare([m for m in args.models.split(",") if m], url, args.coco, args.images, out=args.out,
                    protocol=args.protocol, seconds=args.seconds, concurrency=args.concurrency,
                    timeout_s=args.timeout, retries=args.retries)
     print(markdown_table(rows))

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
+from .connection import address_key, strip_scheme
 from .errors import RequestTimeoutError, ServerUnavailableError, UserError
 
 T = TypeVar("T")
@@ -23,11 +24,13 @@ FAILOVER_ERRORS = (ServerUnavailableError, RequestTimeoutError, ConnectionError,
 
 
 def split_urls(url: str) -> list[str]:
-    """'a:1, b:2' -> ['a:1', 'b:2']; parse after server_url() returns. Empty entries and duplicates are errors."""
+    """'a:1, b:2' -> ['a:1', 'b:2']; parse after server_url() returns. Empty entries, entries that are not host:port
+    (connection.strip_scheme) and one server listed twice (grpc://a:1 and a:1, localhost and 127.0.0.1) are errors."""
     urls = [u.strip() for u in url.split(",")]
     if any(not u for u in urls):
         raise UserError(f"--url {url!r}: empty server in the comma-separated list")
-    dupes = sorted(u for u, n in Counter(urls).items() if n > 1)
+    keys = [address_key(strip_scheme(u)) for u in urls]
+    dupes = sorted(k for k, n in Counter(keys).items() if n > 1)
     if dupes:
         raise UserError(f"--url {url!r}: server listed twice: {', '.join(dupes)}")
     return urls

@@ -41,11 +41,16 @@ def detached_server() -> Any:
     return servers[0] if servers else None
 
 
-def server_url(args: argparse.Namespace) -> str:
+def server_url(args: argparse.Namespace, *, single: str = "") -> str:
     """--url, else $TDET_URL, else the port for --protocol of the one detached server, else the local default
-    port for --protocol (an HTTP client on the gRPC port fails obscurely)."""
+    port for --protocol (an HTTP client on the gRPC port fails obscurely). single: the command's name when it
+    talks to one server only (a comma-separated list is then refused, naming it)."""
     if args.url or os.environ.get("TDET_URL"):
-        return args.url or os.environ["TDET_URL"]
+        url = args.url or os.environ["TDET_URL"]
+        if single and "," in url:
+            raise UserError(f"{single} measures one server, but --url {url!r} lists {len(url.split(','))}: pass one "
+                            "(infer, eval and loadtest spread over several)")
+        return url
     info = detached_server()
     if info is not None:
         return info.grpc_url if args.protocol == "grpc" else info.http_url

@@ -88,7 +88,7 @@ class DetectorClient(ABC):
                  **options: Any) -> None:
         if not timeout_s > 0 or retries < 0 or backoff_s < 0:
             raise UserError(f"the request timeout must be > 0 s and retries >= 0, got {timeout_s} s and {retries}")
-        self.url, self.model, self.version = strip_scheme(url), model, str(version or "")
+        self.url, self.model, self.version = strip_scheme(url, self.protocol), model, str(version or "")
         self.timeout_s, self.retries, self.backoff_s = float(timeout_s), int(retries), float(backoff_s)
         self._local = threading.local()  # HTTP clients are not thread-safe: one per thread
         self._clients: list[Any] = []

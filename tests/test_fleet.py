@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 from matching import assert_same_detections
 
@@ -21,10 +23,30 @@ def test_split_urls_strips_and_keeps_order():
     assert split_urls("h:1") == ["h:1"]
 
 
-@pytest.mark.parametrize("bad,word", [("a:1,,b:2", "empty"), ("a:1,a:1", "twice")])
+@pytest.mark.parametrize("bad,word", [("a:1,,b:2", "empty"), ("a:1,a:1", "twice"), ("grpc://a:1,a:1/", "twice"),
+                                      ("localhost:8001,127.0.0.1:8001", "twice"), ("127.0.0.1,a:1", "host:port"),
+                                      ("a:abc,b:1", "'abc' is not a number"), ("a:70000", "1 to 65535")])
 def test_split_urls_bad_lists_named(bad, word):
     with pytest.raises(UserError, match=word):
         split_urls(bad)
+
+
+def test_a_url_whose_scheme_disagrees_with_the_protocol_is_refused_not_tried(tmp_path):
+    from tdet.client.connection import strip_scheme
+
+    assert strip_scheme("grpc://h:8001/", "grpc") == "h:8001" and strip_scheme("https://h:8000", "http") == "h:8000"
+    assert strip_scheme("[::1]:8001") == "[::1]:8001"
+    with pytest.raises(UserError, match="is a http URL but the protocol is grpc: pass --protocol http"):
+        strip_scheme("http://127.0.0.1:8000", "grpc")
+    cv2.imwrite(str(tmp_path / "x.jpg"), np.zeros((32, 32, 3), np.uint8))
+    res = _tdet("infer", str(tmp_path / "x.jpg"), "--model", MODEL, "--url", "grpc://127.0.0.1:1", "--protocol", "http")
+    assert res.returncode == 2 and "is a grpc URL but the protocol is http" in res.stderr, res.stderr
+
+
+def test_one_server_commands_refuse_a_list_naming_themselves(tmp_path):
+    res = _tdet("capacity", "--model", MODEL, "--source", str(tmp_path), "--url", "127.0.0.1:1,127.0.0.1:2")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "tdet capacity measures one server, but --url '127.0.0.1:1,127.0.0.1:2' lists 2: pass one" in res.stderr
 
 
 def test_round_robin_reaches_every_server():

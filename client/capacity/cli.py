@@ -86,8 +86,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.cameras is not None:
         raise UserError("--search measures the capacity of each config: leave out --cameras")
     pick = lambda given, default: default if given is None else given  # noqa: E731
+    url = server_url(args, single="tdet capacity")
     result = tune.search_configs(
-        args.model, server_url(args), args.source, args.repository, out=args.out, budget_s=args.budget,
+        args.model, url, args.source, args.repository, out=args.out, budget_s=args.budget,
         apply=args.apply, instances=pick(args.instances, tune.DEFAULT_INSTANCES),
         batch_sizes=pick(args.batch_sizes, tune.DEFAULT_BATCH_SIZES), delays=pick(args.queue_delays,
                                                                                   tune.DEFAULT_DELAYS),
@@ -116,7 +117,8 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     from .run import run_capacity
     from .search import format_result
 
-    result = run_capacity(args.model, server_url(args), args.source, out=args.out, fps=args.fps, slo_ms=args.slo_ms,
+    url = server_url(args, single="tdet capacity")
+    result = run_capacity(args.model, url, args.source, out=args.out, fps=args.fps, slo_ms=args.slo_ms,
                           hold_s=args.hold, max_miss=args.max_miss, max_in_flight=args.max_in_flight,
                           start=args.start, max_cameras=args.max_cameras, cameras=args.cameras,
                           workers=args.workers, frames_limit=args.frames, timeout_s=args.timeout,
