@@ -138,3 +138,125 @@ def test_train_weights_help_says_default_is_random_init():
     assert res.returncode == 0
     assert "official initialisation" not in text
     assert "random initialisation" in text and "needs internet" in text and "training/demo/damo-yolo-t.pth" in text
+
+
+# ---------------------------------------------------------------- run folders, resume checks, data errors
+SMALL = ("--epochs", "1", "--batch", "2", "--img-size", "64", "--device", "cpu")
+
+
+def train(ann, images, out, *extra: str) -> subprocess.CompletedProcess:
+    return tdet("train", "damo-yolo-t", "--data", str(ann), "--images", str(images), "--out", str(out), *SMALL,
+                *extra)
+
+
+def _rows(path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_exist_ok_run_inherits_nothing_from_the_older_run(tmp_path):
+    """A new run (--exist-ok) in a folder holding an older one: the older best.pth, log rows and curves are gone,
+    the final line claims no best.pth it did not write and prints no -100.00."""
+    a_ann, a_images = shapes_set(tmp_path / "a", 4, size=(96, 64))
+    b_ann, b_images = shapes_set(tmp_path / "b", 6, seed=5, size=(96, 64))
+    out = tmp_path / "run"
+    old = train(a_ann, a_images, out, "--workers", "0", "--epochs", "2", "--val-data", str(a_ann),
+                "--val-images", str(a_images))
+    assert old.returncode == 0, old.stderr[-3000:]
+    assert (out / "best.pth").is_file() and len(_rows(out / "log.csv")) == 2
+    res = train(b_ann, b_images, out, "--workers", "0", "--exist-ok")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "removed the previous run's last.pth, best.pth, log.csv, curves.png, summary.json" in res.stdout
+    assert not (out / "best.pth").exists()
+    rows = _rows(out / "log.csv")
+    assert [r["epoch"] for r in rows] == ["1"] and "AP" not in rows[0], rows
+    done = res.stdout.strip().splitlines()[-1]
+    assert done.startswith(f"done: last {out / 'last.pth'}") and "best.pth (AP" not in done, done
+    assert "-100.00" not in res.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best"] is None and summary["best_ap"] is None
+    import torch
+
+    assert torch.load(out / "last.pth", weights_only=False)["tdet"]["args"]["data"] == str(b_ann)
+
+
+@pytest.mark.slow
+def test_resume_refuses_an_edited_recipe_and_says_it_resumes(tmp_path):
+    """--recipe my.yaml with `base: damo-yolo-t.yaml` (a shipped name, not a file next to it) trains; editing
+    my.yaml and resuming is refused (exit 2, naming the keys, nothing written); the unedited file resumes."""
+    ann, images = shapes_set(tmp_path / "data", 4, size=(96, 64))
+    my = tmp_path / "my.yaml"
+    my.write_text("base: damo-yolo-t.yaml\nschedule: {warmup_epochs: 0.5}\n")
+    out = tmp_path / "run"
+    res = train(ann, images, out, "--workers", "0", "--recipe", str(my))
+    assert res.returncode == 0, res.stderr[-3000:]
+    before = {n: (out / n).read_bytes() for n in ("config.yaml", "last.pth", "log.csv")}
+    my.write_text("base: damo-yolo-t.yaml\nschedule: {warmup_epochs: 0.7}\nema: {decay: 0.5}\n")
+    res = tdet("train", "damo-yolo-t", "--out", str(out), "--resume")
+    assert res.returncode == 2, res.stderr[-3000:]
+    err = res.stderr.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "schedule.warmup_epochs" in err and "ema.decay" in err and "saved 0.5, now 0.7" in err, err
+    assert {n: (out / n).read_bytes() for n in before} == before
+    my.write_text("base: damo-yolo-t.yaml\nschedule: {warmup_epochs: 0.5}\n")
+    res = tdet("train", "damo-yolo-t", "--out", str(out), "--resume")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "random initialisation" not in res.stdout
+    assert f"resuming from the checkpoint {out / 'last.pth'}" in res.stdout
+
+
+def test_recipe_base_not_found_missing_resume_and_refused_run_leave_no_folder(tmp_path):
+    ann, images = shapes_set(tmp_path / "data", 4, size=(96, 64))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: nope.yaml\n")
+    res = train(ann, images, tmp_path / "r1", "--workers", "0", "--recipe", str(bad))
+    assert res.returncode == 2 and "Errno" not in res.stderr, res.stderr
+    assert f"base 'nope.yaml' is not a file: looked for {tmp_path / 'nope.yaml'}" in res.stderr, res.stderr
+    res = train(ann, images, tmp_path / "r2", "--workers", "0", "--resume")
+    assert res.returncode == 2 and f"resume checkpoint not found: {tmp_path / 'r2' / 'last.pth'}" in res.stderr
+    res = train(ann, images, tmp_path / "r3", "--workers", "0", "--batch", "64")
+    assert res.returncode == 2 and "no full batch" in res.stderr, res.stderr
+    assert not any((tmp_path / r).exists() for r in ("r1", "r2", "r3"))
+
+
+@pytest.mark.slow
+def test_corrupt_image_in_a_loader_worker_is_one_line_and_the_run_resumes(tmp_path):
+    """A truncated JPEG met by a DataLoader worker (--workers 2) in the 2nd batch: one clean line (exit 2),
+    last.pth saved at the finished step; with the file restored, --resume ends bit-identical to a clean run."""
+    import torch
+
+    from tdet.training.data.coco import CocoDetection
+    from tdet.training.data.loader import TrainSampler
+    from tdet.training.engine.checkpoint import split_checkpoint
+
+    ann, images = shapes_set(tmp_path / "data", 6, size=(96, 64))
+    recipe = tmp_path / "nomosaic.yaml"  # one image per sample: the 2nd batch's images are known
+    recipe.write_text("base: damo-yolo-t.yaml\naugment: {mosaic: {prob: 0.0}, mixup: {prob: 0.0}}\n")
+    clean = train(ann, images, tmp_path / "clean", "--workers", "2", "--recipe", str(recipe))
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    ds = CocoDetection(ann, images)
+    sampler = TrainSampler(len(ds), 2, 0)
+    sampler.set_epoch(0)
+    second = [k.index for k in list(sampler)[1]]
+    victim = ds.path(second[0])
+    good = victim.read_bytes()
+    victim.write_bytes(good[: len(good) // 2])
+    out = tmp_path / "run"
+    res = train(ann, images, out, "--workers", "2", "--recipe", str(recipe))
+    assert res.returncode == 2, res.stderr[-3000:]
+    err = res.stderr.strip().splitlines()[-1]
+    assert err.startswith(f"tdet train: error: {victim}: ") and "truncated" in err, res.stderr
+    assert "Caught" not in res.stderr and "Traceback" not in res.stderr and "worker" not in res.stderr
+    assert f"saved {out / 'last.pth'} at epoch 1, batch 1" in err and "--resume" in err, err
+    assert torch.load(out / "last.pth", weights_only=False)["train_state"]["step"] == 1
+    victim.write_bytes(good)
+    res = tdet("train", "damo-yolo-t", "--out", str(out), "--resume")
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    def tensors(path):
+        raw, ema, _ = split_checkpoint(torch.load(path, weights_only=False))
+        return {**{f"raw.{k}": v for k, v in raw.items()}, **{f"ema.{k}": v for k, v in ema["module"].items()}}
+
+    a, b = tensors(tmp_path / "clean" / "last.pth"), tensors(out / "last.pth")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

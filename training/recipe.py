@@ -102,7 +102,23 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"recipe {path} is not a YAML mapping")
     base = data.pop("base", None)
-    return _merge(_read(path.parent / base, (*seen, path)), data) if base else data
+    return _merge(_read(_base_path(path, str(base)), (*seen, path)), data) if base else data
+
+
+def _base_path(path: Path, base: str) -> Path:
+    """The file `base` in recipe `path` names: relative to `path`'s folder (or absolute), else, for a bare name
+    (`damo-yolo-t.yaml` or `damo-yolo-t`), the shipped recipe of that name."""
+    near = path.parent / base
+    if near.is_file():
+        return near
+    shipped = Path(str(resources.files("tdet.training") / "recipes"))
+    if Path(base).name == base:
+        for name in (base, f"{base}.yaml"):
+            if (shipped / name).is_file():
+                return shipped / name
+    raise UserError(f"recipe {path}: its base {base!r} is not a file: looked for {near}"
+                    + (f" and for a shipped recipe in {shipped}" if Path(base).name == base else "")
+                    + " (e.g. base: damo-yolo-t.yaml)")
 
 
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:

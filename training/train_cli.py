@@ -49,8 +49,9 @@ def register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
                    help="continue an interrupted run exactly: PATH (default: OUT/last.pth)")
     p.add_argument("--exist-ok", action="store_true",
-                   help="start a new run in an --out folder that holds one (its last.pth/best.pth are overwritten); "
-                        "without it such a folder is refused: continue it with --resume or pick a new --out")
+                   help="start a new run in an --out folder that holds one (the old run's last.pth, best.pth, "
+                        "log.csv, curves.png and summary.json are removed first); without it such a folder is "
+                        "refused: continue it with --resume or pick a new --out")
     p.add_argument("--device", choices=["cpu", "cuda"], default=S, help="(default: cuda when available, else cpu)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=S,
                    help="mixed precision: fp16 + GradScaler on CUDA, bf16 autocast on CPU (default: the recipe's on "
@@ -140,6 +141,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 130
     if summary.get("best"):
         print(f"done: best {summary['best']} (AP {percent(summary['best_ap'])}), last {summary['last']}")
-    else:
-        print(f"done: last {summary['last']}")
+    else:  # no val set (or no evaluation): this run wrote no best.pth
+        print(f"done: last {summary['last']} (no val set: no evaluation, no best.pth)")
     return 0

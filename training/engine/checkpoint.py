@@ -54,6 +54,8 @@ def split_checkpoint(ckpt: dict) -> tuple[dict, dict, dict | None]:
 
 
 def load_resume(path: str | Path) -> dict:
+    if not Path(path).is_file():
+        raise UserError(f"resume checkpoint not found: {path}")
     ckpt = read_checkpoint(path)
     split_checkpoint(ckpt)  # validates
     return ckpt

@@ -21,11 +21,11 @@ def percent(fraction: float) -> str:
 
 
 class RunLog:
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, *, resume: bool = False) -> None:
         self.csv_path, self.png_path = out / "log.csv", out / "curves.png"
         self.rows: list[dict[str, float]] = []
         self.plotted = 0.0
-        if self.csv_path.is_file():  # a resumed run continues the same log
+        if resume and self.csv_path.is_file():  # a resumed run continues the same log (a new one starts its own)
             with open(self.csv_path, newline="") as f:
                 self.rows = [{k: float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
 

@@ -89,6 +89,10 @@ class _StopAtStep(Exception):
     """Raised at an optimizer-step boundary after a stop request: the state is consistent, save it."""
 
 
+class _DataError(Exception):
+    """A training batch could not be loaded (UserError, e.g. a corrupt image); the message is the original one."""
+
+
 class StopRequest:
     """SIGINT / SIGTERM ask the loop to stop at the next optimizer-step boundary (so the saved state is a
     consistent one); a second signal interrupts at once. In DDP the ranks agree (all_reduce) on stopping."""
@@ -231,7 +235,9 @@ class Trainer:
                 print(f"data: {ds.summary(split)}")
         for w in getattr(train_ds, "warnings", []):
             print(f"data: {w}")
-        if not a.weights:
+        if self.resume_path is not None:
+            print(f"weights: resuming from the checkpoint {self.resume_path} (its model, EMA and optimizer state)")
+        elif not a.weights:
             print(no_weights_note(a.variant))
         if skipped:
             print(f"fine-tuning from {a.weights}: the class branch was re-initialised ({len(skipped)} tensors "
@@ -243,7 +249,6 @@ class Trainer:
         train_ds, val_ds = self._datasets()
         model, skipped = self._model(len(train_ds.category_ids), train_ds.category_ids)
         if dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
             self._announce(train_ds, val_ds, skipped)
         criterion = self.fam.build_criterion(a.variant, len(train_ds.category_ids))
         ema = ModelEMA(model, decay=r.ema.decay, warmups=r.ema.warmups, first_update=r.ema.first_update)
@@ -268,6 +273,10 @@ class Trainer:
             print(warning, file=sys.stderr)
         if self.resume_path is not None:
             self.state = self._restore(self.resume_path, model, ema, optimizer, scaler)
+        if dist.is_main:  # every check passed: only now the run folder is made (a refused run leaves none)
+            self.out.mkdir(parents=True, exist_ok=True)
+            if self.resume_path is None:
+                self._clear_previous_run()
         bare = model
         if dist.enabled:
             if self.device.type == "cuda":
@@ -283,8 +292,17 @@ class Trainer:
             (self.out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         return Run(model=model, bare=bare, ema=ema, optimizer=optimizer, scaler=scaler, criterion=criterion,
                    schedule=schedule, loader=loader, val_ds=val_ds, meta=meta,
-                   log=RunLog(self.out) if dist.is_main else None, accumulate=accumulate, amp=amp,
-                   amp_dtype=amp_dtype, batches_per_epoch=batches_per_epoch)
+                   log=RunLog(self.out, resume=self.resume_path is not None) if dist.is_main else None,
+                   accumulate=accumulate, amp=amp, amp_dtype=amp_dtype, batches_per_epoch=batches_per_epoch)
+
+    def _clear_previous_run(self) -> None:
+        """A new run in a folder holding an older one (--exist-ok) inherits none of its outputs: a stale
+        best.pth would be reported (and exported) as this run's, its log.csv rows and curves would mix in."""
+        old = [n for n in PREVIOUS_RUN_FILES if (self.out / n).is_file()]
+        for n in old:
+            (self.out / n).unlink()
+        if old:
+            print(f"new run in {self.out}: removed the previous run's {', '.join(old)}")
 
     # ---------------------------------------------------------------- run
     def fit(self) -> dict[str, Any]:
@@ -299,9 +317,29 @@ class Trainer:
                 print(f"\ninterrupted at epoch {self.state.epoch + 1}, batch {self.state.batch}: saved "
                       f"{self.out / 'last.pth'} (continue with --resume)")
             raise Interrupted() from None
+        except _DataError as err:  # e.g. a corrupt image met while loading a batch (maybe in a loader worker)
+            raise UserError(f"{err}; {self._save_after_error()}") from None
+        except UserError as err:  # e.g. a corrupt val image: the message, not a loader worker's traceback
+            raise UserError(worker_message(err)) from None
         summary = self._summary()
         D.shutdown(self.dist)
         return summary
+
+    def _save_after_error(self) -> str:
+        """last.pth at the last finished optimizer step (the state of a Ctrl-C save); what was kept, in words."""
+        state = self.state
+        if state.step == 0 and state.epoch == 0 and self.resume_path is None:
+            return "no optimizer step had finished: nothing saved"
+        if self.dist.is_main:
+            self._save(self.out / "last.pth", rng=self._rng_at_step)
+        return (f"saved {self.out / 'last.pth'} at epoch {state.epoch + 1}, batch {state.batch} (the last finished "
+                f"step): fix or remove the file, then continue with --resume")
+
+    def _snapshot_rng(self) -> None:
+        """The RNG states at an optimizer-step boundary: what a save after a data error restores (the batches
+        of an unfinished accumulation may have drawn from them since)."""
+        self._rng_at_step = (torch.get_rng_state(),
+                             torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None)
 
     def _train_loader(self, train_ds):
         from ..data.loader import build_train_loader
@@ -321,7 +359,8 @@ class Trainer:
         pending = 0  # batches accumulated since the last optimizer step
         lr = run.schedule.apply(run.optimizer, state.step)
         step_sums: dict[str, float] = {}  # loss sums of the batches since the last optimizer step
-        for batch in run.loader:
+        self._snapshot_rng()
+        for batch in _batches(run.loader):
             for k, v in self._train_step(batch, sync=pending + 1 == run.accumulate).items():
                 step_sums[k] = step_sums.get(k, 0.0) + v
             pending += 1
@@ -335,6 +374,7 @@ class Trainer:
             state.step += 1
             state.batch += run.accumulate
             state.images += batch.images.shape[0] * run.accumulate
+            self._snapshot_rng()
             lr = run.schedule.apply(run.optimizer, state.step)
             now = time.perf_counter()
             state.seconds += now - tick
@@ -429,14 +469,16 @@ class Trainer:
                         r.input_size, postprocess_kwargs(r.eval))
 
     # ---------------------------------------------------------------- checkpoints
-    def _save(self, path: Path) -> None:
+    def _save(self, path: Path, *, rng: tuple[torch.Tensor, Any] | None = None) -> None:
+        """The run's checkpoint; `rng`: the (cpu, cuda) RNG states to save instead of the current ones."""
         if not self.dist.is_main:
             return
         run, state = self.run, self.state
+        cpu_rng, cuda_rng = rng if rng is not None else (
+            torch.get_rng_state(), torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None)
         lr_state = {"lr_warmup_scheduler": {"last_step": state.step, "warmup_duration": run.schedule.warmup},
                     "lr_scheduler": {"last_epoch": state.epoch, "steps_per_epoch": run.schedule.steps_per_epoch}}
-        train_state = {**state.as_dict(), "rng": torch.get_rng_state(),
-                       "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None}
+        train_state = {**state.as_dict(), "rng": cpu_rng, "cuda_rng": cuda_rng}
         ckpt = build_checkpoint(self.fam, model=run.bare, ema=run.ema.state_dict(),
                                 optimizer=run.optimizer.state_dict(),
                                 scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None,
@@ -449,6 +491,16 @@ class Trainer:
         for k in ("variant", "batch", "nominal_batch", "seed", "img_size"):
             if k in saved and saved[k] != getattr(self.args, k):
                 raise UserError(f"--resume {path}: the run used {k}={saved[k]!r}, this one {getattr(self.args, k)!r}")
+        saved_recipe = ckpt.get("tdet", {}).get("recipe")
+        if isinstance(saved_recipe, dict):
+            diff = recipe_diff(saved_recipe, self.recipe.as_dict())
+            if diff:
+                shown = "; ".join(f"{k}: saved {v!r}, now {w!r}" for k, (v, w) in list(diff.items())[:5])
+                more = f"; ... ({len(diff)} in all)" if len(diff) > 5 else ""
+                raise UserError(f"--resume {path} continues the saved run exactly: its recipe "
+                                f"({self.args.recipe or 'the shipped ' + self.args.variant + '.yaml'}) changed in "
+                                f"{', '.join(diff)} ({shown}{more}); restore the file, or start a new run "
+                                f"(another --out) with the edited recipe")
         raw, ema_state, scaler_state = split_checkpoint(ckpt)
         model.load_state_dict(raw, strict=True)
         ema.load_state_dict(ema_state)
@@ -470,13 +522,63 @@ class Trainer:
         for p in self.run.bare.parameters():
             digest.update(p.detach().cpu().contiguous().numpy().tobytes())
         per_rank = D.all_gather_objects(self.dist, digest.hexdigest())
-        summary = {"epochs": self.state.epoch, "steps": self.state.step, "best_ap": self.state.best_ap,
+        evaluated = self.state.best_ap >= 0  # best.pth is this run's: written when an evaluation improved AP
+        summary = {"epochs": self.state.epoch, "steps": self.state.step,
+                   "best_ap": self.state.best_ap if evaluated else None,
                    "last": str(self.out / "last.pth"),
-                   "best": str(self.out / "best.pth") if (self.out / "best.pth").exists() else None,
+                   "best": str(self.out / "best.pth") if evaluated and (self.out / "best.pth").exists() else None,
                    "world": self.dist.world, "rank_weight_sha256": per_rank}
         if self.dist.is_main:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
         return summary
+
+
+# what a run writes into its folder; a new run in the folder of an older one removes the older one's first
+PREVIOUS_RUN_FILES = ("last.pth", "best.pth", "log.csv", "curves.png", "summary.json")
+
+
+def recipe_diff(saved: Any, now: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """The dotted keys where two recipe dicts (Recipe.as_dict) differ -> (saved, now)."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        out: dict[str, tuple[Any, Any]] = {}
+        for k in list(saved) + [k for k in now if k not in saved]:
+            out.update(recipe_diff(saved.get(k), now.get(k), f"{prefix}{k}."))
+        return out
+    return {} if saved == now else {prefix.rstrip("."): (saved, now)}
+
+
+def _batches(loader):
+    """The loader's batches; a UserError while loading one becomes a _DataError with the original message."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except UserError as err:
+            shutdown = getattr(it, "_shutdown_workers", None)  # the workers end now, not at (a hung) exit
+            if shutdown is not None:
+                shutdown()
+            if getattr(loader, "_iterator", None) is it:  # persistent workers: the loader keeps the iterator
+                loader._iterator = None
+            raise _DataError(worker_message(err)) from None
+        yield batch
+
+
+def worker_message(err: BaseException) -> str:
+    """A UserError's own message, also when a DataLoader worker raised it: torch re-raises it as the same
+    type with "Caught UserError in DataLoader worker process N." and the worker's traceback as the message;
+    the original message is the traceback's last entry."""
+    text = str(err)
+    if not text.startswith("Caught ") or "Original Traceback" not in text:
+        return text
+    lines = text.rstrip().splitlines()
+    name = type(err).__name__
+    for i in range(len(lines) - 1, -1, -1):  # the last line naming the exception type starts its message
+        head, sep, rest = lines[i].partition(": ")
+        if sep and not lines[i].startswith(" ") and head.rsplit(".", 1)[-1] == name:
+            return "\n".join([rest, *lines[i + 1:]]).strip()
+    return lines[-1].strip()
 
 
 def no_weights_note(variant: str) -> str:
