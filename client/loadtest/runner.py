@@ -175,7 +175,7 @@ def run_once(model: str, url: str, *, protocol: str = "grpc", users: int = 4, sp
         except ConnectionError as err:
             summary.aborted = f"metrics unreadable after the run: {err}"
     if after:
-        _add_triton(summary, before, after, model, metrics_url)
+        _add_triton(summary, before, after, model, len(urls), metrics_url)
     atomic_write(out / "summary.json", json.dumps(asdict(summary), indent=1))
     plot_run(out / "latencies.csv", summary, out / "report.png")
     write_html([summary], out / "report.html", [out / "report.png"])
@@ -193,27 +193,34 @@ def _aborted(status_file: Path) -> str:
     return aborted
 
 
-def _add_triton(summary: RunSummary, before: dict, after: dict, model: str, metrics_url: str) -> None:
+def _add_triton(summary: RunSummary, before: dict, after: dict, model: str, n_servers: int, metrics_url: str) -> None:
     """summary.triton from the two scrapes, or, when they cannot describe this run, a warning and
     summary.triton_skipped saying why (never the meaningless deltas)."""
     steps = [m for m in sorted(after) if m == model or m.startswith(f"{model}_")]
-    summary.triton_skipped = _metrics_mismatch(before, after, steps, metrics_url)
+    summary.triton_skipped = _metrics_mismatch(before, after, steps, model, summary, n_servers, metrics_url)
     if summary.triton_skipped:
         print(f"warning: {summary.triton_skipped}", file=sys.stderr)
     else:
         summary.triton = triton_metrics.per_model(before, after, steps)
 
 
-def _metrics_mismatch(before: dict, after: dict, steps: list[str], metrics_url: str) -> str:
+def _metrics_mismatch(before: dict, after: dict, steps: list[str], model: str, summary: RunSummary,
+                      n_servers: int, metrics_url: str) -> str:
     """Why the two scrapes cannot describe this run ("" when they can): a counter went backwards (the server
-    restarted, or `metrics_url` is load-balanced over several servers: each scrape is another replica's). Fewer
-    counted than answered is no sign: Triton counts a request after its answer is sent, so the last ones of a run
-    may not be counted yet when the run ends."""
+    restarted, or `metrics_url` is load-balanced over several servers: each scrape is another replica's), or,
+    with one server, the server counts fewer answered requests of `model` than this run received."""
     back = triton_metrics.went_backwards(before, after, steps)
     if back:
         return (f"Triton's counters at {metrics_url} went backwards during the run ({'; '.join(back[:3])}): the "
                 "server restarted, or the URL is load-balanced over several servers (point --metrics-url at one "
                 "server's pod or host); no per-step breakdown is reported")
+    answered = summary.requests - summary.failures
+    counted = after.get(model, {}).get("nv_inference_request_success", 0.0) - \
+        before.get(model, {}).get("nv_inference_request_success", 0.0)
+    if n_servers == 1 and counted < answered:
+        return (f"Triton's metrics at {metrics_url} count {counted:g} answered {model} requests during the run, "
+                f"fewer than the {answered} it received: they are not the metrics of the server that answered "
+                "(a load-balanced URL?); no per-step breakdown is reported")
     return ""
 
 
