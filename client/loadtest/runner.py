@@ -57,7 +57,6 @@ class RunSummary:
     triton: dict[str, dict[str, float]] = field(default_factory=dict)  # per composing model
     aborted: str = ""  # why the run stopped before --duration ("" when it ran to the end)
     servers: dict[str, dict[str, int]] = field(default_factory=dict)  # url -> requests, failures (--url a,b)
-    triton_skipped: str = ""  # why `triton` is empty although metrics were read (counters went backwards)
 
 
 def _host(url: str) -> str:
@@ -143,7 +142,7 @@ def run_once(model: str, url: str, *, protocol: str = "grpc", users: int = 4, sp
     cmd = [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "-u", str(users),
            "-r", str(spawn_rate), "-t", f"{max(1, round(duration_s))}s", "--stop-timeout", "10",
            "--only-summary", "--loglevel", "WARNING", user_class]
-    port = distributed.master_port()
+    port = distributed.MASTER_PORT
     if workers and not remote_workers:
         from ..ports import free_port
 
@@ -164,7 +163,7 @@ def run_once(model: str, url: str, *, protocol: str = "grpc", users: int = 4, sp
         tail = (out / "locust.log").read_text(errors="replace")[-2000:]
         raise RuntimeError(f"locust failed (no latencies written); locust said:\n{tail}")
     summary = summarize(out / "latencies.csv", model, protocol, users, duration_s)
-    summary.aborted = _aborted(status_file)
+    summary.aborted = json.loads(status_file.read_text()).get("aborted", "") if status_file.is_file() else ""
     if not summary.requests:
         tail = (out / "locust.log").read_text(errors="replace")[-2000:]
         raise RuntimeError(f"the load test sent no requests in {wall:.0f}s; locust said:\n{tail}")
@@ -175,53 +174,12 @@ def run_once(model: str, url: str, *, protocol: str = "grpc", users: int = 4, sp
         except ConnectionError as err:
             summary.aborted = f"metrics unreadable after the run: {err}"
     if after:
-        _add_triton(summary, before, after, model, len(urls), metrics_url)
+        steps = [m for m in sorted(after) if m == model or m.startswith(f"{model}_")]
+        summary.triton = triton_metrics.per_model(before, after, steps)
     atomic_write(out / "summary.json", json.dumps(asdict(summary), indent=1))
     plot_run(out / "latencies.csv", summary, out / "report.png")
     write_html([summary], out / "report.html", [out / "report.png"])
     return summary
-
-
-def _aborted(status_file: Path) -> str:
-    """Why the run stopped early, from locustfile.py's status ("" when it ran to the end), including workers
-    whose latencies never reached the master (their requests are missing from the summary: a partial run)."""
-    status = json.loads(status_file.read_text()) if status_file.is_file() else {}
-    aborted = status.get("aborted", "")
-    if status.get("missing_workers"):
-        missing = f"{len(status['missing_workers'])} Locust worker(s) never sent their latencies to the master"
-        aborted = f"{aborted}; {missing}" if aborted else missing
-    return aborted
-
-
-def _add_triton(summary: RunSummary, before: dict, after: dict, model: str, n_servers: int, metrics_url: str) -> None:
-    """summary.triton from the two scrapes, or, when they cannot describe this run, a warning and
-    summary.triton_skipped saying why (never the meaningless deltas)."""
-    steps = [m for m in sorted(after) if m == model or m.startswith(f"{model}_")]
-    summary.triton_skipped = _metrics_mismatch(before, after, steps, model, summary, n_servers, metrics_url)
-    if summary.triton_skipped:
-        print(f"warning: {summary.triton_skipped}", file=sys.stderr)
-    else:
-        summary.triton = triton_metrics.per_model(before, after, steps)
-
-
-def _metrics_mismatch(before: dict, after: dict, steps: list[str], model: str, summary: RunSummary,
-                      n_servers: int, metrics_url: str) -> str:
-    """Why the two scrapes cannot describe this run ("" when they can): a counter went backwards (the server
-    restarted, or `metrics_url` is load-balanced over several servers: each scrape is another replica's), or,
-    with one server, the server counts fewer answered requests of `model` than this run received."""
-    back = triton_metrics.went_backwards(before, after, steps)
-    if back:
-        return (f"Triton's counters at {metrics_url} went backwards during the run ({'; '.join(back[:3])}): the "
-                "server restarted, or the URL is load-balanced over several servers (point --metrics-url at one "
-                "server's pod or host); no per-step breakdown is reported")
-    answered = summary.requests - summary.failures
-    counted = after.get(model, {}).get("nv_inference_request_success", 0.0) - \
-        before.get(model, {}).get("nv_inference_request_success", 0.0)
-    if n_servers == 1 and counted < answered:
-        return (f"Triton's metrics at {metrics_url} count {counted:g} answered {model} requests during the run, "
-                f"fewer than the {answered} it received: they are not the metrics of the server that answered "
-                "(a load-balanced URL?); no per-step breakdown is reported")
-    return ""
 
 
 def _check_first_image(url: str, model: str, protocol: str, first: Path, timeout_s: float, retries: int) -> None:
@@ -290,8 +248,6 @@ def format_summary(s: RunSummary) -> str:
         lines += [f"  server {u}: {c['requests']} requests, {c['failures']} failures" for u, c in s.servers.items()]
     if s.aborted:
         lines.append(f"  STOPPED EARLY: {s.aborted}")
-    if s.triton_skipped:
-        lines.append(f"  no Triton breakdown: {s.triton_skipped}")
     for step, t in s.triton.items():
         lines.append(f"  {step:<28} batch {t['avg_batch_size']:5.2f}  queue {t['queue_ms']:7.1f} ms  "
                      f"compute {t['compute_infer_ms']:7.1f} ms  (per request)")
