@@ -82,6 +82,28 @@ def repository(exported, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_repository(exported, tmp_path_factory) -> Path:
+    """damo_yolo_t alone: a server of its own starts quickly and can be killed without hurting others."""
+    from tdet.ensembles.builder import build_repository
+
+    repo = tmp_path_factory.mktemp("small") / "repo"
+    build_repository([exported["damo-yolo-t"]], repo)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def start_server():
+    """start(repository, log) -> (process, info): a tritonserver of the test's own on free ports."""
+    from tdet.ensembles.server import free_port, start
+
+    def _start(repository: Path, log: Path):
+        return start(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), log=log,
+                     timeout_s=240)
+
+    return _start
+
+
+@pytest.fixture(scope="session")
 def served(exported, repository, tmp_path_factory) -> Served:
     """One tritonserver (from the nvidia-pytriton wheel) serving damo_yolo_t and rtdetrv2_s on free ports.
 

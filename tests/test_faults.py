@@ -11,39 +11,23 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from tdet.client.errors import InvalidInputError, RequestTimeoutError, ServerUnavailableError
 from tdet.client.synth import synthesize
 from tdet.client.triton import connect
-from tdet.ensembles.server import free_port, start, stop_process
+from tdet.ensembles.server import stop_process
 
 pytestmark = pytest.mark.server
 
 MODEL = "damo_yolo_t"
 
 
-@pytest.fixture(scope="module")
-def small_repository(exported, tmp_path_factory) -> Path:
-    """damo_yolo_t alone: a server of its own starts quickly and can be killed without hurting others."""
-    from tdet.ensembles.builder import build_repository
-
-    repo = tmp_path_factory.mktemp("doomed") / "repo"
-    build_repository([exported["damo-yolo-t"]], repo)
-    return repo
-
-
-def _start(repository: Path, log: Path):
-    return start(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), log=log,
-                 timeout_s=240)
-
-
 @pytest.fixture
-def doomed(small_repository, tmp_path):
+def doomed(small_repository, start_server, tmp_path):
     """A server this test may kill (stopped at the end if it is still there)."""
-    proc, info = _start(small_repository, tmp_path / "server.log")
+    proc, info = start_server(small_repository, tmp_path / "server.log")
     try:
         yield proc, info
     finally:
@@ -69,7 +53,7 @@ def _wait_for(condition, what: str, timeout_s: float = 120) -> None:
         time.sleep(0.2)
 
 
-def test_server_killed_during_eval_stops_keeps_results_and_resumes(doomed, small_repository, tmp_path):
+def test_server_killed_during_eval_stops_keeps_results_and_resumes(doomed, small_repository, start_server, tmp_path):
     proc, info = doomed
     ann = synthesize(tmp_path / "data", num=30, seed=3, size=(320, 240))
     out = tmp_path / "eval"
@@ -88,7 +72,7 @@ def test_server_killed_during_eval_stops_keeps_results_and_resumes(doomed, small
     done = len(partial.read_text().splitlines()) - 1
     assert 3 <= done < 30 and not (out / "results.json").exists()
 
-    proc2, info2 = _start(small_repository, tmp_path / "server2.log")  # the server is back (new ports)
+    proc2, info2 = start_server(small_repository, tmp_path / "server2.log")  # the server is back (new ports)
     try:
         resumed = _tdet(*args, "--url", info2.grpc_url)
         stdout, err = resumed.communicate(timeout=600)
@@ -170,8 +154,9 @@ def test_bad_requests_are_never_retried(served, protocol):
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
-def test_unavailable_server_is_retried_a_bounded_number_of_times(protocol, small_repository, tmp_path, images):
-    proc, info = _start(small_repository, tmp_path / "server.log")
+def test_unavailable_server_is_retried_a_bounded_number_of_times(protocol, small_repository, start_server, tmp_path,
+                                                                  images):
+    proc, info = start_server(small_repository, tmp_path / "server.log")
     url = info.grpc_url if protocol == "grpc" else info.http_url
     try:
         client = connect(url, MODEL, protocol, retries=2, backoff_s=0.1)
@@ -202,7 +187,7 @@ def test_serve_names_the_model_that_failed_to_load_with_its_own_error(small_repo
     assert f"model '{MODEL}_engine' failed to load:" in res.stderr and "INVALID_PROTOBUF" in res.stderr
 
 
-def test_a_server_side_fault_stays_internal(small_repository, tmp_path, images):
+def test_a_server_side_fault_stays_internal(small_repository, start_server, tmp_path, images):
     """A fault in a step (here: a postprocess with an empty category table, so mapping a detection's
     label fails) is INTERNAL / HTTP 500 and ServerError in the client, never INVALID_ARGUMENT: the
     request was fine."""
@@ -217,7 +202,7 @@ def test_a_server_side_fault_stays_internal(small_repository, tmp_path, images):
     cfg = read_config(path)
     cfg.parameters["category_ids"].string_value = "[]"  # no id for any of the 80 labels
     write_config(path, cfg)
-    proc, info = _start(repo, tmp_path / "server.log")
+    proc, info = start_server(repo, tmp_path / "server.log")
     try:
         for protocol, url, status in (("grpc", info.grpc_url, "StatusCode.INTERNAL"), ("http", info.http_url, "500")):
             with connect(url, MODEL, protocol, retries=2) as client:

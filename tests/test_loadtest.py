@@ -44,6 +44,42 @@ def test_ten_second_loadtest_completes_with_reports(served, images, tmp_path, pr
     assert (out / "report.png").stat().st_size > 0
 
 
+def test_the_breakdown_is_the_ensembles_steps_not_models_with_its_prefix(served, exported, images, tmp_path):
+    # another model named damo_yolo_t_<x> on the server, loaded, used and unloaded: its counters read as zeros
+    # afterwards, and a breakdown by name prefix took them for counters of this run that went backwards
+    import tritonclient.grpc as grpcclient
+
+    from tdet.client.triton import connect
+    from tdet.ensembles.builder import build_repository
+
+    name = "damo_yolo_t_twin"
+    build_repository([exported["damo-yolo-t"]], served.repository, name=name)
+    admin = grpcclient.InferenceServerClient(served.grpc_url)
+    admin.load_model(name)
+    try:
+        with connect(served.grpc_url, name) as client:
+            client.infer(next(images.glob("*.jpg")).read_bytes())
+        s = run_once("damo_yolo_t", served.grpc_url, users=1, spawn_rate=1, duration_s=3, images=images,
+                     out=tmp_path / "o", metrics_url=served.metrics_url)
+    finally:
+        admin.unload_model(name, unload_dependents=True)
+    assert not s.triton_skipped, s.triton_skipped
+    assert list(s.triton) == ["damo_yolo_t", "damo_yolo_t_preprocess", "damo_yolo_t_engine",
+                              "damo_yolo_t_postprocess"]  # what one request runs, in order
+    assert s.triton["damo_yolo_t_engine"]["requests"] >= s.requests
+
+
+def test_composing_models_follow_nested_ensembles_once():
+    from tdet.client.loadtest.runner import composing_models
+
+    configs = {"cam": {"ensemble_scheduling": {"step": [{"model_name": "m"}, {"model_name": "tracker"}]}},
+               "m": {"ensemble_scheduling": {"step": [{"model_name": "m_pre"}, {"model_name": "m_engine"},
+                                                      {"model_name": "m_pre"}]}},
+               "m_pre": {}, "m_engine": {}, "tracker": {"sequence_batching": {}}}
+    assert composing_models("cam", configs.__getitem__) == ["cam", "m", "tracker", "m_pre", "m_engine"]
+    assert composing_models("m_engine", configs.__getitem__) == ["m_engine"]
+
+
 def test_failures_are_counted_not_hidden(served, images, tmp_path):
     mixed = tmp_path / "mixed"
     mixed.mkdir()

@@ -1,10 +1,14 @@
 """Locust's distributed mode for `tdet loadtest --workers N`: one master (headless, Locust's own CSVs, the
-run's clock) and N worker processes that hold the users. Local workers write their exact latencies to
-<latencies.csv>.<pid>, merged into latencies.csv after the run, so the summary counts every worker's
-requests. `--master-host H` runs only a worker that joins a master elsewhere (its latencies stay local)."""
+run's clock) and N worker processes that hold the users. At the end every worker sends its exact latencies to the master
+through Locust's messages (locustfile.py), so the master's latencies.csv and summary count every worker's
+requests, whether the workers run here or on other machines (`--remote-workers`). `--master-host H` runs
+only a worker that joins a master elsewhere; it also keeps its own requests in <out>/latencies.csv.
+TDET_LOCUST_MASTER_PORT / TDET_LOCUST_MASTER_BIND override the remote master's port (5557) and bind
+address (0.0.0.0); the workers read the same port variable."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -13,8 +17,13 @@ from pathlib import Path
 MASTER_PORT = 5557  # Locust's default; a free port for local-only runs
 
 
+def master_port() -> int:
+    """The port a remote master listens on and its workers join (TDET_LOCUST_MASTER_PORT, else 5557)."""
+    return int(os.environ.get("TDET_LOCUST_MASTER_PORT") or MASTER_PORT)
+
+
 def master_args(workers: int, port: int, remote: bool) -> list[str]:
-    bind = "0.0.0.0" if remote else "127.0.0.1"
+    bind = (os.environ.get("TDET_LOCUST_MASTER_BIND") or "0.0.0.0") if remote else "127.0.0.1"
     return ["--master", "--expect-workers", str(workers), "--master-bind-host", bind, "--master-bind-port", str(port)]
 
 
@@ -42,7 +51,8 @@ def local_workers(n: int, locustfile: str, user_class: str, port: int, env: dict
 
 
 def merge_latencies(latency_file: Path) -> None:
-    """latencies.csv = the header and every worker's rows (<latencies.csv>.<pid>)."""
+    """latencies.csv = the header and every part's rows (<latencies.csv>.<pid>, as former versions' workers
+    wrote them); nothing to do when there is none."""
     parts = sorted(latency_file.parent.glob(latency_file.name + ".*"))
     if not parts:
         return
@@ -58,5 +68,11 @@ def join_master(master_host: str, model: str, url: str, protocol: str, images: P
     from .runner import LOCUSTFILE, USER_CLASS, locust_env
 
     out.mkdir(parents=True, exist_ok=True)
-    cmd = worker_cmd(LOCUSTFILE, USER_CLASS[protocol], master_host, MASTER_PORT)
-    return subprocess.run(cmd, env=locust_env(url, model, images, out, timeout_s, retries)).returncode
+    (out / "latencies.csv").unlink(missing_ok=True)  # not a former run's
+    cmd = worker_cmd(LOCUSTFILE, USER_CLASS[protocol], master_host, master_port())
+    env = dict(locust_env(url, model, images, out, timeout_s, retries),
+               TDET_WORKER_LATENCY_FILE=str(out / "latencies.csv"))  # this worker's own requests
+    rc = subprocess.run(cmd, env=env).returncode
+    if rc == 0 and (out / "latencies.csv").is_file():
+        print(f"this worker's requests: {out / 'latencies.csv'} (the summary is the master's)")
+    return rc

@@ -32,6 +32,14 @@ def scrape(url: str, timeout_s: float = 5.0) -> dict[str, dict[str, float]]:
     return {k: dict(v) for k, v in out.items()}
 
 
+def went_backwards(before: dict, after: dict, models: list[str]) -> list[str]:
+    """The counters of `models` that are lower after the run than before ("model counter: before -> after").
+    Triton's counters only grow: a lower value means another process answered the second scrape (the
+    server restarted, or the URL is load-balanced over several servers), so no delta means anything."""
+    return [f"{m} {k}: {before.get(m, {}).get(k, 0.0):g} -> {after.get(m, {}).get(k, 0.0):g}"
+            for m in models for k in COUNTERS if after.get(m, {}).get(k, 0.0) < before.get(m, {}).get(k, 0.0)]
+
+
 def per_model(before: dict, after: dict, models: list[str]) -> dict[str, dict[str, float]]:
     """Per composing model: requests, executions, average batch size, and per-request queue / compute ms."""
     rows = {}

@@ -57,6 +57,7 @@ class RunSummary:
     triton: dict[str, dict[str, float]] = field(default_factory=dict)  # per composing model
     aborted: str = ""  # why the run stopped before --duration ("" when it ran to the end)
     servers: dict[str, dict[str, int]] = field(default_factory=dict)  # url -> requests, failures (--url a,b)
+    triton_skipped: str = ""  # why `triton` is empty although metrics were read (counters went backwards)
 
 
 def _host(url: str) -> str:
@@ -126,8 +127,7 @@ def run_once(model: str, url: str, *, protocol: str = "grpc", users: int = 4, sp
         if local_only and _host(u) not in LOOPBACK:
             raise UserError(f"refusing to load-test {u}: only loopback targets are allowed here")
     out.mkdir(parents=True, exist_ok=True)
-    for u in urls:
-        _check_first_image(u, model, protocol, first, timeout_s, retries)
+    steps = [_check_first_image(u, model, protocol, first, timeout_s, retries) for u in urls][0]
     if len(urls) > 1 and metrics_url is None:  # one metrics endpoint cannot describe several servers
         print("note: several servers: no Triton per-step breakdown unless --metrics-url names one server's",
               file=sys.stderr)
@@ -142,7 +142,7 @@ def run_once(model: str, url: str, *, protocol: str = "grpc", users: int = 4, sp
     cmd = [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "-u", str(users),
            "-r", str(spawn_rate), "-t", f"{max(1, round(duration_s))}s", "--stop-timeout", "10",
            "--only-summary", "--loglevel", "WARNING", user_class]
-    port = distributed.MASTER_PORT
+    port = distributed.master_port()
     if workers and not remote_workers:
         from ..ports import free_port
 
@@ -163,7 +163,7 @@ def run_once(model: str, url: str, *, protocol: str = "grpc", users: int = 4, sp
         tail = (out / "locust.log").read_text(errors="replace")[-2000:]
         raise RuntimeError(f"locust failed (no latencies written); locust said:\n{tail}")
     summary = summarize(out / "latencies.csv", model, protocol, users, duration_s)
-    summary.aborted = json.loads(status_file.read_text()).get("aborted", "") if status_file.is_file() else ""
+    summary.aborted = _aborted(status_file)
     if not summary.requests:
         tail = (out / "locust.log").read_text(errors="replace")[-2000:]
         raise RuntimeError(f"the load test sent no requests in {wall:.0f}s; locust said:\n{tail}")
@@ -174,16 +174,52 @@ def run_once(model: str, url: str, *, protocol: str = "grpc", users: int = 4, sp
         except ConnectionError as err:
             summary.aborted = f"metrics unreadable after the run: {err}"
     if after:
-        steps = [m for m in sorted(after) if m == model or m.startswith(f"{model}_")]
-        summary.triton = triton_metrics.per_model(before, after, steps)
+        _add_triton(summary, before, after, steps, metrics_url)
     atomic_write(out / "summary.json", json.dumps(asdict(summary), indent=1))
     plot_run(out / "latencies.csv", summary, out / "report.png")
     write_html([summary], out / "report.html", [out / "report.png"])
     return summary
 
 
-def _check_first_image(url: str, model: str, protocol: str, first: Path, timeout_s: float, retries: int) -> None:
-    """Fail fast, before any load: the server is not there, does not serve `model`, or refuses the image."""
+def _aborted(status_file: Path) -> str:
+    """Why the run stopped early, from locustfile.py's status ("" when it ran to the end), including workers
+    whose latencies never reached the master (their requests are missing from the summary: a partial run)."""
+    status = json.loads(status_file.read_text()) if status_file.is_file() else {}
+    aborted = status.get("aborted", "")
+    if status.get("missing_workers"):
+        missing = f"{len(status['missing_workers'])} Locust worker(s) never sent their latencies to the master"
+        aborted = f"{aborted}; {missing}" if aborted else missing
+    return aborted
+
+
+def _add_triton(summary: RunSummary, before: dict, after: dict, steps: list[str], metrics_url: str) -> None:
+    """summary.triton (per model of `steps` the server reports) from the two scrapes, or, when they cannot
+    describe this run, a warning and summary.triton_skipped saying why (never the meaningless deltas)."""
+    steps = [m for m in steps if m in after]
+    summary.triton_skipped = _metrics_mismatch(before, after, steps, metrics_url)
+    if summary.triton_skipped:
+        print(f"warning: {summary.triton_skipped}", file=sys.stderr)
+    else:
+        summary.triton = triton_metrics.per_model(before, after, steps)
+
+
+def _metrics_mismatch(before: dict, after: dict, steps: list[str], metrics_url: str) -> str:
+    """Why the two scrapes cannot describe this run ("" when they can): a counter went backwards (the server
+    restarted, or `metrics_url` is load-balanced over several servers: each scrape is another replica's). Fewer
+    counted than answered is no sign: Triton counts a request after its answer is sent, so the last ones of a run
+    may not be counted yet when the run ends."""
+    back = triton_metrics.went_backwards(before, after, steps)
+    if back:
+        return (f"Triton's counters at {metrics_url} went backwards during the run ({'; '.join(back[:3])}): the "
+                "server restarted, or the URL is load-balanced over several servers (point --metrics-url at one "
+                "server's pod or host); no per-step breakdown is reported")
+    return ""
+
+
+def _check_first_image(url: str, model: str, protocol: str, first: Path, timeout_s: float,
+                       retries: int) -> list[str]:
+    """Fail fast, before any load: the server is not there, does not serve `model`, or refuses the image.
+    Returns the models a request of `model` runs (composing_models), whose metrics the report breaks down."""
     from tdet.client.triton import connect
 
     with connect(url, model, protocol, timeout_s=timeout_s, retries=retries) as client:
@@ -192,6 +228,20 @@ def _check_first_image(url: str, model: str, protocol: str, first: Path, timeout
         except InvalidInputError as err:
             raise UserError(f"the server refuses the first image, {first}: {err}; the load test would measure "
                             "only failures (remove the file or pass other --images)") from None
+        return composing_models(model, client.model_config)
+
+
+def composing_models(model: str, model_config) -> list[str]:
+    """`model` and, for an ensemble, the models of its steps (nested ensembles too), in order: what one
+    request runs. From the configs, not the names: `<model>_v2` or `<model>_jpeg_auto_engine` on the same
+    server are other models, whose counters are not this run's (and vanish when they are unloaded)."""
+    names, todo = [], [model]
+    while todo:
+        name = todo.pop(0)
+        if name not in names:
+            names.append(name)
+            todo += [step["model_name"] for step in model_config(name).get("ensemble_scheduling", {}).get("step", [])]
+    return names
 
 
 def summarize(latency_csv: Path, model: str, protocol: str, users: int, duration_s: float) -> RunSummary:
@@ -248,6 +298,8 @@ def format_summary(s: RunSummary) -> str:
         lines += [f"  server {u}: {c['requests']} requests, {c['failures']} failures" for u, c in s.servers.items()]
     if s.aborted:
         lines.append(f"  STOPPED EARLY: {s.aborted}")
+    if s.triton_skipped:
+        lines.append(f"  no Triton breakdown: {s.triton_skipped}")
     for step, t in s.triton.items():
         lines.append(f"  {step:<28} batch {t['avg_batch_size']:5.2f}  queue {t['queue_ms']:7.1f} ms  "
                      f"compute {t['compute_infer_ms']:7.1f} ms  (per request)")
