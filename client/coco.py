@@ -17,6 +17,10 @@ def read_coco(coco_json: Path, images_dir: Path):
     from pycocotools.coco import COCO
 
     coco_json, images_dir = Path(coco_json), Path(images_dir)
+    if coco_json.is_dir():  # a dataset's root or its annotations folder, not the file
+        found = sorted(str(p) for p in (*coco_json.glob("*.json"), *coco_json.glob("annotations/*.json")))
+        hint = f"; found there: {', '.join(found[:5])}" if found else "; it holds no .json file"
+        raise FileNotFoundError(f"{coco_json} is a folder: pass the COCO annotations .json file{hint}")
     if not coco_json.is_file():
         raise FileNotFoundError(f"annotations file not found: {coco_json}")
     if not images_dir.is_dir():

@@ -127,13 +127,18 @@ def output_names(inputs: Sequence[Path | str]) -> list[str]:
     taken = {INDEX.removesuffix(".json")}
     names = []
     for r, s in zip(rel, stems):
-        name = str(r) if counts[s] > 1 or s in taken else s
-        base, n = name, 2
-        while name in taken:  # e.g. an input literally named "x.jpg.png" next to x.jpg and x.png
-            name, n = f"{base}_{n}", n + 1
-        taken.add(name)
-        names.append(name)
+        # unique_name: e.g. an input literally named "x.jpg.png" next to x.jpg and x.png
+        names.append(unique_name(str(r) if counts[s] > 1 or s in taken else s, taken))
     return names
+
+
+def unique_name(base: str, taken: set[str]) -> str:
+    """`base`, or base_2, base_3, ... the first not in `taken`; added to `taken`."""
+    name, n = base, 2
+    while name in taken:
+        name, n = f"{base}_{n}", n + 1
+    taken.add(name)
+    return name
 
 
 def url_name(url: str) -> str:

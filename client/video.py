@@ -156,19 +156,12 @@ def video_names(sources: Sequence[str]) -> list[str]:
     """Distinct output base names, one per source: files as `tdet infer`'s images (their path below the files'
     common folder, the suffix kept where two share a stem), cameras and streams by source_name, with _2, _3...
     where two would still share one (rtsp://a/stream, rtsp://b/stream -> stream, stream_2)."""
-    from .infer import output_names
+    from .infer import output_names, unique_name
 
     files = [s for s in sources if "://" not in str(s) and Path(s).is_file()]
     file_names = iter(output_names(files))
-    names, taken = [], set()
-    for s in sources:
-        base = next(file_names) if s in files else source_name(s)
-        name, n = base, 2
-        while name in taken:
-            name, n = f"{base}_{n}", n + 1
-        taken.add(name)
-        names.append(name)
-    return names
+    taken: set[str] = set()
+    return [unique_name(next(file_names) if s in files else source_name(s), taken) for s in sources]
 
 
 def _close(src: VideoSource, outputs: VideoOutputs, writer: _Writer | None, summary: VideoSummary, show: bool,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +99,32 @@ def test_class_mismatch_names_missing_ids_on_each_side():
     assert msg and "1 of the dataset's 2 category ids are not served" in msg and "7=truck" in msg
     assert "2 served id(s) are not in the dataset: 2=bicycle, 3=car" in msg
     assert class_mismatch({}, {1: "x"}) is None
+
+
+def test_a_dataset_folder_for_the_annotations_names_the_json_files_inside(served, shapes, tmp_path):
+    ann, images = shapes  # synthesize writes <root>/annotations.json next to <root>/images
+    res = tdet("eval", "--model", "damo_yolo_t", "--url", served.grpc_url, "--coco", str(ann.parent), "--images",
+               str(images), "--out", str(tmp_path / "eval"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert f"{ann.parent} is a folder: pass the COCO annotations .json file; found there: {ann}" in res.stderr
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+def test_export_records_a_local_checkpoint_by_its_absolute_path(tmp_path, monkeypatch):
+    # the served `weights` parameter was the path as typed: `eval --reference` run from another folder could not
+    # find "demo/damo-yolo-t.pth" and asked for --weights
+    import onnx
+
+    from tdet.client.specs import META_WEIGHTS
+    from tdet.training.export import export_onnx
+    from tdet.training.reference import TorchReference
+
+    demo = Path(__file__).resolve().parents[1] / "training" / "demo"
+    monkeypatch.chdir(demo.parent)
+    res = export_onnx("damo-yolo-t", tmp_path / "m.onnx", weights="demo/damo-yolo-t.pth")
+    assert res.weights == str(demo / "damo-yolo-t.pth")
+    assert {p.key: p.value for p in onnx.load(str(res.path)).metadata_props}[META_WEIGHTS] == res.weights
+    monkeypatch.chdir(tmp_path)
+    reference = TorchReference("damo-yolo-t")
+    reference.check("m", {"variant": "damo-yolo-t", "weights": res.weights})  # raised UserError: not on this machine
+    assert reference._build == (res.weights, 0)

@@ -95,7 +95,9 @@ def export_onnx(variant: str, out: str | Path, *, weights: str | Path | None = N
     wrapper = fam.export_module(model).eval()
     output_names = list(specs.EXPORT_OUTPUTS[fam.FAMILY])
     dummy = check_input(1, (h, w), spec.scale, seed)  # seeded: an export is reproducible
-    weights_desc = str(weights) if weights is not None else f"random-init(seed={seed})"
+    # a local file as an absolute path: `tdet eval --reference` finds it from any folder
+    weights_desc = (f"random-init(seed={seed})" if weights is None
+                    else str(Path(weights).resolve()) if Path(weights).is_file() else str(weights))
 
     with atomic_path(out, suffix=".onnx.part") as tmp_path:  # a failed run leaves nothing, a good one 0644
         tmp = str(tmp_path)
