@@ -118,6 +118,7 @@ def test_search_finds_the_known_capacity_and_overload_stays_open_loop(sleeper, f
     # Triton counts a request after its answer is sent, so the warm-up request just before the level's first
     # scrape (or the level's last one before its closing scrape) can land on either side on a loaded machine
     assert abs(levels[1]["triton"]["sleeper"]["requests"] - levels[1]["sent"]) <= 1
+    assert list(levels[1]["triton"]) == ["sleeper"]  # the models a request runs, not every "sleeper_*" one
     hpa = result["hpa"]
     assert hpa["cameras_per_replica"] == result["capacity"] and hpa["metric_model"] == "sleeper"
     assert hpa["queue_ms_per_request"] >= 0 and "nv_inference_queue_duration_us" in hpa["promql"]

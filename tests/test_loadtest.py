@@ -70,7 +70,7 @@ def test_the_breakdown_is_the_ensembles_steps_not_models_with_its_prefix(served,
 
 
 def test_composing_models_follow_nested_ensembles_once():
-    from tdet.client.loadtest.runner import composing_models
+    from tdet.client.loadtest.metrics import composing_models
 
     configs = {"cam": {"ensemble_scheduling": {"step": [{"model_name": "m"}, {"model_name": "tracker"}]}},
                "m": {"ensemble_scheduling": {"step": [{"model_name": "m_pre"}, {"model_name": "m_engine"},

@@ -62,7 +62,7 @@ def run_capacity(model: str, url: str, source: Path, *, out: Path, fps: float = 
     frames: already loaded from `source` (a config search loads them once for all its trials)."""
     check_settings(fps, slo_ms, hold_s, max_miss, max_in_flight, start, max_cameras, cameras)
     frames = load_frames(source, frames_limit) if frames is None else frames
-    check_first_frame(url, model, frames[0], timeout_s)
+    steps = check_first_frame(url, model, frames[0], timeout_s)
     metrics_url, _ = _metrics_before(metrics_url, url, model)
     deadline_ms = 1000 / fps if slo_ms is None else slo_ms
     result = CapacityResult(model, url, fps, deadline_ms, max_miss, hold_s, max_in_flight, workers, len(frames))
@@ -70,7 +70,7 @@ def run_capacity(model: str, url: str, source: Path, *, out: Path, fps: float = 
     def measure(n: int) -> LevelResult:
         interrupts.check()
         return run_level(gen, n, fps, hold_s, deadline_ms=deadline_ms, max_in_flight=max_in_flight,
-                         metrics_url=metrics_url, model=model)
+                         metrics_url=metrics_url, steps=steps)
 
     def on_level(level: LevelResult) -> None:
         print(_progress(level), file=sys.stderr, flush=True)

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -256,8 +258,10 @@ def summarize(rec: dict, cameras: int, fps: float, hold_s: float, deadline_ms: f
     return r
 
 
-def check_first_frame(url: str, model: str, frame: bytes, timeout_s: float) -> None:
-    """Before any load: the server is there, serves `model` (ModelNotFoundError otherwise) and answers a frame."""
+def check_first_frame(url: str, model: str, frame: bytes, timeout_s: float) -> list[str]:
+    """Before any load: the server is there, serves `model` (ModelNotFoundError otherwise) and answers a frame.
+    Returns the models a request of `model` runs (metrics.composing_models: the per-step breakdown's)."""
+    from ..loadtest.metrics import composing_models
     from ..triton import connect
 
     with connect(url, model, "grpc", timeout_s=timeout_s, retries=0) as client:
@@ -265,13 +269,15 @@ def check_first_frame(url: str, model: str, frame: bytes, timeout_s: float) -> N
             client.infer_encoded([frame], {})
         except InvalidInputError as err:
             raise UserError(f"the server refuses the first frame: {err}; every frame would be a miss") from None
+        return composing_models(model, client.model_config)
 
 
 def run_level(generator: Generator, cameras: int, fps: float, hold_s: float, *, deadline_ms: float | None = None,
-              max_in_flight: int = 2, metrics_url: str = "", model: str = "") -> LevelResult:
+              max_in_flight: int = 2, metrics_url: str = "", steps: Sequence[str] = ()) -> LevelResult:
     """`cameras` open-loop cameras at `fps` for `hold_s` seconds through `generator` (the function a config
-    search calls per trial). deadline_ms: default one frame interval. metrics_url (with `model`): Triton's
-    Prometheus counters scraped around the level give the per-step queue / compute times."""
+    search calls per trial). deadline_ms: default one frame interval. metrics_url (with `steps`, what
+    check_first_frame returns): Triton's Prometheus counters scraped around the level give the per-step queue /
+    compute times."""
     from ..loadtest import metrics as triton_metrics
 
     if cameras < 1 or not fps > 0 or not hold_s > 0 or max_in_flight < 1:
@@ -287,6 +293,11 @@ def run_level(generator: Generator, cameras: int, fps: float, hold_s: float, *, 
         except ConnectionError as err:
             level.aborted = f"metrics unreadable after the level: {err}"
         else:
-            steps = [m for m in sorted(after) if m == model or m.startswith(f"{model}_")]
-            level.triton = triton_metrics.per_model(before, after, steps)
+            steps = [m for m in steps if m in after]
+            back = triton_metrics.went_backwards(before, after, steps)
+            if back:  # a restart, or a load-balanced URL: the deltas would be garbage, so none are reported
+                print(f"warning: Triton's counters at {metrics_url} went backwards during the level "
+                      f"({'; '.join(back[:3])}): no per-step breakdown for it", file=sys.stderr)
+            else:
+                level.triton = triton_metrics.per_model(before, after, steps)
     return level

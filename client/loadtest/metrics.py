@@ -40,6 +40,19 @@ def went_backwards(before: dict, after: dict, models: list[str]) -> list[str]:
             for m in models for k in COUNTERS if after.get(m, {}).get(k, 0.0) < before.get(m, {}).get(k, 0.0)]
 
 
+def composing_models(model: str, model_config) -> list[str]:
+    """`model` and, for an ensemble, the models of its steps (nested ensembles too), in order: what one
+    request runs. From the configs, not the names: `<model>_v2` or `<model>_jpeg_auto_engine` on the same
+    server are other models, whose counters are not this run's (and vanish when they are unloaded)."""
+    names, todo = [], [model]
+    while todo:
+        name = todo.pop(0)
+        if name not in names:
+            names.append(name)
+            todo += [step["model_name"] for step in model_config(name).get("ensemble_scheduling", {}).get("step", [])]
+    return names
+
+
 def per_model(before: dict, after: dict, models: list[str]) -> dict[str, dict[str, float]]:
     """Per composing model: requests, executions, average batch size, and per-request queue / compute ms."""
     rows = {}

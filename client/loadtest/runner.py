@@ -219,7 +219,7 @@ def _metrics_mismatch(before: dict, after: dict, steps: list[str], metrics_url: 
 def _check_first_image(url: str, model: str, protocol: str, first: Path, timeout_s: float,
                        retries: int) -> list[str]:
     """Fail fast, before any load: the server is not there, does not serve `model`, or refuses the image.
-    Returns the models a request of `model` runs (composing_models), whose metrics the report breaks down."""
+    Returns the models a request of `model` runs (metrics.composing_models), whose metrics the report breaks down."""
     from tdet.client.triton import connect
 
     with connect(url, model, protocol, timeout_s=timeout_s, retries=retries) as client:
@@ -228,20 +228,8 @@ def _check_first_image(url: str, model: str, protocol: str, first: Path, timeout
         except InvalidInputError as err:
             raise UserError(f"the server refuses the first image, {first}: {err}; the load test would measure "
                             "only failures (remove the file or pass other --images)") from None
-        return composing_models(model, client.model_config)
+        return triton_metrics.composing_models(model, client.model_config)
 
-
-def composing_models(model: str, model_config) -> list[str]:
-    """`model` and, for an ensemble, the models of its steps (nested ensembles too), in order: what one
-    request runs. From the configs, not the names: `<model>_v2` or `<model>_jpeg_auto_engine` on the same
-    server are other models, whose counters are not this run's (and vanish when they are unloaded)."""
-    names, todo = [], [model]
-    while todo:
-        name = todo.pop(0)
-        if name not in names:
-            names.append(name)
-            todo += [step["model_name"] for step in model_config(name).get("ensemble_scheduling", {}).get("step", [])]
-    return names
 
 
 def summarize(latency_csv: Path, model: str, protocol: str, users: int, duration_s: float) -> RunSummary:
