@@ -69,19 +69,23 @@ def _rows(path: Path) -> list[dict]:
 
 
 def test_workers_spread_the_users_over_every_server(two_servers, images, tmp_path):
-    # 2 users on 2 workers: each worker's first user used to take server a, and b got nothing
+    # users used to be numbered per worker: each worker's first user took server a (2 users on 2 workers: b got
+    # nothing); now they are numbered over all workers
     a, b = two_servers
     out = tmp_path / "o"
-    run = _cli("loadtest", "--model", MODEL, "--url", f"{a.grpc_url},{b.grpc_url}", "--users", "2", "--spawn-rate",
-               "2", "--workers", "2", "--duration", "4", "--images", str(images), "--out", str(out),
+    run = _cli("loadtest", "--model", MODEL, "--url", f"{a.grpc_url},{b.grpc_url}", "--users", "4", "--spawn-rate",
+               "4", "--workers", "2", "--duration", "4", "--images", str(images), "--out", str(out),
                "--metrics-url", "")
     stdout, err = run.communicate(timeout=180)
     assert run.returncode == 0, stdout + err
     servers = json.loads((out / "summary.json").read_text())["servers"]
     assert set(servers) == {a.grpc_url, b.grpc_url}, servers
     assert all(s["requests"] > 0 and s["failures"] == 0 for s in servers.values()), servers
-    with open(out / "latencies.csv") as f:
-        assert {r["server"] for r in csv.DictReader(f)} == {a.grpc_url, b.grpc_url}
+    rows = _rows(out / "latencies.csv")
+    assert {r["server"] for r in rows} == {a.grpc_url, b.grpc_url}
+    # every user once over both workers (0..3), user i on server i mod 2
+    assert {int(r["user"]) for r in rows} == {0, 1, 2, 3}
+    assert all(r["server"] == [a.grpc_url, b.grpc_url][int(r["user"]) % 2] for r in rows)
 
 
 def test_remote_workers_give_the_master_every_request(two_servers, images, tmp_path):

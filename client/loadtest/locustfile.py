@@ -57,7 +57,7 @@ ABORT_AFTER_S = float(os.environ.get("TDET_ABORT_AFTER_S", "3"))
 WORKER_LATENCY_FILE = os.environ.get("TDET_WORKER_LATENCY_FILE", "")  # a --master-host worker's own copy
 GATHER_TIMEOUT_S = float(os.environ.get("TDET_GATHER_TIMEOUT_S", "30"))  # beyond --stop-timeout
 CHUNK = 2000  # latency rows per message from a worker to the master
-_records: list[tuple[float, float, int, str, str]] = []  # (start unix s, latency ms, ok, server, error)
+_records: list[tuple[float, float, int, str, int, str]] = []  # (start unix s, latency ms, ok, server, user, error)
 _user_ids = itertools.count()
 _health = {"last_ok": time.monotonic(), "down_since": None, "aborted": ""}
 # master: every worker's rows (by worker id), the workers that sent all of theirs, those that never did
@@ -77,8 +77,9 @@ def _server_down(environment, err: Exception, url: str) -> None:
 
 
 def _global_user_index(environment, local: int) -> int:
-    """This user's index over all workers: Locust hands the users out to the workers in turn, so worker w's
-    k-th user is user w + k * workers (a single process: the local number)."""
+    """This user's index over all workers, 0..users-1 once each: worker w's k-th user is w + k * workers (a
+    single process: the local number). Locust copies the master's --expect-workers into each worker's options
+    with its spawn message, before the users start."""
     runner = environment.runner
     if not isinstance(runner, WorkerRunner):
         return local
@@ -93,7 +94,7 @@ class _DetectorUser(User):
 
     def on_start(self) -> None:
         self.client = None
-        user_id = _global_user_index(self.environment, next(_user_ids))
+        self.user_id = user_id = _global_user_index(self.environment, next(_user_ids))
         self.cursor = user_id * 7  # users start at different images
         self.url = URLS[user_id % len(URLS)]
         try:  # connecting (readiness, model config) is not part of any request's latency
@@ -122,7 +123,8 @@ class _DetectorUser(User):
         except Exception as err:
             error, length = err, 0
         ms = (time.perf_counter() - t0) * 1000
-        _records.append((start, ms, error is None, self.url, "" if error is None else str(error)[:200]))
+        _records.append((start, ms, error is None, self.url, self.user_id,
+                         "" if error is None else str(error)[:200]))
         self.environment.events.request.fire(request_type=self.protocol, name=MODEL, response_time=ms,
                                              response_length=length, exception=error, context={})
         if error is None:
@@ -141,9 +143,9 @@ class TritonHttpUser(_DetectorUser):
 
 
 def _latency_lines(records) -> str:
-    return "start_unix_s,latency_ms,ok,server,error\n" + "".join(
-        f"{start:.6f},{ms:.3f},{int(ok)},{url},\"{str(err).replace(chr(34), chr(39))}\"\n"
-        for start, ms, ok, url, err in records)
+    return "start_unix_s,latency_ms,ok,server,user,error\n" + "".join(
+        f"{start:.6f},{ms:.3f},{int(ok)},{url},{user},\"{str(err).replace(chr(34), chr(39))}\"\n"
+        for start, ms, ok, url, user, err in records)
 
 
 @events.init.add_listener
