@@ -115,7 +115,7 @@ def run_video(source: str, model: str, url: str, protocol: str, out: Path, *, co
         summary.warnings.append("--show: no display (or OpenCV without GUI) here; not shown")
         print(f"warning: {summary.warnings[-1]}", file=sys.stderr)
         show = False
-    outputs = VideoOutputs(Path(summary.video), Path(summary.jsonl), src.fps / vid_stride)
+    outputs = VideoOutputs(Path(summary.video), Path(summary.jsonl), src.fps / vid_stride, live=src.live)
     writer: _Writer | None = None
     began = time.monotonic()
     try:
@@ -172,6 +172,7 @@ def _close(src: VideoSource, outputs: VideoOutputs, writer: _Writer | None, summ
         summary.dropped = writer.reader.dropped
     src.close()
     outputs.close()
+    summary.video_frames = outputs.written
     if show:
         with contextlib.suppress(cv2.error):
             cv2.destroyAllWindows()

@@ -4,6 +4,7 @@ frame's JSONL line and drawing, and the run's summary (`VideoSummary`, OUT/NAME.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -32,7 +33,8 @@ class VideoSummary:
     height: int = 0
     source_fps: float = 0.0
     live: bool = False
-    frames: int = 0  # frames with detections written (video and JSONL)
+    frames: int = 0  # frames with detections written (JSONL; the video too for a file)
+    video_frames: int = 0  # frames in the video (live: one per 1/fps from the first frame's time_s to the last's)
     last_frame: int = -1  # the source's index of the last frame in the JSONL (-1: none)
     dropped: int = 0  # live sources: frames replaced by newer ones before they could be sent
     corrupt: int = 0  # frames the decoder could not give (a JSONL line with "error", no video frame)
@@ -57,13 +59,18 @@ class VideoSummary:
 
 class VideoOutputs:
     """The annotated video and the JSONL, written frame by frame (the JSONL flushed per line) and finalised on
-    close, whatever stopped the run."""
+    close, whatever stopped the run. `live`: the video follows the frames' `time_s` at `fps` (a frame is held
+    while no newer one came, as a recorder does), so dropped frames and outages do not make it play faster
+    than it happened; two frames within one frame interval: the later is in the JSONL only."""
 
-    def __init__(self, video: Path, jsonl: Path, fps: float) -> None:
+    def __init__(self, video: Path, jsonl: Path, fps: float, live: bool = False) -> None:
         video.parent.mkdir(parents=True, exist_ok=True)
-        self.video_path, self.fps = video, fps
+        self.video_path, self.fps, self.live = video, fps, live
         self.writer: cv2.VideoWriter | None = None
         self.jsonl = jsonl.open("w")
+        self.written = 0  # video frames
+        self._first_s = 0.0
+        self._last: np.ndarray | None = None
 
     def write(self, record: dict, annotated: np.ndarray | None) -> None:
         if annotated is not None:
@@ -73,9 +80,24 @@ class VideoOutputs:
                                               (w, h))
                 if not self.writer.isOpened():
                     raise UserError(f"OpenCV cannot write {self.video_path} ({VIDEO_FOURCC})")
-            self.writer.write(annotated)
+                self._first_s = record["time_s"]
+            self._write_video(annotated, record["time_s"])
         self.jsonl.write(json.dumps(record) + "\n")
         self.jsonl.flush()
+
+    def _write_video(self, annotated: np.ndarray, time_s: float) -> None:
+        if not self.live:
+            self.writer.write(annotated)
+            self.written += 1
+            return
+        slot = math.floor((time_s - self._first_s) * self.fps)  # video frame `slot` starts at first + slot / fps
+        while self.written < slot:  # the frame on screen until this one came
+            self.writer.write(self._last)
+            self.written += 1
+        if self.written == slot:
+            self.writer.write(annotated)
+            self.written += 1
+        self._last = annotated
 
     def close(self) -> None:
         if self.writer is not None:

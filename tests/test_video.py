@@ -9,6 +9,7 @@ from __future__ import annotations
 import configparser
 import http.server
 import json
+import math
 import shutil
 import signal
 import struct
@@ -399,8 +400,12 @@ def test_stream_that_dies_is_reopened_then_given_up_with_outputs_valid(served, c
     lines = _jsonl(out / "cam.jsonl")
     assert len(lines) == summary["frames"] >= 2 and summary["frames"] + summary["dropped"] == 14
     assert [r["frame"] for r in lines] == sorted({r["frame"] for r in lines}) and lines[-1]["frame"] <= 13
-    got, _, size, _ = _read_all(out / "cam.mp4")
-    assert len(got) == summary["frames"] and size == (160, 120)
+    got, fps, size, _ = _read_all(out / "cam.mp4")
+    assert size == (160, 120) and fps == pytest.approx(summary["source_fps"], rel=1e-3)
+    # the video follows the frames' time (a frame held until the next came), not one video frame per frame sent
+    # (which played faster than it happened): one video frame per 1/fps from the first frame to the last
+    times = [r["time_s"] for r in lines if "detections" in r]
+    assert len(got) == summary["video_frames"] == math.floor((times[-1] - times[0]) * summary["source_fps"]) + 1
 
 
 # --- stateful models (a tracker's shape): correlation id, start/end flags, extra outputs passed through ----------
