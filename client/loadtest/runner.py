@@ -231,7 +231,6 @@ def _check_first_image(url: str, model: str, protocol: str, first: Path, timeout
         return triton_metrics.composing_models(model, client.model_config)
 
 
-
 def summarize(latency_csv: Path, model: str, protocol: str, users: int, duration_s: float) -> RunSummary:
     with open(latency_csv) as f:
         rows = list(csv.DictReader(f))
