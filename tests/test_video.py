@@ -559,7 +559,10 @@ def test_server_that_goes_away_mid_video_stops_with_outputs_valid(exported, clip
     assert summary["complete"] is False and "stopped after" in summary["error"]
     records = _jsonl(out / "cam.jsonl")  # every line whole
     assert len(records) == summary["frames"] >= 3 and all("detections" in r for r in records)
-    assert len(_read_all(out / "cam.mp4")[0]) == summary["frames"]  # finalised
+    # finalised, a live stream's video following the frames' times: one video frame per 1/fps, first to last
+    times = [r["time_s"] for r in records]
+    expected = math.floor((times[-1] - times[0]) * summary["source_fps"]) + 1
+    assert len(_read_all(out / "cam.mp4")[0]) == summary["video_frames"] == expected
 
 
 @pytest.mark.server
