@@ -293,11 +293,8 @@ def run_level(generator: Generator, cameras: int, fps: float, hold_s: float, *, 
         except ConnectionError as err:
             level.aborted = f"metrics unreadable after the level: {err}"
         else:
-            steps = [m for m in steps if m in after]
-            back = triton_metrics.went_backwards(before, after, steps)
-            if back:  # a restart, or a load-balanced URL: the deltas would be garbage, so none are reported
+            level.triton, back = triton_metrics.breakdown(before, after, list(steps))
+            if back:
                 print(f"warning: Triton's counters at {metrics_url} went backwards during the level "
                       f"({'; '.join(back[:3])}): no per-step breakdown for it", file=sys.stderr)
-            else:
-                level.triton = triton_metrics.per_model(before, after, steps)
     return level

@@ -53,6 +53,14 @@ def composing_models(model: str, model_config) -> list[str]:
     return names
 
 
+def breakdown(before: dict, after: dict, steps: list[str]) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """(per_model of the `steps` the second scrape reports, the counters that went backwards): when any did,
+    no rows, since the deltas would be garbage (a restart, or a URL load-balanced over several servers)."""
+    steps = [m for m in steps if m in after]
+    back = went_backwards(before, after, steps)
+    return ({} if back else per_model(before, after, steps)), back
+
+
 def per_model(before: dict, after: dict, models: list[str]) -> dict[str, dict[str, float]]:
     """Per composing model: requests, executions, average batch size, and per-request queue / compute ms."""
     rows = {}

@@ -193,27 +193,16 @@ def _aborted(status_file: Path) -> str:
 
 
 def _add_triton(summary: RunSummary, before: dict, after: dict, steps: list[str], metrics_url: str) -> None:
-    """summary.triton (per model of `steps` the server reports) from the two scrapes, or, when they cannot
-    describe this run, a warning and summary.triton_skipped saying why (never the meaningless deltas)."""
-    steps = [m for m in steps if m in after]
-    summary.triton_skipped = _metrics_mismatch(before, after, steps, metrics_url)
-    if summary.triton_skipped:
-        print(f"warning: {summary.triton_skipped}", file=sys.stderr)
-    else:
-        summary.triton = triton_metrics.per_model(before, after, steps)
-
-
-def _metrics_mismatch(before: dict, after: dict, steps: list[str], metrics_url: str) -> str:
-    """Why the two scrapes cannot describe this run ("" when they can): a counter went backwards (the server
-    restarted, or `metrics_url` is load-balanced over several servers: each scrape is another replica's). Fewer
-    counted than answered is no sign: Triton counts a request after its answer is sent, so the last ones of a run
-    may not be counted yet when the run ends."""
-    back = triton_metrics.went_backwards(before, after, steps)
+    """summary.triton (per model of `steps` the server reports) from the two scrapes, or, when a counter went
+    backwards, a warning and summary.triton_skipped saying why (never the meaningless deltas). Fewer counted
+    than answered is no sign: Triton counts a request after its answer is sent."""
+    summary.triton, back = triton_metrics.breakdown(before, after, steps)
     if back:
-        return (f"Triton's counters at {metrics_url} went backwards during the run ({'; '.join(back[:3])}): the "
-                "server restarted, or the URL is load-balanced over several servers (point --metrics-url at one "
-                "server's pod or host); no per-step breakdown is reported")
-    return ""
+        summary.triton_skipped = (
+            f"Triton's counters at {metrics_url} went backwards during the run ({'; '.join(back[:3])}): the "
+            "server restarted, or the URL is load-balanced over several servers (point --metrics-url at one "
+            "server's pod or host); no per-step breakdown is reported")
+        print(f"warning: {summary.triton_skipped}", file=sys.stderr)
 
 
 def _check_first_image(url: str, model: str, protocol: str, first: Path, timeout_s: float,
