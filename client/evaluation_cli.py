@@ -93,8 +93,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=Path, required=True, help="image file or folder (searched recursively) to "
                                                                "rotate through")
     p.add_argument("--out", type=Path, default=Path("build/loadtest"), help="report folder")
-    p.add_argument("--metrics-url", help="Triton's Prometheus metrics (default: $TDET_METRICS_URL, the detached "
-                                         "server's, else http://HOST:8002/metrics, HOST from --url; skipped with a "
+    p.add_argument("--metrics-url", help="Triton's Prometheus metrics (default: $TDET_METRICS_URL, that of the "
+                                         "detached server --url names (or the only one), else "
+                                         "http://HOST:8002/metrics, HOST from --url; skipped with a "
                                          "warning if nothing answers there; '' to skip)")
     p.add_argument("--sweep", type=_ints, help="concurrency sweep, e.g. 1,2,4,8,16: one run per level, --users "
                                                "and --spawn-rate ignored")
@@ -233,6 +234,12 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     if args.master_host:
         from .loadtest.distributed import join_master
 
+        given = [flag for flag, on in (("--workers", args.workers), ("--remote-workers", args.remote_workers),
+                                       ("--sweep", args.sweep)) if on]
+        if given:  # the master decides them; a worker given them would ignore them
+            raise UserError(f"--master-host runs one Locust worker; {', '.join(given)} belong on the master's "
+                            "command line")
+
         return join_master(args.master_host, args.model, server_url(args), args.protocol, args.images, args.out,
                            timeout_s=args.timeout, retries=args.retries)
     kw = dict(protocol=args.protocol, duration_s=args.duration, images=args.images, metrics_url=metrics_url(args),
@@ -256,9 +263,11 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare, markdown_table
+    from .precision_gate import parse_models
 
+    models = parse_models(args.models, "--models")
     url = server_url(args, single="tdet compare")
-    rows = compare([m for m in args.models.split(",") if m], url, args.coco, args.images, out=args.out,
+    rows = compare(models, url, args.coco, args.images, out=args.out,
                    protocol=args.protocol, seconds=args.seconds, concurrency=args.concurrency,
                    timeout_s=args.timeout, retries=args.retries)
     print(markdown_table(rows))

@@ -65,6 +65,8 @@ def _encode_array(array: np.ndarray) -> bytes:
         raise UserError(f"image arrays must be H x W, H x W x 3 (BGR) or H x W x 4 (BGRA), got shape {array.shape}"
                         + ("; a CHW array? transpose it to HWC"
                            if array.ndim == 3 and array.shape[0] in (1, 3) else ""))
+    if array.size == 0:
+        raise UserError(f"image array is empty (shape {array.shape}): nothing to detect in")
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(array), [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise UserError(f"OpenCV could not encode an array of shape {array.shape} as PNG")

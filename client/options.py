@@ -102,16 +102,12 @@ def resolve(parameters: Mapping[str, Any], defaults: DetectOptions, *, max_k: in
 def to_parameters(*, conf: float | None = None, iou: float | None = None, max_det: int | None = None,
                   classes: Iterable[int] | None = None,
                   clip: bool | None = None) -> dict[str, bool | int | float | str]:
-    """The request parameters a client sends: only the options that were given (None: the server's default)."""
-    out: dict[str, bool | int | float | str] = {}
-    if conf is not None:
-        out["conf"] = float(conf)
-    if iou is not None:
-        out["iou"] = float(iou)
-    if max_det is not None:
-        out["max_det"] = int(max_det)
+    """The request parameters a client sends: only the options that were given (None: the server's default),
+    checked as the server checks them (max_det=2.5 is refused here, not truncated; clip="false" is False)."""
+    given = {"conf": conf, "iou": iou, "max_det": max_det, "clip": clip}
+    out: dict[str, bool | int | float | str] = {
+        f.name: parse_value(f, given[f.name], f"request parameter {f.name}", error=InvalidParameterError)
+        for f in fields(DetectOptions) if given.get(f.name) is not None}
     if classes is not None:
         out["classes"] = ",".join(str(int(c)) for c in classes)
-    if clip is not None:
-        out["clip"] = bool(clip)
     return out

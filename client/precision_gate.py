@@ -38,14 +38,14 @@ class GateResult:
     path: Path  # precision.json
 
 
-def parse_models(text: str) -> list[str]:
+def parse_models(text: str, flag: str = "--model") -> list[str]:
     """--model a,b,c -> [a, b, c]; a name twice is a usage error (its outputs would overwrite each other)."""
     models = [m.strip() for m in text.split(",") if m.strip()]
     if not models:
-        raise UserError("--model needs a served model name")
+        raise UserError(f"{flag} needs a served model name")
     twice = sorted({m for m in models if models.count(m) > 1})
     if twice:
-        raise UserError(f"--model lists {', '.join(twice)} more than once")
+        raise UserError(f"{flag} lists {', '.join(twice)} more than once")
     return models
 
 

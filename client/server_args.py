@@ -8,7 +8,7 @@ import argparse
 import os
 from typing import Any
 
-from .connection import DEFAULT_PORTS, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, PROTOCOLS
+from .connection import DEFAULT_PORTS, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, PROTOCOLS, address_key, strip_scheme
 from .errors import UserError
 
 
@@ -58,13 +58,27 @@ def server_url(args: argparse.Namespace, *, single: str = "") -> str:
 
 
 def metrics_url(args: argparse.Namespace) -> str | None:
-    """--metrics-url, else $TDET_METRICS_URL, else the detached server's when its URL was taken from its record;
-    None: the default from the server's host (client.loadtest.runner)."""
+    """--metrics-url, else $TDET_METRICS_URL, else the metrics of the detached server that --url / $TDET_URL
+    names (its gRPC or HTTP address), or of the one detached server when neither is set; None: the default
+    from the server's host (client.loadtest.runner)."""
     if args.metrics_url is not None:
         return args.metrics_url
     if os.environ.get("TDET_METRICS_URL") is not None:
         return os.environ["TDET_METRICS_URL"]
-    if args.url or os.environ.get("TDET_URL"):
-        return None
+    url = args.url or os.environ.get("TDET_URL")
+    if url:
+        return _detached_metrics_of(url)
     info = detached_server()
     return info.metrics_url if info is not None else None
+
+
+def _detached_metrics_of(url: str) -> str | None:
+    """The metrics URL of the detached `tdet serve` whose gRPC or HTTP port `url` is (its metrics port is
+    seldom 8002 when it was started with --metrics-port 0), None for any other server."""
+    from tdet.ensembles.server import running_servers
+
+    if "," in url:  # several servers: one metrics endpoint cannot describe them (the runner skips it)
+        return None
+    key = address_key(strip_scheme(url))
+    return next((info.metrics_url for _, info in running_servers()
+                 if key in (address_key(info.grpc_url), address_key(info.http_url))), None)

@@ -62,6 +62,9 @@ def test_infer_takes_paths_bytes_arrays_and_pil_images(served, images, tmp_path)
             det.infer(bgr.astype(np.float32))
         with pytest.raises(UserError, match="CHW array"):
             det.infer(np.ascontiguousarray(bgr.transpose(2, 0, 1)))
+        for empty in (np.zeros((0, 0, 3), np.uint8), np.zeros((8, 0), np.uint8)):
+            with pytest.raises(UserError, match="empty"):
+                det.infer(empty)
 
 
 @pytest.mark.server

@@ -114,6 +114,41 @@ def test_metrics_default_to_the_servers_host_on_port_8002():
         _metrics_before("http://127.0.0.1:9/metrics", "127.0.0.1:8001", "m")
 
 
+def test_metrics_default_to_the_detached_server_that_url_names(served, tmp_path, monkeypatch):
+    """A detached `tdet serve` on ports 0 has its metrics on a random port: --url naming its gRPC or HTTP port
+    finds them from its record; any other server keeps the port-8002 default (None here)."""
+    import argparse
+
+    from tdet.client.server_args import metrics_url
+    from tdet.ensembles.server import ServerInfo, write_record
+
+    monkeypatch.setenv("TDET_CACHE", str(tmp_path))
+    monkeypatch.delenv("TDET_METRICS_URL", raising=False)
+    port = {name: int(u.rpartition(":")[2].split("/")[0])
+            for name, u in (("grpc", served.grpc_url), ("http", served.http_url), ("metrics", served.metrics_url))}
+    write_record(ServerInfo(served.pid, port["http"], port["grpc"], port["metrics"], str(served.repository),
+                            str(served.log)))
+    for url in (served.grpc_url, f"localhost:{port['http']}", f"grpc://{served.grpc_url}"):
+        assert metrics_url(argparse.Namespace(metrics_url=None, url=url)) == served.metrics_url, url
+    assert metrics_url(argparse.Namespace(metrics_url=None, url="127.0.0.1:9")) is None
+    assert metrics_url(argparse.Namespace(metrics_url=None, url=f"{served.grpc_url},127.0.0.1:9")) is None
+    assert metrics_url(argparse.Namespace(metrics_url="", url=served.grpc_url)) == ""
+
+
+def test_bad_loadtest_arguments_are_refused_before_any_load(tmp_path, capsys):
+    from tdet.client.cli import main
+
+    base = ["loadtest", "--model", "damo_yolo_t", "--url", "127.0.0.1:9", "--images", str(tmp_path),
+            "--out", str(tmp_path / "o")]
+    for extra, said in ((["--workers", "-1"], "--workers must be 0"),
+                        (["--remote-workers"], "--remote-workers needs --workers N"),
+                        (["--sweep", "2,4,2"], "--sweep lists 2 more than once"),
+                        (["--master-host", "10.0.0.1", "--workers", "2"], "--workers belong on the master")):
+        assert main(base + extra) == 2, extra
+        assert said in capsys.readouterr().err, extra
+    assert not (tmp_path / "o").exists()
+
+
 def test_bad_images_argument_is_one_clear_error(served, images, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -13,7 +13,7 @@ from matching import assert_same_detections
 from tdet.client import preprocess as pp
 from tdet.client.boxes import box_iou
 from tdet.client.errors import InvalidInputError
-from tdet.client.options import DetectOptions, InvalidParameterError, resolve
+from tdet.client.options import DetectOptions, InvalidParameterError, resolve, to_parameters
 from tdet.client.triton import connect
 
 pytestmark = pytest.mark.server
@@ -110,3 +110,14 @@ def test_resolve_reads_numbers_strings_and_booleans():
                 {"low_thresh": 0.1}):
         with pytest.raises(InvalidParameterError):
             resolve(bad, d, max_k=100, category_ids=ids)
+
+
+def test_client_parameters_are_checked_as_the_server_checks_them():
+    """The client sends what the server would read, and refuses what it would refuse, instead of truncating
+    (int(2.5) == 2) or truthy-casting (bool("false") is True)."""
+    assert to_parameters(conf=0.3, max_det="3", clip="false", classes=[3, 1]) == {
+        "conf": 0.3, "max_det": 3, "clip": False, "classes": "3,1"}
+    assert to_parameters() == {}
+    for bad in ({"max_det": 2.5}, {"max_det": True}, {"conf": 1.5}, {"iou": float("nan")}, {"clip": "maybe"}):
+        with pytest.raises(InvalidParameterError, match="request parameter"):
+            to_parameters(**bad)

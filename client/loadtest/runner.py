@@ -105,6 +105,18 @@ def locust_env(url: str, model: str, images: Path, out: Path, timeout_s: float, 
                 TDET_TIMEOUT_S=str(timeout_s), TDET_RETRIES=str(retries), TDET_ABORT_AFTER_S=str(ABORT_AFTER_S))
 
 
+def _check_run_arguments(protocol: str, users: int, spawn_rate: float, duration_s: float, workers: int,
+                         remote_workers: bool) -> None:
+    if protocol not in ("grpc", "http"):
+        raise UserError(f"--protocol must be grpc or http, got {protocol!r}")
+    if users < 1 or spawn_rate <= 0 or duration_s < 1:
+        raise UserError("--users and --spawn-rate must be positive and --duration at least 1 s")
+    if workers < 0:
+        raise UserError(f"--workers must be 0 (one process) or a number of worker processes, got {workers}")
+    if remote_workers and not workers:
+        raise UserError("--remote-workers needs --workers N: how many workers the master waits for")
+
+
 def run_once(model: str, url: str, *, protocol: str = "grpc", users: int = 4, spawn_rate: float = 4,
              duration_s: float = 10, images: Path, out: Path, metrics_url: str | None = None,
              local_only: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S, retries: int = 0,
@@ -116,10 +128,7 @@ def run_once(model: str, url: str, *, protocol: str = "grpc", users: int = 4, sp
     "": none. UserError before any load when the server refuses the first image.
     workers: Locust's distributed mode with that many worker processes here (remote_workers: the master
     waits for them to join from other machines on port 5557 instead)."""
-    if protocol not in ("grpc", "http"):
-        raise UserError(f"--protocol must be grpc or http, got {protocol!r}")
-    if users < 1 or spawn_rate <= 0 or duration_s < 1:
-        raise UserError("--users and --spawn-rate must be positive and --duration at least 1 s")
+    _check_run_arguments(protocol, users, spawn_rate, duration_s, workers, remote_workers)
     # here, so a bad --images is one clear error, not a Locust traceback
     first = collect_images(images, recursive=True)[0]
     urls = split_urls(url)  # `--url a,b`: the users are spread over the servers (locustfile.py)
@@ -244,6 +253,9 @@ def sweep(model: str, url: str, concurrencies: list[int], *, out: Path, **kw) ->
     """One run per concurrency (users = spawn rate = c); writes sweep.csv/json/png under `out`."""
     if not concurrencies or any(c < 1 for c in concurrencies):
         raise UserError(f"--sweep needs positive concurrencies, got {concurrencies}")
+    twice = sorted({c for c in concurrencies if concurrencies.count(c) > 1})
+    if twice:  # each level writes OUT/cN/: a second run of N would overwrite the first
+        raise UserError(f"--sweep lists {', '.join(map(str, twice))} more than once")
     kw.pop("users", None)
     kw.pop("spawn_rate", None)
     runs = []
