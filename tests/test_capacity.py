@@ -140,7 +140,11 @@ def _error_line(capsys) -> str:
 
 @pytest.mark.parametrize("flags, word", [(["--fps", "0"], "--fps"), (["--fps", "-2"], "--fps"),
                                          (["--slo-ms", "0"], "--slo-ms"), (["--slo-ms", "-5"], "--slo-ms"),
-                                         (["--hold", "0"], "--hold"), (["--max-miss", "1.5"], "--max-miss")])
+                                         (["--hold", "0"], "--hold"), (["--max-miss", "1.5"], "--max-miss"),
+                                         (["--start", "5", "--max-cameras", "2"], "--start 5 is above"),
+                                         (["--instances", "1,2"], "--instances goes with --search"),
+                                         (["--batch-sizes", ""], "--batch-sizes goes with --search"),
+                                         (["--queue-delays", "0"], "--queue-delays goes with --search")])
 def test_bad_settings_are_one_line_exit_2(flags, word, frames, tmp_path, capsys):
     rc = main(["capacity", "--model", "m", "--url", "127.0.0.1:1", "--source", str(frames), "--out", str(tmp_path),
                *flags])

@@ -108,11 +108,11 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_capacity(args: argparse.Namespace) -> int:
     if args.search:
         return cmd_search(args)
-    for flag in ("repository", "apply"):
-        if getattr(args, flag):
+    for flag in ("repository", "apply", "instances", "batch_sizes", "queue_delays"):
+        if getattr(args, flag) not in (None, False):  # the search's knobs: without --search they would do nothing
             from ..errors import UserError
 
-            raise UserError(f"--{flag} goes with --search")
+            raise UserError(f"--{flag.replace('_', '-')} goes with --search")
     from ..server_args import metrics_url, server_url
     from .run import run_capacity
     from .search import format_result

@@ -34,6 +34,8 @@ def check_settings(fps: float, slo_ms: float | None, hold_s: float, max_miss: fl
             raise UserError(f"{name} must be >= 1, got {v}")
     if cameras is not None and cameras < 1:
         raise UserError(f"--cameras must be >= 1, got {cameras}")
+    if cameras is None and start > max_cameras:
+        raise UserError(f"--start {start} is above --max-cameras {max_cameras}: the search would have no level")
 
 
 def _verdict(result: CapacityResult, why: str) -> str:
