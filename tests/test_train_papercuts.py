@@ -260,3 +260,40 @@ def test_corrupt_image_in_a_loader_worker_is_one_line_and_the_run_resumes(tmp_pa
 
     a, b = tensors(tmp_path / "clean" / "last.pth"), tensors(out / "last.pth")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("flags, said", [
+    (["--lr-scale", "0"], "--lr-scale multiplies the learning rates: it must be > 0, got 0"),
+    (["--lr-scale", "-1"], "it must be > 0, got -1"),
+    (["--grad-clip", "-1"], "--grad-clip is a max gradient norm (0: none), got -1"),
+    (["--workers", "-1"], "--workers must be >= 0, got -1"),
+    (["--seed", "-1"], "--seed must be >= 0, got -1"),
+    (["--seed", str(2 ** 32)], "--seed must be below 2**32"),
+    (["--eval-every", "-1"], "--eval-every must be >= 0, got -1"),
+    (["--batch", "4", "--nominal-batch", "2"], "--nominal-batch 2 is below one step's 4 x 1 process(es)"),
+    (["--nproc", "100000"], "--nproc 100000: this machine has"),
+])
+def test_bad_train_values_are_one_line_and_an_old_run_survives_exist_ok(flags, said, tmp_path, capsys):
+    """Values no run can use are refused before anything is read or written (they were tracebacks: a
+    ZeroDivisionError for --lr-scale 0, numpy's seed error, torch's ProcessExitedException), so --exist-ok
+    has not yet removed the older run."""
+    from tdet.client.cli import main
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pth").write_bytes(b"the older run")
+    rc = main(["train", "damo-yolo-t", "--data", str(tmp_path / "a.json"), "--images", str(tmp_path), "--out",
+               str(out), "--exist-ok", *flags])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and said in err and "\n" not in err and "Traceback" not in err, err
+    assert (out / "last.pth").read_bytes() == b"the older run"
+
+
+def test_a_ranks_user_error_under_nproc_is_its_one_line(tmp_path):
+    """A dataset too small for 2 ranks is found inside each rank: the parent prints that rank's line (exit 2),
+    not torch's ProcessRaisedException traceback as an internal error."""
+    ann, images = shapes_set(tmp_path / "data", 4, size=(96, 64))
+    res = train(ann, images, tmp_path / "run", "--workers", "0", "--batch", "4", "--nproc", "2")
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert "tdet train: error: 4 images give no full batch of 4 per rank on 2 rank(s)" in res.stderr, res.stderr
+    assert "internal error" not in res.stderr and "ProcessRaisedException" not in res.stderr

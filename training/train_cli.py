@@ -103,7 +103,35 @@ def _train_args(args: argparse.Namespace):
     return TrainArgs(**given), resume
 
 
-def _spawned(rank: int, world: int, port: int, args, resume) -> None:
+def _check_local_processes(nproc: int, device: str) -> None:
+    """--nproc on one machine: one process per CUDA device, or per CPU core (gloo), no more."""
+    import torch
+
+    have, what = (torch.cuda.device_count(), "CUDA device(s)") if device == "cuda" else (os.cpu_count() or 1,
+                                                                                        "CPU core(s)")
+    if nproc > have:
+        raise UserError(f"--nproc {nproc}: this machine has {have} {what}, one process each at most")
+
+
+def _spawn(targs, resume) -> None:
+    """The ranks of one machine; a rank's UserError (a dataset too small for the ranks, a bad file) is raised
+    here as that one line, not as torch's ProcessRaisedException traceback."""
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory(prefix="tdet-ranks-") as errors:
+        try:
+            mp.spawn(_spawned, args=(targs.nproc, free_port(), targs, resume, errors), nprocs=targs.nproc,
+                     join=True)
+        except mp.ProcessRaisedException:
+            said = sorted(Path(errors).glob("rank*.txt"))
+            if said:
+                raise UserError(said[0].read_text()) from None
+            raise
+
+
+def _spawned(rank: int, world: int, port: int, args, resume, errors: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     from .engine.trainer import Interrupted, Trainer
@@ -112,6 +140,9 @@ def _spawned(rank: int, world: int, port: int, args, resume) -> None:
         Trainer(args, resume=resume).fit()
     except Interrupted:
         pass
+    except UserError as e:
+        (Path(errors) / f"rank{rank}.txt").write_text(str(e))
+        raise
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -123,16 +154,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .engine.trainer import Interrupted, Trainer
 
     targs, resume = _train_args(args)
-    if targs.nproc < 1:
-        raise UserError(f"--nproc must be >= 1, got {targs.nproc}")
-    if targs.batch < 1:
-        raise UserError(f"--batch must be >= 1, got {targs.batch}")
     if targs.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available")
     if targs.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        import torch.multiprocessing as mp
-
-        mp.spawn(_spawned, args=(targs.nproc, free_port(), targs, resume), nprocs=targs.nproc, join=True)
+        _check_local_processes(targs.nproc, targs.device)
+        _spawn(targs, resume)
         print(f"done: {targs.out}")
         return 0
     try:

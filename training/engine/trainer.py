@@ -71,6 +71,26 @@ class TrainArgs:
     def __post_init__(self) -> None:
         if not self.out:
             object.__setattr__(self, "out", self.default_out(self.variant))
+        self.check()
+
+    def check(self) -> None:
+        """One UserError naming the first value no run can use, before anything is read or written."""
+        def at_least(flag: str, value: int | None, lo: int) -> None:
+            if value is not None and value < lo:
+                raise UserError(f"--{flag} must be >= {lo}, got {value}")
+
+        for flag, value, lo in (("nproc", self.nproc, 1), ("batch", self.batch, 1), ("workers", self.workers, 0),
+                                ("eval-every", self.eval_every, 0), ("seed", self.seed, 0)):
+            at_least(flag, value, lo)
+        if self.seed >= 2 ** 32:  # numpy's and the loaders' seeds are 32-bit
+            raise UserError(f"--seed must be below 2**32, got {self.seed}")
+        if not (math.isfinite(self.lr_scale) and self.lr_scale > 0):
+            raise UserError(f"--lr-scale multiplies the learning rates: it must be > 0, got {self.lr_scale:g}")
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
+            raise UserError(f"--grad-clip is a max gradient norm (0: none), got {self.grad_clip:g}")
+        if self.nominal_batch is not None and self.nominal_batch < self.batch * self.nproc:
+            raise UserError(f"--nominal-batch {self.nominal_batch} is below one step's {self.batch} x {self.nproc} "
+                            f"process(es) = {self.batch * self.nproc} images: raise it or lower --batch")
 
     @staticmethod
     def default_out(variant: str) -> str:
