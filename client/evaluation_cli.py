@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from .errors import UserError
+from .server_args import positive
 from .triton import DEFAULT_RETRIES, add_connection_args, add_url_args, metrics_url, server_url
 
 
@@ -65,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--video", type=Path, help="with --mot: the clip's video (default: NAME.mp4 in the clip folder)")
     p.add_argument("--mot-iou", type=float, default=0.5, help="with --mot: IoU a track's box needs to match a "
                                                                "ground-truth box")
-    p.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+    p.add_argument("--concurrency", type=positive(), default=8, help="requests in flight")
     p.add_argument("--out", type=Path, help="output folder (default: build/eval/MODEL; several models: build/eval, "
                                             "with OUT/MODEL/ per model and OUT/precision.json)")
     p.add_argument("--conf", type=float, help="score threshold sent with every request (default: the family's "
@@ -115,8 +116,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--coco", type=Path, required=True, help="COCO annotations JSON")
     p.add_argument("--images", type=Path, required=True, help="folder with the annotated images")
     p.add_argument("--out", type=Path, default=Path("build/compare"), help="output folder")
-    p.add_argument("--seconds", type=float, default=10, help="saturation run length per model")
-    p.add_argument("--concurrency", type=int, default=8, help="requests in flight at saturation")
+    p.add_argument("--seconds", type=positive(float), default=10, help="saturation run length per model")
+    p.add_argument("--concurrency", type=positive(), default=8, help="requests in flight at saturation")
     add_connection_args(p)
     p.set_defaults(func=cmd_compare)
 

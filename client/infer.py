@@ -34,6 +34,7 @@ from .image_input import check_not_video, fetch_url, is_url
 from .pool import finished_batches
 from .postprocess import Detections
 from .preprocess import decode_bgr
+from .server_args import positive
 from .triton import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, add_connection_args, add_url_args, server_url
 from .video import add_video_args, is_sequence_model, is_video_source, run_videos
 
@@ -281,7 +282,7 @@ def register_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="served ensemble, e.g. damo_yolo_t or rtdetrv2_s")
     add_url_args(p)
     p.add_argument("--out", type=Path, help="output folder (default: build/infer/MODEL)")
-    p.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    p.add_argument("--concurrency", type=positive(), default=4, help="requests in flight")
     p.add_argument("--conf", "--min-score", dest="conf", type=float, default=DEFAULT_CONF,
                    help="keep detections with score > CONF (sent to the server: the JSON, the count and the "
                         "drawing agree)")

@@ -12,6 +12,22 @@ from .connection import DEFAULT_PORTS, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, PROTO
 from .errors import UserError
 
 
+def positive(kind: type = int):
+    """An argparse type: a number of `kind` > 0 (--concurrency 0 would send nothing, or hang)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") \
+                from None
+        if not value > 0:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"  # argparse names the type in its own errors
+    return parse
+
+
 def add_connection_args(p: argparse.ArgumentParser, *, retries: int = DEFAULT_RETRIES) -> None:
     """--timeout and --retries, the same on every command that talks to the server."""
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS", help="request timeout")

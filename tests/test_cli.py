@@ -177,3 +177,19 @@ def test_a_broken_area_fails_loudly_instead_of_vanishing(area):
     out = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     assert area in out.stderr and "Error" in out.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["infer", "--model", "m", "x.jpg", "--concurrency", "0"], "--concurrency"),
+    (["eval", "--model", "m", "--concurrency", "-1"], "--concurrency"),
+    (["compare", "--models", "m", "--coco", "a.json", "--images", "d", "--concurrency", "0"], "--concurrency"),
+    (["compare", "--models", "m", "--coco", "a.json", "--images", "d", "--seconds", "0"], "--seconds"),
+    (["compare", "--models", "m", "--coco", "a.json", "--images", "d", "--seconds", "nan"], "--seconds"),
+])
+def test_counts_and_durations_must_be_positive(argv, flag, capsys):
+    """--concurrency 0 ran with one request in flight anyway (infer, eval) or failed inside the thread pool
+    (compare: an internal error); --seconds 0 measured a throughput over no time."""
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(argv)
+    assert stop.value.code == 2
+    assert f"argument {flag}: must be > 0" in capsys.readouterr().err
