@@ -35,7 +35,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .errors import ModelNotFoundError, ServerUnavailableError
+from .errors import ModelNotFoundError, ServerUnavailableError, UserError
 from .files import atomic_write
 from .video_infer import (  # noqa: F401 - the Python client's video API, re-exported with the sources'
     DEFAULT_JPEG_QUALITY,
@@ -107,6 +107,10 @@ def run_video(source: str, model: str, url: str, protocol: str, out: Path, *, co
 
     _check_video_options(jpeg_quality, vid_stride, start_s, end_s, max_frames, concurrency, reconnects)
     src = VideoSource(source, reconnects=reconnects)
+    if src.frame_count and _expected(src, vid_stride, start_s, end_s, max_frames) == 0:
+        src.close()
+        raise UserError(f"--start/--end select no frame of {source} ({src.frame_count} frames at {src.fps:g} fps: "
+                        f"{src.frame_count / src.fps:.2f} s)")
     name = name or source_name(source)
     (out / name).parent.mkdir(parents=True, exist_ok=True)  # a name may mirror a subfolder (video_names)
     summary = VideoSummary(str(source), model, str(out / f"{name}.mp4"), str(out / f"{name}.jsonl"),
@@ -145,6 +149,8 @@ def run_video(source: str, model: str, url: str, protocol: str, out: Path, *, co
             except KeyboardInterrupt:
                 summary.error = f"interrupted after {summary.frames} frames"
                 raise
+            if not summary.frames and not summary.error:  # nothing was sent: not a complete run of the source
+                summary.error = "the source gave no frame in the --start/--end range"
             summary.complete = not summary.error and summary.corrupt == summary.failed == 0
     finally:
         _close(src, outputs, writer, summary, show, time.monotonic() - began)

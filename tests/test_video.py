@@ -258,6 +258,21 @@ def test_unopenable_sources_are_one_line_errors(tmp_path):
         assert "Traceback" not in res.stderr
 
 
+def test_start_past_the_end_of_a_file_is_refused_before_any_request(clip, tmp_path):
+    """--start beyond a 2 s clip (or a range between two frames) selects nothing: one line, exit 2, no outputs,
+    instead of an exit-0 run that names an mp4 it never wrote."""
+    from tdet.ensembles.server import free_port
+
+    video = clip / f"{clip.name}.mp4"
+    for flags in (["--start", "100"], ["--start", "0.51", "--end", "0.58"]):
+        res = _tdet("infer", str(video), "--model", MODEL, "--url", f"127.0.0.1:{free_port()}", "--out",
+                    str(tmp_path / "out"), *flags)
+        assert res.returncode == 2, res.stderr
+        assert res.stderr.strip() == (f"tdet infer: error: --start/--end select no frame of {video} "
+                                      "(20 frames at 10 fps: 2.00 s)"), res.stderr
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.server
 def test_video_through_the_server_equals_its_frames_sent_as_images(served, clip, tmp_path):
     video = clip / f"{clip.name}.mp4"
