@@ -173,6 +173,13 @@ def _make_image(job: tuple[Path, int, int, tuple[int, int] | None, tuple[int, in
     return {"id": i + 1, "file_name": name, "width": w, "height": h}, anns
 
 
+def check_size(size: tuple[int, int]) -> None:
+    """--size within 32x32 .. 8192x8192: smaller leaves no room for a shape, larger is no detector's input
+    (and 100000x100000 would be 30 GB of pixels per image)."""
+    if not (32 <= size[0] <= 8192 and 32 <= size[1] <= 8192):
+        raise UserError(f"--size must be from 32x32 to 8192x8192, got {size[0]}x{size[1]}")
+
+
 def synthesize(out: Path, num: int, seed: int = 0, size: tuple[int, int] | None = None,
                objects: tuple[int, int] = (2, 9), split: str = "train", workers: int = 1) -> Path:
     """Write `num` JPEGs to out/images and out/annotations.json (COCO format); returns the annotations path.
@@ -184,8 +191,10 @@ def synthesize(out: Path, num: int, seed: int = 0, size: tuple[int, int] | None 
     """
     if num < 1:
         raise UserError(f"--num must be >= 1, got {num}")
-    if size is not None and (size[0] < 32 or size[1] < 32):
-        raise UserError(f"--size must be at least 32x32, got {size[0]}x{size[1]}")
+    if size is not None:
+        check_size(size)
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
     stream = split_seed(seed, split)
     img_dir = out / "images"
     img_dir.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,16 @@ import numpy as np
 
 from .errors import UserError
 from .files import atomic_write
-from .synth import CATEGORY_IDS, MIN_VISIBLE, SHAPES, background, render_object, split_seed, visible_boxes
+from .synth import (
+    CATEGORY_IDS,
+    MIN_VISIBLE,
+    SHAPES,
+    background,
+    check_size,
+    render_object,
+    split_seed,
+    visible_boxes,
+)
 
 VIDEO_SIZE = (640, 480)
 FRAME_QUALITY = 92  # JPEG quality of img1/ frames: close to the video's frames, far smaller than PNG
@@ -181,7 +190,6 @@ def synthesize_video(out: Path, num: int, seed: int = 0, size: tuple[int, int] |
     if not fps > 0:
         raise UserError(f"--fps must be > 0, got {fps}")
     size = size or VIDEO_SIZE
-    if size[0] < 32 or size[1] < 32:
-        raise UserError(f"--size must be at least 32x32, got {size[0]}x{size[1]}")
+    check_size(size)
     stream = split_seed(seed, split)
     return [write_clip(out, f"clip-{i:03d}", stream, i, size, frames, fps, objects) for i in range(num)]

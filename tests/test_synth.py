@@ -55,8 +55,11 @@ def test_synth_is_deterministic_and_honours_size(tmp_path):
 def test_synth_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="--num must be >= 1"):
         synthesize(tmp_path, num=0)
-    with pytest.raises(ValueError, match="--size must be at least 32x32"):
-        synthesize(tmp_path, num=1, size=(8, 8))
+    for size in ((8, 8), (100000, 100000), (640, 9000)):  # the big one was a MemoryError
+        with pytest.raises(ValueError, match="--size must be from 32x32 to 8192x8192"):
+            synthesize(tmp_path, num=1, size=size)
+    with pytest.raises(ValueError, match="--workers must be >= 1"):
+        synthesize(tmp_path, num=1, workers=0)
 
 
 def test_synth_class_is_what_is_drawn(tmp_path):
