@@ -9,8 +9,16 @@ from pathlib import Path
 
 from tdet.client.errors import UserError
 from tdet.client.optionfields import add_arguments, from_args
+from tdet.client.server_args import positive
 
 from .options import BuildOptions
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port, 0..65535 (0: any free one)."""
+    if not text.strip().isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"a port is a number from 0 to 65535, got {text!r}")
+    return int(text)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,13 +52,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "every model is READY, print the endpoints; Ctrl-C stops it. Several servers "
                                    "may run side by side on other ports.")
     p.add_argument("--repository", type=Path, default=Path("model_repository"), help="the model repository")
-    p.add_argument("--http-port", type=int, default=8000, help="HTTP/REST port (0: any free port)")
-    p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (0: any free port)")
-    p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port (0: any free port)")
+    p.add_argument("--http-port", type=_port, default=8000, help="HTTP/REST port (0: any free port)")
+    p.add_argument("--grpc-port", type=_port, default=8001, help="gRPC port (0: any free port)")
+    p.add_argument("--metrics-port", type=_port, default=8002, help="Prometheus metrics port (0: any free port)")
     p.add_argument("--detach", action="store_true", help="leave it running in the background (stop: tdet stop)")
     p.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default="none",
                    help="Triton's: poll loads models built into the repository later (and reloads changed ones)")
-    p.add_argument("--timeout", type=float, default=300, help="seconds to wait for READY")
+    p.add_argument("--timeout", type=positive(float), default=300, help="seconds to wait for READY")
     p.add_argument("--verbose", action="store_true", help="verbose server log")
     p.set_defaults(func=cmd_serve)
 
@@ -58,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Stop a detached server: the only one running, or the one named by --http-port "
                                    "or --pid, or --all. Nothing to stop is not an error (exit 0).")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--http-port", type=int, help="the server on this HTTP port")
+    which.add_argument("--http-port", type=_port, help="the server on this HTTP port")
     which.add_argument("--pid", type=int, help="the server with this process id")
     which.add_argument("--all", action="store_true", help="every detached server")
     p.set_defaults(func=cmd_stop)

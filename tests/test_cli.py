@@ -193,3 +193,17 @@ def test_counts_and_durations_must_be_positive(argv, flag, capsys):
         build_parser().parse_args(argv)
     assert stop.value.code == 2
     assert f"argument {flag}: must be > 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["serve", "--http-port", "70000"], "argument --http-port: a port is a number from 0 to 65535, got '70000'"),
+    (["serve", "--metrics-port", "-1"], "argument --metrics-port: a port is a number from 0 to 65535"),
+    (["stop", "--http-port", "99999"], "argument --http-port: a port is a number from 0 to 65535"),
+    (["serve", "--timeout", "0"], "argument --timeout: must be > 0, got 0"),
+])
+def test_serve_ports_and_timeout_are_checked_by_the_parser(argv, said, capsys):
+    """Out-of-range ports were an OverflowError traceback from the socket probe; --timeout 0 waited 0 s and
+    printed an empty log."""
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(argv)
+    assert stop.value.code == 2 and said in capsys.readouterr().err
