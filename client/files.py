@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import UserError
@@ -56,3 +56,13 @@ def collect_images(paths: list[Path] | Path, *, recursive: bool = False) -> list
     if not found:
         raise UserError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {', '.join(map(str, paths))}")
     return found
+
+
+def refuse_overwriting(inputs: Iterable[str | Path], outputs: Iterable[Path]) -> None:
+    """UserError when an output file would replace an input (`tdet infer --out` on the images' own folder
+    would write each annotated copy over its original)."""
+    sources = {Path(p).resolve(): p for p in inputs if "://" not in str(p) and Path(p).is_file()}
+    for out in outputs:
+        if out.resolve() in sources:
+            raise UserError(f"--out {out.parent}: its {out.name} would overwrite the input {sources[out.resolve()]}; "
+                            "pick another --out")

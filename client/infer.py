@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import InferenceError, ModelNotFoundError, ServerUnavailableError, UserError
-from .files import atomic_write, collect_images
+from .files import atomic_write, collect_images, refuse_overwriting
 from .image_input import check_not_video, fetch_url, is_url
 from .pool import finished_batches
 from .postprocess import Detections
@@ -209,6 +209,7 @@ def run_infer(paths: Sequence[Path | str], model: str, url: str, protocol: str, 
 
     images = collect_inputs(paths)
     names = output_names(images)
+    refuse_overwriting(images, [out / f"{n}{ext}" for n in names for ext in (".jpg", ".json")] + [out / INDEX])
     fetched = {i: fetch_url(src, timeout_s=timeout_s) for i, src in enumerate(images) if is_url(src)}
     out.mkdir(parents=True, exist_ok=True)
     summary = InferSummary(out)

@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 
 from .errors import ModelNotFoundError, ServerUnavailableError, UserError
-from .files import atomic_write
+from .files import atomic_write, refuse_overwriting
 from .video_infer import (  # noqa: F401 - the Python client's video API, re-exported with the sources'
     DEFAULT_JPEG_QUALITY,
     FrameResult,
@@ -106,12 +106,13 @@ def run_video(source: str, model: str, url: str, protocol: str, out: Path, *, co
     from .fleet import connect_fleet
 
     _check_video_options(jpeg_quality, vid_stride, start_s, end_s, max_frames, concurrency, reconnects)
+    name = name or source_name(source)
+    refuse_overwriting([source], [out / f"{name}{ext}" for ext in (".mp4", ".jsonl", ".summary.json")])
     src = VideoSource(source, reconnects=reconnects)
     if src.frame_count and _expected(src, vid_stride, start_s, end_s, max_frames) == 0:
         src.close()
         raise UserError(f"--start/--end select no frame of {source} ({src.frame_count} frames at {src.fps:g} fps: "
                         f"{src.frame_count / src.fps:.2f} s)")
-    name = name or source_name(source)
     (out / name).parent.mkdir(parents=True, exist_ok=True)  # a name may mirror a subfolder (video_names)
     summary = VideoSummary(str(source), model, str(out / f"{name}.mp4"), str(out / f"{name}.jsonl"),
                            src.size[0], src.size[1], round(src.fps, 3), src.live)

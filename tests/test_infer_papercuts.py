@@ -213,3 +213,23 @@ def test_label_layout_prefers_above_then_inside_then_the_nearest_free_slot():
     assert tuple(rects[2]) == (0, 3, 50, 15)
     assert tuple(rects[3]) == (590, 288, 640, 300)
     assert label_layout(np.zeros((0, 4)), np.zeros((0, 2)), (10, 10)).shape == (0, 4)
+
+
+def test_out_on_the_inputs_own_folder_is_refused_and_nothing_is_overwritten(tmp_path):
+    """`--out` = the images' folder wrote each annotated copy over its original (same NAME.jpg), and a video's
+    NAME.mp4 over the video: refused before any request, every input byte for byte as it was."""
+    from tdet.client.synth_video import synthesize_video
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a.jpg", "b.png"):
+        cv2.imwrite(str(images / name), np.full((40, 60, 3), 127, np.uint8))
+    clip = synthesize_video(tmp_path / "clips", 1, seed=1, size=(64, 48), frames=3, fps=5)[0] / "clip-000.mp4"
+    before = {p: p.read_bytes() for p in [*images.iterdir(), clip]}
+    no_server = f"127.0.0.1:{free_port()}"
+    err = _one_line_error(_tdet("infer", str(images), "--model", "m", "--url", no_server, "--out", str(images)))
+    assert f"--out {images}: its a.jpg would overwrite the input {images / 'a.jpg'}; pick another --out" in err
+    err = _one_line_error(_tdet("infer", str(clip), "--model", "m", "--url", no_server, "--out", str(clip.parent)))
+    assert f"its clip-000.mp4 would overwrite the input {clip}" in err
+    assert {p: p.read_bytes() for p in before} == before
+    assert sorted(images.iterdir()) == sorted(p for p in before if p.parent == images)  # no JSON, no index
