@@ -173,6 +173,28 @@ def _make_image(job: tuple[Path, int, int, tuple[int, int] | None, tuple[int, in
     return {"id": i + 1, "file_name": name, "width": w, "height": h}, anns
 
 
+MARKER = ".tdet-synth"  # written first into a folder being generated: an interrupted run's folder is ours too
+
+
+def claim_folder(folder: Path, annotations: Path, images: Path) -> None:
+    """Make `folder` this generator's, or refuse with UserError when it holds a dataset it did not write (its
+    annotations.json would be replaced and its images drawn over): `tdet data synth --out` on a real dataset."""
+    if annotations.is_file():
+        try:
+            info = json.loads(annotations.read_text()).get("info") or {}
+            ours = str(info.get("description", "")).startswith("tdet synthetic shapes")
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        if not ours:
+            raise UserError(f"{annotations} is not a dataset `tdet data synth` wrote; it would be replaced: "
+                            "pick another --out")
+    elif images.is_dir() and any(images.iterdir()) and not (folder / MARKER).is_file():
+        raise UserError(f"{images} holds files `tdet data synth` did not write; they would be drawn over: "
+                        "pick another --out")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKER).touch()
+
+
 def check_size(size: tuple[int, int]) -> None:
     """--size within 32x32 .. 8192x8192: smaller leaves no room for a shape, larger is no detector's input
     (and 100000x100000 would be 30 GB of pixels per image)."""
@@ -197,7 +219,8 @@ def synthesize(out: Path, num: int, seed: int = 0, size: tuple[int, int] | None 
         raise UserError(f"--workers must be >= 1, got {workers}")
     stream = split_seed(seed, split)
     img_dir = out / "images"
-    img_dir.mkdir(parents=True, exist_ok=True)
+    claim_folder(out, out / "annotations.json", img_dir)
+    img_dir.mkdir(exist_ok=True)
     (out / "annotations.json").unlink(missing_ok=True)
     jobs = [(img_dir, stream, i, size, objects) for i in range(num)]
     if workers > 1:

@@ -34,6 +34,7 @@ from .synth import (
     SHAPES,
     background,
     check_size,
+    claim_folder,
     render_object,
     split_seed,
     visible_boxes,
@@ -192,4 +193,7 @@ def synthesize_video(out: Path, num: int, seed: int = 0, size: tuple[int, int] |
     size = size or VIDEO_SIZE
     check_size(size)
     stream = split_seed(seed, split)
-    return [write_clip(out, f"clip-{i:03d}", stream, i, size, frames, fps, objects) for i in range(num)]
+    names = [f"clip-{i:03d}" for i in range(num)]
+    for name in names:  # every folder checked before any is written
+        claim_folder(out / name, out / name / "annotations.json", out / name / "img1")
+    return [write_clip(out, name, stream, i, size, frames, fps, objects) for i, name in enumerate(names)]

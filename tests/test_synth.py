@@ -82,3 +82,31 @@ def test_synth_splits_differ(tmp_path):
     assert (tmp_path / "train/images/000000.jpg").read_bytes() != (tmp_path / "val/images/000000.jpg").read_bytes()
     with pytest.raises(ValueError, match="--split must be one of"):
         synthesize(tmp_path / "x", num=1, split="test")
+
+
+def test_synth_refuses_a_folder_holding_a_dataset_it_did_not_write(tmp_path):
+    """`tdet data synth --out` on a real dataset replaced its annotations.json and drew over its 000000.jpg;
+    now refused, every byte kept. Its own folders (also an interrupted run's) are regenerated as before."""
+    from tdet.client.synth_video import synthesize_video
+
+    real = tmp_path / "real"
+    (real / "images").mkdir(parents=True)
+    (real / "annotations.json").write_text('{"info": {"description": "my labels"}, "images": []}')
+    (real / "images" / "000000.jpg").write_bytes(b"my photo")
+    with pytest.raises(ValueError, match="is not a dataset `tdet data synth` wrote"):
+        synthesize(real, num=2, size=(64, 48))
+    (real / "annotations.json").unlink()
+    with pytest.raises(ValueError, match="holds files `tdet data synth` did not write"):
+        synthesize(real, num=2, size=(64, 48))
+    assert (real / "images" / "000000.jpg").read_bytes() == b"my photo"
+    assert sorted(p.name for p in real.rglob("*")) == ["000000.jpg", "images"]
+    ours = tmp_path / "ours"
+    synthesize(ours, num=2, size=(64, 48))
+    (ours / "annotations.json").unlink()  # as a run interrupted before its last write leaves it
+    assert synthesize(ours, num=3, size=(64, 48)).is_file()
+    clips = tmp_path / "clips"
+    (clips / "clip-001" / "img1").mkdir(parents=True)
+    (clips / "clip-001" / "img1" / "000001.jpg").write_bytes(b"my frame")
+    with pytest.raises(ValueError, match="did not write"):
+        synthesize_video(clips, 2, size=(64, 48), frames=2)
+    assert not (clips / "clip-000" / "clip-000.mp4").exists()  # checked before any clip is written
