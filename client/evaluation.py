@@ -13,6 +13,8 @@ import contextlib
 import hashlib
 import json
 import math
+import sys
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,17 +103,43 @@ def _served_results(model: str, url: str, protocol: str, paths: dict[int, Path],
     from .fleet import connect_fleet
 
     done = _load_partial(partial, key)
-    todo = iter([i for i in paths if i not in done])
     concurrency = max(1, concurrency)
-    with connect_fleet(url, model, protocol, **client_kw) as fleet, open(partial, "a") as log, \
-            ThreadPoolExecutor(max_workers=concurrency) as pool, \
-            tqdm(total=len(paths), initial=len(done), desc=f"eval {model}", unit="img", disable=None) as bar:
-        if not done:
-            log.write(json.dumps({"key": key}) + "\n")
+    with connect_fleet(url, model, protocol, **client_kw) as fleet:
         # bytes are read in the workers and only a few requests are queued: COCO val is ~800 MB of JPEGs
         def one(i: int) -> Detections:  # each request to the next server (--url a,b), failing over
             blob = paths[i].read_bytes()
             return fleet.call(lambda c: c.infer(blob, **parameters))
+
+        if done and not _answers_as_before(done, lambda i: to_coco_results(i, one(i))):
+            print(f"note: {partial} holds results {model} no longer gives (rebuilt from other weights since?): "
+                  "starting over", file=sys.stderr)
+            partial.unlink()
+            done = {}
+        todo = iter([i for i in paths if i not in done])
+        _send_all(model, paths, partial, key, one, todo, done, concurrency)
+        servers = fleet.format_summary() if len(fleet.urls) > 1 else ""
+    return [r for i in sorted(done) for r in done[i]], servers
+
+
+def _answers_as_before(done: dict[int, list[dict]], rerun: Callable[[int], list[dict]]) -> bool:
+    """Whether the served model still gives a resumed image's results: the image with the most detections
+    is sent again and its scores compared (2e-3: another batch composition may move the last bits; other
+    weights move them far more), so a partial run of other weights under the same name is never mixed in."""
+    image_id = max(done, key=lambda i: len(done[i]))
+    before, now = done[image_id], rerun(image_id)
+    if abs(len(before) - len(now)) > max(1, len(before) // 50):  # a detection at the threshold may flip
+        return False
+    top = lambda rows: sorted(((r["score"], r["category_id"]) for r in rows), reverse=True)[:20]  # noqa: E731
+    return all(abs(a[0] - b[0]) <= 2e-3 and a[1] == b[1] for a, b in zip(top(before), top(now)))
+
+
+def _send_all(model: str, paths: dict[int, Path], partial: Path, key: str, one: Callable[[int], Detections],
+              todo: Iterator[int], done: dict[int, list[dict]], concurrency: int) -> None:
+    """Send `todo`, `concurrency` in flight, recording each finished image in `done` and `partial`."""
+    with open(partial, "a") as log, ThreadPoolExecutor(max_workers=concurrency) as pool, \
+            tqdm(total=len(paths), initial=len(done), desc=f"eval {model}", unit="img", disable=None) as bar:
+        if not done:
+            log.write(json.dumps({"key": key}) + "\n")
 
         rounds = finished_batches(pool, one, todo, 2 * concurrency)
         with contextlib.closing(rounds):
@@ -132,8 +160,6 @@ def _served_results(model: str, url: str, protocol: str, paths: dict[int, Path],
                     raise type(err)(f"{err} [image {paths[image_id].name}]; stopped after {len(done)} of "
                                     f"{len(paths)} images, kept in {partial}: run the same command again to "
                                     f"resume", status=err.status) from None
-        servers = fleet.format_summary() if len(fleet.urls) > 1 else ""
-    return [r for i in sorted(done) for r in done[i]], servers
 
 
 def eval_parameters(family: str, conf: float | None = None, iou: float | None = None) -> dict[str, float | bool]:

@@ -155,21 +155,56 @@ def test_reference_predict_batches_like_single_images(served, dataset):
         assert torch.is_grad_enabled()  # predict's no_grad does not leak to the caller (the trainer)
 
 
-def test_eval_resumes_from_partial_results(served, dataset, tmp_path):
+def _same_results(got: list[dict], want: list[dict]) -> None:
+    """COCO result rows of two runs of one model, image by image, paired (another batch composition may move
+    the last bits and swap equal scores)."""
+    for image_id in {r["image_id"] for r in got + want}:
+        g, w = ([r for r in rows if r["image_id"] == image_id] for rows in (got, want))
+        as_dets = lambda rows: (np.array([r["bbox"] for r in rows]).reshape(-1, 4),  # noqa: E731
+                                [r["score"] for r in rows], [r["category_id"] for r in rows])
+        assert_same_detections(as_dets(g), as_dets(w), scale=640, box_tol=1e-4, score_tol=1e-4,
+                               what=f"image {image_id}")
+
+
+def test_eval_resumes_from_partial_results(served, dataset, tmp_path, capsys):
+    """An interrupted run's finished images are not sent again (one is, to check the model still gives its
+    results); rows of another model under the same name (rebuilt from other weights), or of another model's
+    run in the same folder, are never mixed in."""
+    from tdet.client.triton import connect
+
     ann, images = dataset
     out = tmp_path / "resume"
-    out.mkdir()
-    # an interrupted run had finished image 1 (with a marker score we can recognise)
-    marker = {"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.123}
-    header = json.dumps({"key": _dataset_key("damo_yolo_t", ann)})
-    (out / "results.partial.jsonl").write_text(header + "\n" + json.dumps({"image_id": 1, "results": [marker]}) + "\n")
-    evaluate("damo_yolo_t", served.grpc_url, ann, images, out=out)
-    rows = json.loads((out / "results.json").read_text())
-    assert [r for r in rows if r["image_id"] == 1] == [marker]
-    assert {r["image_id"] for r in rows} - {1}
+    full = json.loads(evaluate("damo_yolo_t", served.grpc_url, ann, images, out=out).results_path.read_text())
+    ids = sorted(json.loads(ann.read_text())["images"], key=lambda i: i["id"])
+    rows = {i["id"]: [r for r in full if r["image_id"] == i["id"]] for i in ids}
+    assert sum(map(len, rows.values())) > 0
+
+    def interrupted(key: str, results: dict) -> None:  # as a run stopped after the first two images leaves it
+        lines = [json.dumps({"key": key})] + [json.dumps({"image_id": i, "results": results[i]})
+                                              for i in list(results)[:2]]
+        (out / "results.partial.jsonl").write_text("\n".join(lines) + "\n")
+
+    def requests(run) -> int:
+        with connect(served.grpc_url, "damo_yolo_t") as det:
+            before = int(det.statistics()["inference_count"])
+            run()
+            return int(det.statistics()["inference_count"]) - before
+
+    interrupted(_dataset_key("damo_yolo_t", ann), rows)
+    resumed = requests(lambda: evaluate("damo_yolo_t", served.grpc_url, ann, images, out=out))
+    assert resumed == len(ids) - 2 + 1  # the rest, and one finished image again for the check
+    _same_results(json.loads((out / "results.json").read_text()), full)
+    assert "starting over" not in capsys.readouterr().err
+    # the same name now serving other weights: its finished images answer differently, so none is kept
+    marker = {"image_id": ids[0]["id"], "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.123}
+    other = {i: [dict(r, score=round(r["score"] / 2, 5)) for r in rs] for i, rs in rows.items()}
+    other[ids[0]["id"]] = other[ids[0]["id"]] + [marker]
+    interrupted(_dataset_key("damo_yolo_t", ann), other)
+    assert requests(lambda: evaluate("damo_yolo_t", served.grpc_url, ann, images, out=out)) == len(ids) + 1
+    assert "holds results damo_yolo_t no longer gives" in capsys.readouterr().err
+    _same_results(json.loads((out / "results.json").read_text()), full)
     # a partial run of another model in the same folder is never mixed in
-    header = json.dumps({"key": _dataset_key("rtdetrv2_s", ann)})
-    (out / "results.partial.jsonl").write_text(header + "\n" + json.dumps({"image_id": 1, "results": [marker]}) + "\n")
+    interrupted(_dataset_key("rtdetrv2_s", ann), {ids[0]["id"]: [marker], ids[1]["id"]: []})
     evaluate("damo_yolo_t", served.grpc_url, ann, images, out=out)
     assert marker not in json.loads((out / "results.json").read_text())
 
