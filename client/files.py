@@ -54,7 +54,11 @@ def collect_images(paths: list[Path] | Path, *, recursive: bool = False) -> list
         else:
             raise FileNotFoundError(f"no such image or folder: {p}")
     if not found:
-        raise UserError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {', '.join(map(str, paths))}")
+        deeper = [] if recursive else sorted({f.parent for p in paths if p.is_dir() for f in p.rglob("*")
+                                              if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()})
+        hint = (f"; subfolders are not searched: pass those with images ({', '.join(map(str, deeper[:3]))}"
+                f"{' ...' if len(deeper) > 3 else ''})" if deeper else "")
+        raise UserError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {', '.join(map(str, paths))}{hint}")
     return found
 
 

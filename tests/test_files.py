@@ -56,5 +56,10 @@ def test_collect_images(tmp_path):
         collect_images([tmp_path / "missing"])
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(UserError, match="no images"):
+    with pytest.raises(UserError, match="no images") as err:
         collect_images([Path(empty)])
+    assert "subfolders" not in str(err.value)
+    (empty / "day1").mkdir()
+    (empty / "day1" / "x.jpg").write_bytes(b"x")
+    with pytest.raises(UserError, match=r"subfolders are not searched: pass those with images \(.*day1\)"):
+        collect_images([empty])
