@@ -36,8 +36,8 @@ def register_train(sub: argparse._SubParsersAction) -> None:
                    help="epochs (default: the recipe's, 300 DAMO-YOLO / 72-120 RT-DETRv2)")
     p.add_argument("--batch", type=int, default=S, help="images per process per step (default: 8)")
     p.add_argument("--nominal-batch", type=int, default=S,
-                   help="accumulate gradients to this many images per optimizer step over all processes "
-                        "(default: no accumulation)")
+                   help="accumulate gradients to this many images per optimizer step over all processes, at least "
+                        "--batch x --nproc (rounded to a whole number of steps) (default: no accumulation)")
     p.add_argument("--img-size", type=int, default=S,
                    help="square input size, a multiple of 32 (default: the recipe's, 640)")
     p.add_argument("--workers", type=int, default=S, help="data loader processes per training process (default: 2)")
@@ -60,8 +60,9 @@ def register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-every", type=int, default=S,
                    help="evaluate the EMA model on the val set every N epochs, 0 = only after the last (default: 1)")
     p.add_argument("--nproc", type=int, default=S,
-                   help="training processes on this machine (DistributedDataParallel: gloo on CPU, NCCL + SyncBN "
-                        "on CUDA). Several machines: run `torchrun --nnodes ... -m tdet.client.cli train ...` "
+                   help="training processes on this machine, at most one per CPU core or CUDA device "
+                        "(DistributedDataParallel: gloo on CPU, NCCL + SyncBN on CUDA). Several machines: run "
+                        "`torchrun --nnodes ... -m tdet.client.cli train ...` "
                         "(default: 1)")
     p.set_defaults(func=cmd_train)
 
