@@ -109,7 +109,8 @@ def run_video(source: str, model: str, url: str, protocol: str, out: Path, *, co
     name = name or source_name(source)
     refuse_overwriting([source], [out / f"{name}{ext}" for ext in (".mp4", ".jsonl", ".summary.json")])
     src = VideoSource(source, reconnects=reconnects)
-    if src.frame_count and _expected(src, vid_stride, start_s, end_s, max_frames) == 0:
+    expected = _expected(src, vid_stride, start_s, end_s, max_frames)  # the progress bar's total too
+    if src.frame_count and expected == 0:
         src.close()
         raise UserError(f"--start/--end select no frame of {source} ({src.frame_count} frames at {src.fps:g} fps: "
                         f"{src.frame_count / src.fps:.2f} s)")
@@ -125,8 +126,7 @@ def run_video(source: str, model: str, url: str, protocol: str, out: Path, *, co
     began = time.monotonic()
     try:
         with connect_fleet(url, model, protocol, timeout_s=timeout_s, retries=retries) as fleet, \
-                tqdm(total=_expected(src, vid_stride, start_s, end_s, max_frames), desc=f"{name} {model}",
-                     unit="frame", disable=None, file=sys.stderr) as bar:
+                tqdm(total=expected, desc=f"{name} {model}", unit="frame", disable=None, file=sys.stderr) as bar:
             parameters = fleet.first.request_parameters(options)
             extras = extra_outputs(fleet.first.config)
             sequence = is_sequence_model(fleet.first)
