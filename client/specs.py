@@ -108,6 +108,7 @@ META_INPUT_HW = "tdet.input_hw"  # "640,640"
 META_CLASS_NAMES = "tdet.class_names"  # JSON list, index = model label
 META_CATEGORY_IDS = "tdet.category_ids"  # JSON list, index = model label -> dataset category id
 META_WEIGHTS = "tdet.weights"  # checkpoint path/URL, or "random-init(seed=N)"
+META_WEIGHTS_SHA256 = "tdet.weights_sha256"  # the checkpoint file's content (a retrained file at the same path)
 META_PARAMS_M = "tdet.params_m"  # parameters (millions), as `tdet info` counts them
 META_GFLOPS = "tdet.gflops"  # deploy-form GFLOPs at the input size (2 x MACs)
 META_PRECISION = "tdet.precision"  # fp32 | int8 | fp16 (missing: fp32)

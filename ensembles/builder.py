@@ -79,9 +79,10 @@ def _warmup_image() -> bytes:
 
 
 def _write_variant(stage: Path, model, info: OnnxInfo, opts: BuildOptions, max_pixels: int, m: str, version: int,
-                   versions: dict[str, str]) -> list[str]:
+                   versions: dict[str, str], digests: dict[str, str]) -> list[str]:
     """Stage the four models of `m` with this graph as engine version `version`; `versions`: engine
-    version -> weights of every version the repository will hold (for the ensemble's parameters)."""
+    version -> weights of every version the repository will hold and `digests` their checkpoints' sha256 where
+    known (for the ensemble's parameters)."""
     spec = specs.PREPROCESS[info.family]
     import onnx
 
@@ -121,7 +122,9 @@ def _write_variant(stage: Path, model, info: OnnxInfo, opts: BuildOptions, max_p
     write_config(eng / "config.pbtxt", engine_config(eng.name, info.family, info.input_hw, info.output_dims, opts))
     newest = str(max(int(v) for v in versions))
     meta = {"family": info.family, "variant": info.variant, "weights": versions[newest],
-            "versions": json.dumps(versions, sort_keys=True), "class_names": json.dumps(info.class_names),
+            "versions": json.dumps(versions, sort_keys=True),
+            **({"weights_sha256": json.dumps(digests, sort_keys=True)} if digests else {}),
+            "class_names": json.dumps(info.class_names),
             "category_ids": json.dumps(info.category_ids), "input_hw": specs.format_hw(info.input_hw),
             "engine": opts.engine, "nms": opts.nms, "preprocess": opts.preprocess,
             "precision": recorded, **info.size,
@@ -188,10 +191,10 @@ def build_repository(onnx_files: list[str | Path], out: str | Path = "model_repo
     out.mkdir(parents=True, exist_ok=True)
     built: list[Built] = []
     for model, info, m in zip(models, infos, names):
-        versions, replaced = plan_versions(out, m, info, opts, version, replace)
+        versions, digests, replaced = plan_versions(out, m, info, opts, version, replace)
         stage = Path(tempfile.mkdtemp(prefix=".stage-", dir=out.parent))
         try:
-            names = _write_variant(stage, model, info, opts, max_pixels, m, version, versions)
+            names = _write_variant(stage, model, info, opts, max_pixels, m, version, versions, digests)
             names += _write_track(stage, m, opts, track_idle_us) if track else []
             for v in versions:  # the other versions of the engine move over as they are
                 if v != str(version):

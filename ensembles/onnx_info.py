@@ -22,6 +22,7 @@ class OnnxInfo:
     output_dims: dict[str, list[int]]  # per output, without the batch axis (-1 = dynamic)
     size: dict[str, str] = field(default_factory=dict)  # params_m / gflops, when export recorded them
     precision: str = "fp32"  # tdet export --precision (metadata tdet.precision; missing: fp32)
+    weights_sha256: str = ""  # the checkpoint file's digest (missing: random init, or exported before it was kept)
 
     @property
     def model_name(self) -> str:
@@ -60,7 +61,8 @@ def read_onnx_info(model) -> OnnxInfo:
         raise UserError(f"{len(names)} class names but {len(ids)} category ids in ONNX metadata")
     size = {k: meta[m] for k, m in (("params_m", specs.META_PARAMS_M), ("gflops", specs.META_GFLOPS)) if m in meta}
     return OnnxInfo(family, meta[specs.META_VARIANT], (h, w), names, [int(i) for i in ids],
-                    meta.get(specs.META_WEIGHTS, "unknown"), dims, size, meta.get(specs.META_PRECISION, "fp32"))
+                    meta.get(specs.META_WEIGHTS, "unknown"), dims, size, meta.get(specs.META_PRECISION, "fp32"),
+                    meta.get(specs.META_WEIGHTS_SHA256, ""))
 
 
 def load_onnx(path: str | Path):

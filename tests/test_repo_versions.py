@@ -136,3 +136,34 @@ def test_versions_must_share_family_input_and_classes(exported, tmp_path):
     assert built[0].versions == (3,) and built[0].replaced == "random-init(seed=0)"
     assert not (repo / "m_engine" / "1").exists()
     assert read_config(repo / "m_engine" / "config.pbtxt").version_policy.latest.num_versions == 1
+
+
+def test_a_checkpoint_retrained_at_the_same_path_is_not_built_over_silently(tmp_path):
+    # the repository told weights apart by path: retraining into the same best.pth and rebuilding replaced the
+    # served model without --replace; the export now records the file's sha256, and the build compares both
+    torch = pytest.importorskip("torch")
+    from tdet.training.export import export_onnx
+    from tdet.training.registry import build_model
+    from tdet.training.weights import sha256sum
+
+    ckpt, repo, graphs, digests = tmp_path / "best.pth", tmp_path / "repo", [], []
+    for seed in (0, 1):
+        torch.save({"model": build_model("damo-yolo-t", seed=seed).state_dict()}, ckpt)
+        digests.append(sha256sum(ckpt))
+        graphs.append(export_onnx("damo-yolo-t", tmp_path / f"seed{seed}.onnx", weights=ckpt).path)
+    build_repository([graphs[0]], repo)
+    assert build_repository([graphs[0]], repo)[0].replaced == ""  # the same checkpoint again: no question
+    params = read_config(repo / "damo_yolo_t" / "config.pbtxt").parameters
+    assert json.loads(params["weights_sha256"].string_value) == {"1": digests[0]}
+    with pytest.raises(UserError, match=f"sha256 {digests[0][:12]}.*sha256 {digests[1][:12]}.*changed since"):
+        build_repository([graphs[1]], repo)
+    assert json.loads(read_config(repo / "damo_yolo_t" / "config.pbtxt").parameters["weights_sha256"]
+                      .string_value) == {"1": digests[0]}  # refused before anything was written
+    built = build_repository([graphs[1]], repo, version=2)  # beside it, as another version: both digests kept
+    params = read_config(repo / "damo_yolo_t" / "config.pbtxt").parameters
+    assert built[0].versions == (1, 2) and built[0].replaced == ""
+    assert json.loads(params["weights_sha256"].string_value) == {"1": digests[0], "2": digests[1]}
+    built = build_repository([graphs[1]], repo, version=1, replace=True)
+    assert built[0].replaced == f"{ckpt.resolve()} (sha256 {digests[0][:12]})"
+    params = read_config(repo / "damo_yolo_t" / "config.pbtxt").parameters
+    assert json.loads(params["weights_sha256"].string_value) == {"1": digests[1], "2": digests[1]}

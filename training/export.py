@@ -20,7 +20,7 @@ from tdet.client.labels import COCO_CATEGORY_IDS, COCO_CLASSES
 from .info import count_gflops
 from .precision import Calibration, calibration_inputs, check_precision_args, reduce_precision
 from .registry import build_model, family_of
-from .weights import checkpoint_meta, resolve
+from .weights import checkpoint_meta, resolve, sha256sum
 
 MIN_OPSET = 17  # opset 17 keeps LayerNorm one op (fp16 TensorRT engines break on the decomposed form)
 CHECK_RTOL = 1e-3  # --check: max |ORT - PyTorch| allowed, relative to the output's largest magnitude
@@ -120,6 +120,7 @@ def export_onnx(variant: str, out: str | Path, *, weights: str | Path | None = N
                 specs.META_CLASS_NAMES: json.dumps(class_names),
                 specs.META_CATEGORY_IDS: json.dumps(category_ids),
                 specs.META_WEIGHTS: weights_desc,
+                **({specs.META_WEIGHTS_SHA256: sha256sum(path)} if path is not None else {}),
                 specs.META_PARAMS_M: f"{fam.num_params(model) / 1e6:.2f}",
                 specs.META_GFLOPS: f"{count_gflops(model, (h, w)):.2f}",
             }
