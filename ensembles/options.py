@@ -58,7 +58,8 @@ class BuildOptions:
     engine: str = option("onnxruntime", "onnxruntime: model.onnx (CPU here, or Triton's ORT backend); tensorrt: "
                          "model.plan built on the GPU host by NAME_engine/build_engine.sh (docker compose run "
                          "engine-builder)", choices=("onnxruntime", "tensorrt"))
-    precision: str = option("fp16", "TensorRT engine precision (--engine tensorrt)", choices=("fp16", "fp32"))
+    precision: str = option("fp16", "TensorRT engine precision (--engine tensorrt only; default: fp16)",
+                            choices=("fp16", "fp32"))
     max_batch_size: int = option(16, "rows per request and per batch", lo=1)
     max_det: int = same_as(DetectOptions, "max_det")
     conf: float = same_as(DetectOptions, "conf")

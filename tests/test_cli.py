@@ -207,3 +207,16 @@ def test_serve_ports_and_timeout_are_checked_by_the_parser(argv, said, capsys):
     with pytest.raises(SystemExit) as stop:
         build_parser().parse_args(argv)
     assert stop.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_repo_build_refuses_a_tensorrt_precision_for_an_onnxruntime_engine(tmp_path, capsys):
+    # --precision fp32 without --engine tensorrt was silently ignored (the ORT engine runs the ONNX as exported)
+    from tdet.client.cli import main
+
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"not read: refused first")
+    assert main(["repo", "build", "--onnx", str(onnx_file), "--out", str(tmp_path / "repo"), "--precision",
+                 "fp32"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--precision fp32 is the TensorRT plan's (--engine tensorrt)" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "repo").exists()

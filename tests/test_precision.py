@@ -180,6 +180,7 @@ def _write_images(folder: Path, n: int, bad: int | None = None) -> Path:
     ("modelopt-u8", "symmetric int8 only"),
     ("modelopt-percentile", "not --calibrator percentile"),
     ("python-without-modelopt", "--modelopt-python is for --quantizer modelopt"),
+    ("fp32-no-keep-fp32", "--no-keep-fp32 is for --precision int8 / fp16"),  # it was ignored
 ])
 def test_bad_calibration_is_a_clear_error_and_writes_nothing(tmp_path, capsys, case, message):
     from tdet.client.cli import main
@@ -204,6 +205,9 @@ def test_bad_calibration_is_a_clear_error_and_writes_nothing(tmp_path, capsys, c
     if case == "fp32-with-activations":
         args[args.index("int8")] = "fp32"
         args += ["--int8-activations", "u8"]
+    if case == "fp32-no-keep-fp32":
+        args[args.index("int8")] = "fp32"
+        args += ["--no-keep-fp32"]
     if case == "fp16-with-calibrator":
         args[args.index("int8")] = "fp16"
         args += ["--calibrator", "entropy"]

@@ -129,7 +129,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     check_export_args(args.variant, args.out, opset=args.opset, weights=args.weights)
     calib = calibration_from_args(args)
-    check_precision_args(args.precision, calib)
+    check_precision_args(args.precision, calib, not args.no_keep_fp32)
     if args.weights is None:
         print(f"WARNING: no --weights given: exporting {args.variant} with a seeded RANDOM init "
               f"(seed={args.seed}). Detections will be meaningless; use --weights PATH or --weights official.")

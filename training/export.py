@@ -80,7 +80,7 @@ def export_onnx(variant: str, out: str | Path, *, weights: str | Path | None = N
 
     out = Path(out)
     fam = check_export_args(variant, out, opset=opset, weights=weights, overwrite=overwrite)
-    calib_files = check_precision_args(precision, calib)
+    calib_files = check_precision_args(precision, calib, keep_fp32)
     out.parent.mkdir(parents=True, exist_ok=True)
 
     path = resolve(weights, fam.WEIGHTS, variant)

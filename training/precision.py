@@ -80,10 +80,13 @@ class Calibration:
     modelopt_python: str | None = None
 
 
-def check_precision_args(precision: str, calib: Calibration | None) -> list[Path]:
-    """Refuse bad --precision/--calib arguments before anything is exported; -> the calibration files."""
+def check_precision_args(precision: str, calib: Calibration | None, keep_fp32: bool = True) -> list[Path]:
+    """Refuse bad --precision/--calib/--no-keep-fp32 arguments before anything is exported; -> the calibration
+    files."""
     if precision not in PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32" and not keep_fp32:  # it would be ignored
+        raise UserError("--no-keep-fp32 is for --precision int8 / fp16 (an fp32 export converts nothing)")
     if precision != "int8":
         if calib is not None:
             raise UserError(f"--calib is for --precision int8 only (got --precision {precision})")
