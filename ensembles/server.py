@@ -7,6 +7,7 @@ server with this venv first on PATH, which is how the stub finds numpy<2, OpenCV
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -51,6 +52,35 @@ class ServerInfo:
 
 def state_dir() -> Path:
     return Path(os.environ.get("TDET_CACHE", Path.home() / ".cache" / "tdet")) / "triton"
+
+
+LOGS_KEPT = 20  # server logs of stopped servers kept in state_dir() (every free-port server writes a new one)
+
+
+def prune_logs(folder: Path, keep: int = LOGS_KEPT) -> list[Path]:
+    """Remove all but the newest `keep` server-*.log files in `folder` whose server is gone; -> the removed.
+    A running server holds a shared flock on its log (taken before it started, inherited with the file), so
+    its log is never removed however old."""
+    dated = []
+    for path in folder.glob("server-*.log"):
+        try:
+            dated.append((path.stat().st_mtime, path))
+        except FileNotFoundError:
+            pass  # pruned by another start meanwhile
+    removed, idle = [], 0
+    for _, path in sorted(dated, reverse=True):
+        try:
+            with open(path, "rb") as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while a server holds it
+                idle += 1
+                if idle > keep:
+                    path.unlink()
+                    removed.append(path)
+        except BlockingIOError:
+            continue  # a running server's
+        except FileNotFoundError:
+            continue  # pruned by another start meanwhile
+    return removed
 
 
 def _pytriton_root() -> Path:
@@ -141,7 +171,9 @@ def start(repository: Path, *, http_port: int = 8000, grpc_port: int = 8001, met
     for port, what in ((http_port, "--http-port"), (grpc_port, "--grpc-port"), (metrics_port, "--metrics-port")):
         if not port_free(port):
             raise UserError(f"port {port} ({what}) is already in use: stop what holds it or pick another port")
-    log = log or state_dir() / f"server-{http_port}.log"
+    if log is None:  # the default place, where the logs of free-port servers pile up
+        log = state_dir() / f"server-{http_port}.log"
+        prune_logs(log.parent)
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = [str(_pytriton_root() / "bin/tritonserver"), f"--model-repository={repository}",
            f"--backend-directory={backend_dir()}", f"--http-port={http_port}", f"--grpc-port={grpc_port}",
@@ -155,6 +187,7 @@ def start(repository: Path, *, http_port: int = 8000, grpc_port: int = 8001, met
     elif model_control_mode == "poll":
         cmd.append("--repository-poll-secs=2")
     with open(log, "wb") as logf:
+        fcntl.flock(logf, fcntl.LOCK_SH)  # held by the server's inherited descriptor: prune_logs leaves it
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True)
     info = ServerInfo(proc.pid, http_port, grpc_port, metrics_port, str(repository), str(log))
     try:

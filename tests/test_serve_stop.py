@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from tdet.ensembles.server import free_port
+from tdet.ensembles.server import LOGS_KEPT, free_port, prune_logs
 
 pytestmark = pytest.mark.server
 
@@ -45,6 +45,12 @@ def test_several_detached_servers_and_idempotent_stop(repository, tmp_path):
     env = {**os.environ, "TDET_CACHE": str(tmp_path / "cache")}  # its own records, not the user's
     ports = [free_port() for _ in range(6)]
     pids = []
+    logs = tmp_path / "cache" / "triton"  # the logs of earlier free-port servers piled up here, never removed
+    logs.mkdir(parents=True)
+    old = [logs / f"server-{40000 + i}.log" for i in range(LOGS_KEPT + 5)]
+    for i, path in enumerate(old):
+        path.write_text("an old server's log\n")
+        os.utime(path, (1e9 + i, 1e9 + i))  # old[-1] the newest
     try:
         for http, grpc, metrics in (ports[:3], ports[3:]):
             res = _tdet("serve", "--repository", str(repo), "--detach", "--http-port", str(http), "--grpc-port",
@@ -53,6 +59,11 @@ def test_several_detached_servers_and_idempotent_stop(repository, tmp_path):
             assert f"tdet stop --http-port {http}" in res.stdout
             pids.append(json.loads((tmp_path / f"cache/triton/servers/{http}.json").read_text())["pid"])
         assert _ready(ports[0]) and _ready(ports[3])
+        # each start kept the newest LOGS_KEPT logs of stopped servers; a running server's log is never removed
+        assert sorted(p for p in old if p.exists()) == sorted(old[-LOGS_KEPT:])
+        running = [logs / f"server-{ports[0]}.log", logs / f"server-{ports[3]}.log"]
+        assert sorted(prune_logs(logs, keep=0)) == sorted(old[-LOGS_KEPT:])
+        assert all(p.is_file() for p in running)
 
         res = _tdet("stop", env=env)
         assert res.returncode == 2 and "2 detached servers are running" in res.stderr, res.stderr
@@ -72,6 +83,7 @@ def test_several_detached_servers_and_idempotent_stop(repository, tmp_path):
         res = _tdet("stop", env=env)
         assert res.returncode == 0 and "no detached server is running" in res.stdout
         assert not list((tmp_path / "cache/triton/servers").glob("*.json"))
+        assert sorted(prune_logs(logs, keep=0)) == sorted(running)  # stopped: theirs go too
     finally:
         for pid in pids:  # whatever the assertions did, leave no server behind
             if not _gone(pid):
