@@ -176,9 +176,9 @@ def _make_image(job: tuple[Path, int, int, tuple[int, int] | None, tuple[int, in
 MARKER = ".tdet-synth"  # written first into a folder being generated: an interrupted run's folder is ours too
 
 
-def claim_folder(folder: Path, annotations: Path, images: Path) -> None:
-    """Make `folder` this generator's, or refuse with UserError when it holds a dataset it did not write (its
-    annotations.json would be replaced and its images drawn over): `tdet data synth --out` on a real dataset."""
+def check_folder(folder: Path, annotations: Path, images: Path) -> None:
+    """UserError when `folder` holds a dataset this generator did not write (its annotations.json would be
+    replaced and its images drawn over): `tdet data synth --out` on a real dataset. Writes nothing."""
     if annotations.is_file():
         try:
             info = json.loads(annotations.read_text()).get("info") or {}
@@ -191,6 +191,11 @@ def claim_folder(folder: Path, annotations: Path, images: Path) -> None:
     elif images.is_dir() and any(images.iterdir()) and not (folder / MARKER).is_file():
         raise UserError(f"{images} holds files `tdet data synth` did not write; they would be drawn over: "
                         "pick another --out")
+
+
+def claim_folder(folder: Path, annotations: Path, images: Path) -> None:
+    """Make `folder` this generator's (check_folder first)."""
+    check_folder(folder, annotations, images)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / MARKER).touch()
 

@@ -33,6 +33,7 @@ from .synth import (
     MIN_VISIBLE,
     SHAPES,
     background,
+    check_folder,
     check_size,
     claim_folder,
     render_object,
@@ -194,6 +195,8 @@ def synthesize_video(out: Path, num: int, seed: int = 0, size: tuple[int, int] |
     check_size(size)
     stream = split_seed(seed, split)
     names = [f"clip-{i:03d}" for i in range(num)]
-    for name in names:  # every folder checked before any is written
+    for name in names:  # every folder checked before any is written (a refusal leaves no empty clip folder)
+        check_folder(out / name, out / name / "annotations.json", out / name / "img1")
+    for name in names:
         claim_folder(out / name, out / name / "annotations.json", out / name / "img1")
     return [write_clip(out, name, stream, i, size, frames, fps, objects) for i, name in enumerate(names)]

@@ -109,4 +109,4 @@ def test_synth_refuses_a_folder_holding_a_dataset_it_did_not_write(tmp_path):
     (clips / "clip-001" / "img1" / "000001.jpg").write_bytes(b"my frame")
     with pytest.raises(ValueError, match="did not write"):
         synthesize_video(clips, 2, size=(64, 48), frames=2)
-    assert not (clips / "clip-000" / "clip-000.mp4").exists()  # checked before any clip is written
+    assert not (clips / "clip-000").exists()  # checked before any clip folder is made
