@@ -19,9 +19,18 @@ Anything else the CLI meets is a bug in tdet: it shows the traceback.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Hashable, Iterable
+
 
 class UserError(ValueError):
     """Wrong input or arguments, described in the message; the CLI prints it as one line (exit 2)."""
+
+
+def repeated(items: Iterable[Hashable]) -> list:
+    """The entries listed more than once, sorted: the one check behind every "lists X more than once" UserError
+    (one model, concurrency, server or file named twice, whose outputs would overwrite each other)."""
+    return sorted(k for k, n in Counter(items).items() if n > 1)
 
 
 class InvalidImageError(UserError):

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
 from .connection import address_key, strip_scheme
-from .errors import RequestTimeoutError, ServerUnavailableError, UserError
+from .errors import RequestTimeoutError, ServerUnavailableError, UserError, repeated
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -30,7 +30,7 @@ def split_urls(url: str) -> list[str]:
     if any(not u for u in urls):
         raise UserError(f"--url {url!r}: empty server in the comma-separated list")
     keys = [address_key(strip_scheme(u)) for u in urls]
-    dupes = sorted(k for k, n in Counter(keys).items() if n > 1)
+    dupes = repeated(keys)
     if dupes:
         raise UserError(f"--url {url!r}: server listed twice: {', '.join(dupes)}")
     return urls

@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, repeated
 from .evaluation import EvalResult, Reference, evaluate
 from .files import atomic_write
 
@@ -43,7 +43,7 @@ def parse_models(text: str, flag: str = "--model") -> list[str]:
     models = [m.strip() for m in text.split(",") if m.strip()]
     if not models:
         raise UserError(f"{flag} needs a served model name")
-    twice = sorted({m for m in models if models.count(m) > 1})
+    twice = repeated(models)
     if twice:
         raise UserError(f"{flag} lists {', '.join(twice)} more than once")
     return models

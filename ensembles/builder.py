@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from tdet.client import specs
-from tdet.client.errors import UserError
+from tdet.client.errors import UserError, repeated
 from tdet.client.preprocess import MAX_PIXELS
 
 from .configs import (
@@ -180,7 +180,7 @@ def build_repository(onnx_files: list[str | Path], out: str | Path = "model_repo
     models = [load_onnx(f) for f in onnx_files]
     infos = [read_onnx_info(m) for m in models]  # every file checked before any write
     names = [name or i.model_name for i in infos]
-    twice = sorted({n for n in names if names.count(n) > 1})
+    twice = repeated(names)
     if twice:
         raise UserError(f"several --onnx files would be model(s) {twice}; build them one at a time with --name")
     for model, info in zip(models, infos):  # what the options cannot build, refused before anything is written

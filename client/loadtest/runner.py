@@ -29,7 +29,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from ..errors import InvalidInputError, UserError
+from ..errors import InvalidInputError, UserError, repeated
 from ..files import atomic_write, collect_images
 from ..fleet import split_urls
 from ..triton import DEFAULT_TIMEOUT_S
@@ -253,7 +253,7 @@ def sweep(model: str, url: str, concurrencies: list[int], *, out: Path, **kw) ->
     """One run per concurrency (users = spawn rate = c); writes sweep.csv/json/png under `out`."""
     if not concurrencies or any(c < 1 for c in concurrencies):
         raise UserError(f"--sweep needs positive concurrencies, got {concurrencies}")
-    twice = sorted({c for c in concurrencies if concurrencies.count(c) > 1})
+    twice = repeated(concurrencies)
     if twice:  # each level writes OUT/cN/: a second run of N would overwrite the first
         raise UserError(f"--sweep lists {', '.join(map(str, twice))} more than once")
     kw.pop("users", None)
