@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tdet.client.errors import UserError
 from tdet.client.evaluation import class_mismatch
 from tdet.client.labels import COCO_CATEGORY_IDS, COCO_CLASSES
 from tdet.client.synth import synthesize
@@ -128,3 +129,35 @@ def test_export_records_a_local_checkpoint_by_its_absolute_path(tmp_path, monkey
     reference = TorchReference("damo-yolo-t")
     reference.check("m", {"variant": "damo-yolo-t", "weights": res.weights})  # raised UserError: not on this machine
     assert reference._build == (res.weights, 0)
+
+
+def test_reference_refuses_a_checkpoint_retrained_since_the_model_was_built(tmp_path):
+    # `eval --reference` loaded whatever the served path held now: a best.pth retrained after the build made the
+    # reference disagree with the server, and the report blamed serving
+    import shutil
+
+    import torch
+
+    from tdet.ensembles.builder import build_repository
+    from tdet.ensembles.configs import read_config
+    from tdet.training.export import export_onnx
+    from tdet.training.reference import TorchReference
+    from tdet.training.registry import build_model
+
+    demo = Path(__file__).resolve().parents[1] / "training" / "demo" / "damo-yolo-t.pth"
+    ckpt, kept = tmp_path / "best.pth", tmp_path / "served-copy.pth"
+    shutil.copy(demo, ckpt)
+    shutil.copy(demo, kept)
+    build_repository([export_onnx("damo-yolo-t", tmp_path / "m.onnx", weights=ckpt).path], tmp_path / "repo")
+    served = {k: v.string_value for k, v in read_config(tmp_path / "repo" / "damo_yolo_t" / "config.pbtxt")
+              .parameters.items()}
+    TorchReference("damo-yolo-t").check("damo_yolo_t", served)  # the same file: fine
+    torch.save({"model": build_model("damo-yolo-t", seed=3).state_dict()}, ckpt)  # retrained into the same path
+    with pytest.raises(UserError, match=r"the served checkpoint .*best\.pth \(sha256 \w+\) is not the checkpoint "
+                                        r"damo_yolo_t was built from .*changed since"):
+        TorchReference("damo-yolo-t").check("damo_yolo_t", served)
+    with pytest.raises(UserError, match="--weights .* is not the checkpoint damo_yolo_t was built from"):
+        TorchReference("damo-yolo-t", str(ckpt)).check("damo_yolo_t", served)
+    reference = TorchReference("damo-yolo-t", str(kept))  # a copy of the served checkpoint elsewhere: fine
+    reference.check("damo_yolo_t", served)
+    assert reference._build == (str(kept), 0)

@@ -80,20 +80,42 @@ class TorchReference:
 
     def check(self, model: str, served: dict[str, str]) -> None:
         """Fail before any image is sent if this cannot match the served model; without --weights, take
-        the served model's own weights (its export metadata: a checkpoint, or the seeded random init)."""
+        the served model's own weights (its export metadata: a checkpoint, or the seeded random init). A
+        checkpoint file whose content is not the served one's (the repository records its sha256) is refused:
+        the comparison would blame serving for a retrained checkpoint."""
         if served.get("variant") and served["variant"] != self.variant:
             raise UserError(f"--reference {self.variant} but {model} serves {served['variant']}")
         if self.weights is not None:
+            self._check_digest(model, self.weights, served, "--weights")
             return
         served_weights = served.get("weights", "")
         seed = re.fullmatch(r"random-init\(seed=(\d+)\)", served_weights)
         if seed or not served_weights:
             self._build = (None, int(seed.group(1)) if seed else 0)
         elif served_weights == "official" or Path(served_weights).is_file():
+            self._check_digest(model, served_weights, served, "the served checkpoint")
             self._build = (served_weights, 0)
         else:
             raise UserError(f"{model} serves weights {served_weights!r}, which are not on this machine: "
                             "pass --weights PATH")
+
+    @staticmethod
+    def _check_digest(model: str, weights: str, served: dict[str, str], what: str) -> None:
+        """UserError when `weights` (a local file) is not the checkpoint the served (newest) version was built
+        from; nothing to check for "official" or a repository without digests."""
+        import json
+
+        from .weights import sha256sum
+
+        versions = json.loads(served.get("versions") or "{}") or {"1": ""}
+        want = json.loads(served.get("weights_sha256") or "{}").get(str(max(map(int, versions))), "")
+        if not want or weights == "official":
+            return
+        got = sha256sum(Path(weights))
+        if got != want:
+            raise UserError(f"{what} {weights} (sha256 {got[:12]}) is not the checkpoint {model} was built from "
+                            f"(sha256 {want[:12]}): it changed since (retrained?); rebuild the repository from it, "
+                            f"or pass --weights with the served checkpoint")
 
     def results(self, paths: dict[int, Path], served: dict[str, str]) -> list[dict]:
         """COCO result rows (category ids as served) of every image, one image at a time."""
