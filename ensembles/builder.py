@@ -120,10 +120,12 @@ def _write_variant(stage: Path, model, info: OnnxInfo, opts: BuildOptions, max_p
     else:
         onnx.save(graph, str(vdir / "model.onnx"))
     write_config(eng / "config.pbtxt", engine_config(eng.name, info.family, info.input_hw, info.output_dims, opts))
-    newest = str(max(int(v) for v in versions))
-    meta = {"family": info.family, "variant": info.variant, "weights": versions[newest],
+    served = str(opts.version_policy.served([int(v) for v in versions]))
+    # weights / weights_sha256: the checkpoint the ensemble runs; versions / versions_sha256: every version's
+    meta = {"family": info.family, "variant": info.variant, "weights": versions[served],
+            **({"weights_sha256": digests[served]} if served in digests else {}),
             "versions": json.dumps(versions, sort_keys=True),
-            **({"weights_sha256": json.dumps(digests, sort_keys=True)} if digests else {}),
+            **({"versions_sha256": json.dumps(digests, sort_keys=True)} if digests else {}),
             "class_names": json.dumps(info.class_names),
             "category_ids": json.dumps(info.category_ids), "input_hw": specs.format_hw(info.input_hw),
             "engine": opts.engine, "nms": opts.nms, "preprocess": opts.preprocess,

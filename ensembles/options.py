@@ -38,6 +38,11 @@ class VersionPolicy:
             raise UserError(f"version policy {text!r}: versions and counts start at 1")
         return policy
 
+    def served(self, versions: list[int]) -> int:
+        """The version of `versions` (on disk) an ensemble runs under this policy: the newest one loaded."""
+        loaded = [v for v in versions if v in self.versions] if self.kind == "specific" else versions
+        return max(loaded or versions)  # none loaded: Triton refuses the engine; the newest names it
+
     def __str__(self) -> str:
         if self.kind == "latest":
             return f"latest:{self.num}"

@@ -26,7 +26,7 @@ def _existing_versions(out: Path, m: str) -> tuple[dict[str, str], dict[str, str
     params = {k: v.string_value for k, v in read_config(path).parameters.items()}
     on_disk = sorted(int(d.name) for d in (out / f"{m}_engine").glob("*") if d.is_dir() and d.name.isdigit())
     recorded = json.loads(params.get("versions", "{}")) or {"1": params.get("weights", "unknown")}
-    digests = json.loads(params.get("weights_sha256", "{}"))
+    digests = json.loads(params.get("versions_sha256", "{}"))
     return (params, {str(v): recorded.get(str(v), "unknown") for v in on_disk},
             {str(v): digests[str(v)] for v in on_disk if digests.get(str(v))})
 

@@ -153,17 +153,22 @@ def test_a_checkpoint_retrained_at_the_same_path_is_not_built_over_silently(tmp_
         graphs.append(export_onnx("damo-yolo-t", tmp_path / f"seed{seed}.onnx", weights=ckpt).path)
     build_repository([graphs[0]], repo)
     assert build_repository([graphs[0]], repo)[0].replaced == ""  # the same checkpoint again: no question
-    params = read_config(repo / "damo_yolo_t" / "config.pbtxt").parameters
-    assert json.loads(params["weights_sha256"].string_value) == {"1": digests[0]}
+
+    def recorded() -> tuple[str, str, dict]:
+        params = read_config(repo / "damo_yolo_t" / "config.pbtxt").parameters
+        return (params["weights"].string_value, params["weights_sha256"].string_value,
+                json.loads(params["versions_sha256"].string_value))
+
+    assert recorded() == (str(ckpt.resolve()), digests[0], {"1": digests[0]})
     with pytest.raises(UserError, match=f"sha256 {digests[0][:12]}.*sha256 {digests[1][:12]}.*changed since"):
         build_repository([graphs[1]], repo)
-    assert json.loads(read_config(repo / "damo_yolo_t" / "config.pbtxt").parameters["weights_sha256"]
-                      .string_value) == {"1": digests[0]}  # refused before anything was written
+    assert recorded() == (str(ckpt.resolve()), digests[0], {"1": digests[0]})  # refused before anything was written
     built = build_repository([graphs[1]], repo, version=2)  # beside it, as another version: both digests kept
-    params = read_config(repo / "damo_yolo_t" / "config.pbtxt").parameters
     assert built[0].versions == (1, 2) and built[0].replaced == ""
-    assert json.loads(params["weights_sha256"].string_value) == {"1": digests[0], "2": digests[1]}
+    assert recorded() == (str(ckpt.resolve()), digests[1], {"1": digests[0], "2": digests[1]})  # 2 is served
+    # rolled back to version 1: the served checkpoint is version 1's
+    build_repository([graphs[0]], repo, BuildOptions(version_policy=VersionPolicy("specific", versions=(1,))))
+    assert recorded()[1:] == (digests[0], {"1": digests[0], "2": digests[1]})
     built = build_repository([graphs[1]], repo, version=1, replace=True)
     assert built[0].replaced == f"{ckpt.resolve()} (sha256 {digests[0][:12]})"
-    params = read_config(repo / "damo_yolo_t" / "config.pbtxt").parameters
-    assert json.loads(params["weights_sha256"].string_value) == {"1": digests[1], "2": digests[1]}
+    assert recorded()[1:] == (digests[1], {"1": digests[1], "2": digests[1]})

@@ -101,14 +101,11 @@ class TorchReference:
 
     @staticmethod
     def _check_digest(model: str, weights: str, served: dict[str, str], what: str) -> None:
-        """UserError when `weights` (a local file) is not the checkpoint the served (newest) version was built
-        from; nothing to check for "official" or a repository without digests."""
-        import json
-
+        """UserError when `weights` (a local file) is not the checkpoint the served version was built from;
+        nothing to check for "official" or a repository without digests."""
         from .weights import sha256sum
 
-        versions = json.loads(served.get("versions") or "{}") or {"1": ""}
-        want = json.loads(served.get("weights_sha256") or "{}").get(str(max(map(int, versions))), "")
+        want = served.get("weights_sha256", "")
         if not want or weights == "official":
             return
         got = sha256sum(Path(weights))
