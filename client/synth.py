@@ -193,9 +193,8 @@ def check_folder(folder: Path, annotations: Path, images: Path) -> None:
                         "pick another --out")
 
 
-def claim_folder(folder: Path, annotations: Path, images: Path) -> None:
-    """Make `folder` this generator's (check_folder first)."""
-    check_folder(folder, annotations, images)
+def mark_folder(folder: Path) -> None:
+    """Make `folder` this generator's (after check_folder): later runs may write over it."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / MARKER).touch()
 
@@ -224,7 +223,8 @@ def synthesize(out: Path, num: int, seed: int = 0, size: tuple[int, int] | None 
         raise UserError(f"--workers must be >= 1, got {workers}")
     stream = split_seed(seed, split)
     img_dir = out / "images"
-    claim_folder(out, out / "annotations.json", img_dir)
+    check_folder(out, out / "annotations.json", img_dir)
+    mark_folder(out)
     img_dir.mkdir(exist_ok=True)
     (out / "annotations.json").unlink(missing_ok=True)
     jobs = [(img_dir, stream, i, size, objects) for i in range(num)]

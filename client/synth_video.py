@@ -35,7 +35,7 @@ from .synth import (
     background,
     check_folder,
     check_size,
-    claim_folder,
+    mark_folder,
     render_object,
     split_seed,
     visible_boxes,
@@ -198,5 +198,5 @@ def synthesize_video(out: Path, num: int, seed: int = 0, size: tuple[int, int] |
     for name in names:  # every folder checked before any is written (a refusal leaves no empty clip folder)
         check_folder(out / name, out / name / "annotations.json", out / name / "img1")
     for name in names:
-        claim_folder(out / name, out / name / "annotations.json", out / name / "img1")
+        mark_folder(out / name)
     return [write_clip(out, name, stream, i, size, frames, fps, objects) for i, name in enumerate(names)]

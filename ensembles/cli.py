@@ -79,8 +79,8 @@ def cmd_repo_build(args: argparse.Namespace) -> int:
         raise UserError(f"--precision {args.precision} is the TensorRT plan's (--engine tensorrt): the onnxruntime "
                         f"engine runs the ONNX as exported; for a reduced-precision ONNX use `tdet export --precision "
                         f"fp16|int8`")
-    opts = from_args(BuildOptions, argparse.Namespace(**{**vars(args), "precision": args.precision
-                                                         or BuildOptions.precision}))
+    args.precision = args.precision or BuildOptions.precision
+    opts = from_args(BuildOptions, args)
     for b in build_repository(args.onnx, args.out, opts, name=args.name, version=args.version, replace=args.replace,
                               track=args.track):
         versions = ", ".join(map(str, b.versions))
