@@ -111,8 +111,8 @@ def _write_variant(stage: Path, model, info: OnnxInfo, opts: BuildOptions, max_p
     if opts.engine == "tensorrt":
         onnx.save(graph, str(vdir / "model.uint8.onnx"))
         cmd = trtexec_command('"$HERE/model.uint8.onnx"', '"$HERE/model.plan"', info.input_hw, opts.max_batch_size,
-                              opts.precision, recorded)
-        built = opts.precision if recorded == "fp32" else f"{recorded} ONNX"
+                              opts.plan_precision, recorded)
+        built = opts.plan_precision if recorded == "fp32" else f"{recorded} ONNX"
         _script(vdir / "build_plan.sh", f"# Builds model.plan of version {version} on a GPU host (TensorRT 10, "
                                         f"same release as the server; {built}).", cmd)
         _script(eng / "build_engine.sh", "# Builds the plan of every version of this engine.",
@@ -187,7 +187,7 @@ def build_repository(onnx_files: list[str | Path], out: str | Path = "model_repo
         raise UserError(f"several --onnx files would be model(s) {twice}; build them one at a time with --name")
     for model, info in zip(models, infos):  # what the options cannot build, refused before anything is written
         check_nms_family(info.family, opts.nms)
-        check_engine_precision(info.precision, opts.engine, opts.device, has_uint8_qdq(model))
+        check_engine_precision(info.precision, opts.engine, opts.device, has_uint8_qdq(model), opts.precision)
     if opts.preprocess == "dali":
         require_dali()  # before anything is written
     out.mkdir(parents=True, exist_ok=True)

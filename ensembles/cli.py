@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--track", action="store_true", help="also build <model>_track: the ensemble plus a server-side "
                    "ByteTrack per stream (sequence id = stream), which returns TRACK_IDS")
     add_arguments(p, BuildOptions, skip=["version_policy"])
-    p.set_defaults(func=cmd_repo_build, precision=None)  # None: not given (an onnxruntime build refuses it)
+    p.set_defaults(func=cmd_repo_build)
 
     p = sub.add_parser("serve", help="start the local tritonserver (CPU) on a repository",
                        description="Start the tritonserver bundled in nvidia-pytriton on 127.0.0.1, wait until "
@@ -75,11 +75,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_repo_build(args: argparse.Namespace) -> int:
     from .builder import build_repository
 
-    if args.precision is not None and args.engine != "tensorrt":  # it would be ignored
-        raise UserError(f"--precision {args.precision} is the TensorRT plan's (--engine tensorrt): the onnxruntime "
-                        f"engine runs the ONNX as exported; for a reduced-precision ONNX use `tdet export --precision "
-                        f"fp16|int8`")
-    args.precision = args.precision or BuildOptions.precision
     opts = from_args(BuildOptions, args)
     for b in build_repository(args.onnx, args.out, opts, name=args.name, version=args.version, replace=args.replace,
                               track=args.track):

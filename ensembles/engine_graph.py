@@ -47,14 +47,20 @@ def has_uint8_qdq(model) -> bool:
     return any(t.data_type == TensorProto.UINT8 for t in model.graph.initializer if t.name in zero_points)
 
 
-def check_engine_precision(onnx_precision: str, engine: str, device: str, uint8_qdq: bool = False) -> None:
+def check_engine_precision(onnx_precision: str, engine: str, device: str, uint8_qdq: bool = False,
+                           plan_precision: str | None = None) -> None:
     """Refuse, at build time, a reduced-precision graph the chosen runtime would not run at that precision.
     ONNX Runtime's CUDA execution provider (Triton's onnxruntime backend on a GPU instance) has no int8
     kernels for a QDQ graph: it runs the Q/DQ pairs as float ops around float convolutions (ORT leaves GPU
     quantization to its TensorRT EP), so the engine would serve at fp32 speed or worse while claiming int8.
     ONNX Runtime on CPU runs QDQ with int8 kernels and fp16 graphs (casting where it has no fp16 kernel);
     TensorRT builds both (trtexec_command), but int8 only as symmetric int8 Q/DQ (zero point 0): an asymmetric
-    uint8 graph (`uint8_qdq`) is refused for it."""
+    uint8 graph (`uint8_qdq`) is refused for it. `plan_precision` (--precision, None when not given) applies
+    to an fp32 ONNX only: a reduced-precision ONNX builds at its own precision (trtexec_command)."""
+    if plan_precision is not None and onnx_precision != "fp32":
+        raise UserError(f"--precision {plan_precision} with an {onnx_precision} ONNX (tdet export --precision "
+                        f"{onnx_precision}): its plan builds at the ONNX's own precision; leave --precision out, or "
+                        f"build from the fp32 ONNX")
     if onnx_precision == "int8" and engine == "tensorrt" and uint8_qdq:
         raise UserError("an int8 ONNX with uint8 (asymmetric) activations and --engine tensorrt: TensorRT builds "
                         "only symmetric int8 Q/DQ; export it with --int8-activations s8 (the default)")

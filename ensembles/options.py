@@ -63,8 +63,9 @@ class BuildOptions:
     engine: str = option("onnxruntime", "onnxruntime: model.onnx (CPU here, or Triton's ORT backend); tensorrt: "
                          "model.plan built on the GPU host by NAME_engine/build_engine.sh (docker compose run "
                          "engine-builder)", choices=("onnxruntime", "tensorrt"))
-    precision: str = option("fp16", "TensorRT engine precision (--engine tensorrt only; default: fp16)",
-                            choices=("fp16", "fp32"))
+    # None: not given (fp16 for tensorrt); an onnxruntime build refuses a value: it would be ignored
+    precision: str | None = option(None, "TensorRT engine precision (--engine tensorrt only; default: fp16)",
+                                   choices=("fp16", "fp32"))
     max_batch_size: int = option(16, "rows per request and per batch", lo=1)
     max_det: int = same_as(DetectOptions, "max_det")
     conf: float = same_as(DetectOptions, "conf")
@@ -95,9 +96,18 @@ class BuildOptions:
 
     def __post_init__(self) -> None:
         check(self)
+        if self.precision is not None and self.engine != "tensorrt":
+            raise UserError(f"--precision {self.precision} is the TensorRT plan's (--engine tensorrt): the onnxruntime "
+                            f"engine runs the ONNX as exported; for a reduced-precision ONNX use `tdet export "
+                            f"--precision fp16|int8`")
         if self.preprocess == "dali" and self.jpeg_scale != "off":
             raise UserError("--jpeg-scale auto is the python preprocess's libjpeg-turbo option; --preprocess dali "
                             "decodes every pixel: use --jpeg-scale off")
+
+    @property
+    def plan_precision(self) -> str:
+        """The TensorRT plan's precision (fp16 unless --precision says otherwise)."""
+        return self.precision or "fp16"
 
     @property
     def detect(self) -> DetectOptions:

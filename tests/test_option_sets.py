@@ -50,6 +50,15 @@ def test_build_options_are_checked_when_made(kw, message):
     assert str(err.value) == message
 
 
+def test_a_plan_precision_is_refused_for_an_onnxruntime_engine_and_fp16_when_not_given():
+    # refused in the option set itself, so Python callers of build_repository get it too (not only the CLI)
+    with pytest.raises(UserError, match=r"^--precision fp32 is the TensorRT plan's \(--engine tensorrt\)"):
+        BuildOptions(precision="fp32")
+    assert BuildOptions().precision is None
+    assert BuildOptions(engine="tensorrt").plan_precision == "fp16"
+    assert BuildOptions(engine="tensorrt", precision="fp32").plan_precision == "fp32"
+
+
 def test_a_bad_build_flag_is_one_line_exit_2(tmp_path, capsys):
     from tdet.client.cli import main
 

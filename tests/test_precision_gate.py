@@ -114,6 +114,11 @@ def test_int8_on_a_runtime_without_int8_kernels_is_refused_at_build_time(onnx_fi
     assert res.returncode == 2, res.stderr
     assert "int8" in res.stderr and "--engine tensorrt" in res.stderr and "Traceback" not in res.stderr
     assert not out.exists() or not any(out.iterdir())
+    # --precision is the fp32 ONNX's plan precision: an int8 ONNX builds as int8 whatever it says, so refused
+    res = tdet("repo", "build", "--out", str(out), "--onnx", str(onnx_files[INT8]), "--engine", "tensorrt",
+               "--precision", "fp32")
+    assert res.returncode == 2 and "--precision fp32 with an int8 ONNX" in res.stderr, res.stderr
+    assert not out.exists() or not any(out.iterdir())
     res = tdet("repo", "build", "--out", str(out), "--onnx", str(onnx_files[INT8]), "--engine", "tensorrt")
     assert res.returncode == 0, res.stderr
     assert " --int8 --fp16 " in (out / f"{INT8}_engine" / "1" / "build_plan.sh").read_text()
