@@ -178,6 +178,15 @@ def test_train_forward_outputs_at_any_size(model_s, size):
     assert torch.isfinite(out["pred_logits"]).all() and ((boxes >= 0) & (boxes <= 1)).all()
 
 
+def test_an_input_too_small_for_the_query_selection_is_refused_when_built():
+    # `tdet train rtdetrv2-s --img-size 64` failed in its first forward with an internal error (a traceback)
+    from tdet.client.errors import UserError
+
+    with pytest.raises(UserError, match=r"input size 96x96 is too small for rtdetrv2-s: 189 encoder tokens"):
+        R.build_model("rtdetrv2-s", input_hw=(96, 96))
+    assert R.build_model("rtdetrv2-s", input_hw=(128, 128)).decoder.num_queries == 300  # 336 tokens: enough
+
+
 def _to_bf16(obj):
     if isinstance(obj, torch.Tensor):
         return obj.bfloat16() if obj.is_floating_point() else obj

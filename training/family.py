@@ -20,6 +20,8 @@ class Family(Protocol):
     FAMILY: str  # "damo-yolo", "rtdetrv2": the name in checkpoints, specs and the served config
     VARIANTS: dict[str, Any]  # variant name -> its frozen config dataclass
     WEIGHTS: dict[str, WeightsInfo]  # variant name -> official release file
+    # variant name -> the ImageNet-pretrained backbone its official recipe starts from (empty: from scratch)
+    BACKBONE_WEIGHTS: dict[str, WeightsInfo]
     TARGET_FORMAT: str  # the boxes the criterion takes: "xyxy_pixels" or "cxcywh_normalized"
     CLASS_BRANCH: tuple[str, ...]  # state-dict prefixes whose shapes depend on the class count
     UNORDERED_ROWS: bool  # the export's output rows are a set (RT-DETRv2's top-k queries), not a fixed order
@@ -37,6 +39,9 @@ class Family(Protocol):
     def init_for_training(self, model: nn.Module, seed: int) -> nn.Module: ...
 
     def reinit_class_branch(self, model: nn.Module, seed: int) -> nn.Module: ...
+
+    def load_backbone(self, model: nn.Module, path: str | Path) -> None:
+        """Pretrained backbone weights (a BACKBONE_WEIGHTS file) loaded strictly into the model's backbone."""
 
     def checkpoint_state_dict(self, ckpt: dict, model: nn.Module) -> dict[str, Any]:
         """The weights in a checkpoint dict that the family's loader would load into `model`."""

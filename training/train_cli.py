@@ -32,6 +32,12 @@ def register_train(sub: argparse._SubParsersAction) -> None:
                         "'official' (the published weights, downloaded: needs internet); everything but the class "
                         "branch is loaded when the dataset's classes differ (default: no weights, training starts "
                         "from random initialisation as the official code's init scheme sets it)")
+    p.add_argument("--backbone-weights", default=S, metavar="PATH|official",
+                   help="RT-DETRv2: start the backbone from ImageNet-pretrained PResNet-vd weights, as the official "
+                        "recipe does: 'official' (presnet.py's release file for the variant's depth, downloaded: "
+                        "needs internet), that file, or a detector checkpoint (its backbone.* weights); the encoder "
+                        "and decoder start from the official initialisation. Not with --weights; DAMO-YOLO trains "
+                        "from scratch (default: no backbone weights)")
     p.add_argument("--epochs", type=int, default=S,
                    help="epochs (default: the recipe's, 300 DAMO-YOLO / 72-120 RT-DETRv2)")
     p.add_argument("--batch", type=int, default=S, help="images per process per step (default: 8)")

@@ -23,13 +23,14 @@ from tdet.client.files import atomic_path
 class WeightsInfo:
     """One official release checkpoint.
 
-    url: the release URL. filename: the cached file name. map_coco: the published COCO val2017 AP.
+    url: the release URL. filename: the cached file name. map_coco: the published COCO val2017 AP (None: a
+    backbone's ImageNet weights).
     sha256: expected digest, when known (checked after download).
     """
 
     url: str
     filename: str
-    map_coco: float
+    map_coco: float | None
     sha256: str | None = None
 
 
@@ -38,7 +39,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TDET_CACHE", Path.home() / ".cache" / "tdet")) / "weights"
 
 
-def download(info: WeightsInfo, *, dest_dir: Path | None = None, timeout_s: float = 60.0) -> Path:
+def download(info: WeightsInfo, *, dest_dir: Path | None = None, timeout_s: float = 60.0,
+             flag: str = "--weights") -> Path:
     """Fetch `info.url` into the cache (once) and return the local path.
 
     Raises ConnectionError naming the URL and the manual alternative when the network is unreachable.
@@ -54,7 +56,7 @@ def download(info: WeightsInfo, *, dest_dir: Path | None = None, timeout_s: floa
         except (urllib.error.URLError, TimeoutError, OSError) as err:
             raise ConnectionError(
                 f"could not download {info.url} ({err}). Download it elsewhere and pass the file with "
-                f"--weights PATH, or put it at {dest}") from None
+                f"{flag} PATH, or put it at {dest}") from None
         if info.sha256 is not None:
             digest = sha256sum(tmp)
             if digest != info.sha256:
@@ -104,14 +106,15 @@ def checkpoint_meta(path: str | Path) -> dict[str, Any]:
     return dict(meta) if isinstance(meta, dict) else {}
 
 
-def resolve(weights: str | Path | None, family_weights: dict[str, WeightsInfo], variant: str) -> Path | None:
-    """--weights value -> local file. "official" downloads the variant's release file; None stays None."""
+def resolve(weights: str | Path | None, family_weights: dict[str, WeightsInfo], variant: str, *,
+            flag: str = "--weights") -> Path | None:
+    """--weights (`flag`) value -> local file. "official" downloads the variant's release file; None stays None."""
     if weights is None:
         return None
     if str(weights) == "official":
         if variant not in family_weights:
             raise UserError(f"no official checkpoint is registered for {variant}")
-        return download(family_weights[variant])
+        return download(family_weights[variant], flag=flag)
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")

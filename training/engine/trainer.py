@@ -54,6 +54,7 @@ class TrainArgs:
     val_data: str | None = None
     val_images: str | None = None
     weights: str | None = None  # fine-tune from: "official" or a checkpoint path
+    backbone_weights: str | None = None  # RT-DETRv2: the ImageNet-pretrained backbone ("official" or a path)
     recipe: str | None = None  # a YAML recipe file instead of training/recipes/<variant>.yaml
     epochs: int | None = None  # None: the recipe's
     batch: int = 8  # images per process per step
@@ -88,6 +89,13 @@ class TrainArgs:
             raise UserError(f"--lr-scale multiplies the learning rates: it must be > 0, got {self.lr_scale:g}")
         if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
             raise UserError(f"--grad-clip is a max gradient norm (0: none), got {self.grad_clip:g}")
+        if self.backbone_weights is not None:
+            if self.weights is not None:
+                raise UserError("--backbone-weights with --weights: the --weights checkpoint holds the whole model, "
+                                "backbone included; give one of them")
+            if not family_of(self.variant).BACKBONE_WEIGHTS:
+                raise UserError(f"--backbone-weights: {self.variant}'s official recipe trains its backbone from "
+                                f"scratch (no pretrained backbone exists); fine-tune the whole model with --weights")
         if self.nominal_batch is not None and self.nominal_batch < self.batch * self.nproc:
             raise UserError(f"--nominal-batch {self.nominal_batch} is below one step's {self.batch} x {self.nproc} "
                             f"process(es) = {self.batch * self.nproc} images: raise it or lower --batch")
@@ -217,6 +225,7 @@ class Trainer:
         self.recipe = resolve_recipe(args)
         self.out = Path(args.out)
         self.state = RunState()
+        self.backbone_path: Path | None = None  # the --backbone-weights file (resolved in _model)
 
     # ---------------------------------------------------------------- setup
     def _datasets(self):
@@ -235,11 +244,16 @@ class Trainer:
         model = self.fam.build_model(a.variant, init="train", seed=a.seed, num_classes=num_classes,
                                      input_hw=r.input_size)
         skipped: list[str] = []
-        if a.weights:
-            from ..weights import resolve
+        from ..weights import resolve
 
+        # a resumed run restores every weight from its checkpoint: the starting files are not needed again
+        if a.weights and self.resume_path is None:
             path = resolve(a.weights, self.fam.WEIGHTS, a.variant)
             skipped = load_pretrained(model, self.fam, path, num_classes=num_classes, category_ids=category_ids)
+        if a.backbone_weights and self.resume_path is None:
+            self.backbone_path = resolve(a.backbone_weights, self.fam.BACKBONE_WEIGHTS, a.variant,
+                                         flag="--backbone-weights")
+            self.fam.load_backbone(model, self.backbone_path)
         return model.to(self.device), skipped
 
     def _meta(self, train_ds) -> dict[str, Any]:
@@ -257,8 +271,11 @@ class Trainer:
             print(f"data: {w}")
         if self.resume_path is not None:
             print(f"weights: resuming from the checkpoint {self.resume_path} (its model, EMA and optimizer state)")
+        elif a.backbone_weights:
+            print(f"weights: the backbone from {self.backbone_path} (pretrained, as the official recipe starts), "
+                  f"the encoder and decoder from the official initialisation")
         elif not a.weights:
-            print(no_weights_note(a.variant))
+            print(no_weights_note(a.variant, pretrained_backbone=bool(self.fam.BACKBONE_WEIGHTS)))
         if skipped:
             print(f"fine-tuning from {a.weights}: the class branch was re-initialised ({len(skipped)} tensors "
                   f"skipped: {', '.join(skipped)})")
@@ -601,16 +618,19 @@ def worker_message(err: BaseException) -> str:
     return lines[-1].strip()
 
 
-def no_weights_note(variant: str) -> str:
-    """What a run without --weights starts from, and the offline way to fine-tune instead."""
+def no_weights_note(variant: str, *, pretrained_backbone: bool = False) -> str:
+    """What a run without --weights starts from, and the offline way to fine-tune instead (and, where the
+    official recipe starts from a pretrained backbone, how to start from it)."""
     demo = Path(__file__).resolve().parents[1] / "demo"
     shipped = sorted(demo.glob("*.pth"))
     mine = demo / f"{variant}.pth"
     offline = (f"--weights {mine} (the shipped demo checkpoint) is the offline starting point" if mine.is_file()
                else f"the shipped demo checkpoints ({', '.join(p.name for p in shipped) or 'none'} in {demo}) are "
                     f"the offline starting points for their variants")
+    backbone = ("; the official recipe starts from an ImageNet-pretrained backbone: --backbone-weights official "
+                "(downloaded) or its file" if pretrained_backbone else "")
     return (f"weights: none given, {variant} starts from random initialisation (not pretrained); to fine-tune, "
-            f"{offline}; --weights official loads the published weights (downloaded: needs internet)")
+            f"{offline}; --weights official loads the published weights (downloaded: needs internet){backbone}")
 
 
 def _all_reduce_sums(dist: D.DistInfo, sums: dict[str, float], batches: int) -> dict[str, float]:

@@ -1,8 +1,9 @@
 """DAMO-YOLO (T/S/M/L): TinyNAS backbone, GiraffeNeckV2 (RepGFPN) neck, ZeroHead.
 
 The family interface (tdet.training.family.Family): FAMILY, VARIANTS, WEIGHTS, build_model, export_module,
-num_params; for training: build_criterion, TARGET_FORMAT, CLASS_BRANCH, init_for_training, reinit_class_branch,
-checkpoint_state_dict, training_checkpoint, train_transform, train_collate.
+num_params; for training: build_criterion, TARGET_FORMAT, CLASS_BRANCH, BACKBONE_WEIGHTS (none), init_for_training,
+reinit_class_branch, load_backbone (refuses), checkpoint_state_dict, training_checkpoint, train_transform,
+train_collate.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from tdet.client.errors import UserError
 from tdet.training.weights import WeightsInfo
 
 from .. import build_initialised, with_overrides
@@ -38,16 +40,20 @@ WEIGHTS: dict[str, WeightsInfo] = {
     "damo-yolo-l": WeightsInfo(_BASE + "damoyolo_tinynasL45_L_508.pth", "damoyolo_tinynasL45_L_508.pth", 50.8),
 }
 
+# TinyNAS backbones train from scratch in the official recipe (`init_weights(pretrain=None)`): none to load
+BACKBONE_WEIGHTS: dict[str, WeightsInfo] = {}
+
 UNORDERED_ROWS = False  # one output row per anchor point, in a fixed order
 TARGET_FORMAT = "xyxy_pixels"  # targets: {"boxes": float32 [N, 4] xyxy network-input px, "labels": int64 [N]}
 CLASS_BRANCH = ("head.gfl_cls.",)  # state-dict prefixes whose shapes depend on the class count
 CLS_PRIOR_PROB = 0.01
 HEAD_INIT_STD = 0.01
 
-__all__ = ["CLASS_BRANCH", "FAMILY", "TARGET_FORMAT", "UNORDERED_ROWS", "VARIANTS", "WEIGHTS",
+__all__ = ["BACKBONE_WEIGHTS", "CLASS_BRANCH", "FAMILY", "TARGET_FORMAT", "UNORDERED_ROWS", "VARIANTS", "WEIGHTS",
            "DamoYolo", "DamoYoloConfig",
            "DamoYoloCriterion", "build_criterion", "build_model", "export_module", "init_for_training",
-           "num_params", "reinit_class_branch", "checkpoint_state_dict", "training_checkpoint", "train_transform",
+           "num_params", "reinit_class_branch", "checkpoint_state_dict", "load_backbone", "training_checkpoint",
+           "train_transform",
            "train_collate"]
 
 
@@ -105,6 +111,12 @@ def _cls_prior_bias() -> float:
 def _normal_init(conv: nn.Conv2d, bias: float, gen: torch.Generator) -> None:
     conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * HEAD_INIT_STD)
     conv.bias.fill_(bias)
+
+
+def load_backbone(model: DamoYolo, path: str | Path) -> None:
+    """No pretrained backbone exists for DAMO-YOLO (BACKBONE_WEIGHTS is empty): TrainArgs refuses the flag first."""
+    raise UserError("DAMO-YOLO's official recipe trains its TinyNAS backbone from scratch: no pretrained backbone "
+                    "exists; fine-tune the whole model with --weights instead")
 
 
 def build_criterion(variant: str, num_classes: int | None = None) -> DamoYoloCriterion:

@@ -2,8 +2,8 @@
 HybridEncoder (AIFI + CCFM), RTDETRTransformerv2 decoder.
 
 The family interface (tdet.training.family.Family): FAMILY, VARIANTS, WEIGHTS, build_model, export_module,
-num_params; for training: TARGET_FORMAT, CLASS_BRANCH, build_criterion, init_for_training, reinit_class_branch,
-checkpoint_state_dict, training_checkpoint, train_transform, train_collate.
+num_params; for training: TARGET_FORMAT, CLASS_BRANCH, BACKBONE_WEIGHTS, build_criterion, init_for_training,
+reinit_class_branch, load_backbone, checkpoint_state_dict, training_checkpoint, train_transform, train_collate.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from tdet.client.errors import UserError
 from tdet.training.weights import WeightsInfo
 
 from .. import build_initialised, with_overrides
-from .checkpoint import checkpoint_state_dict, load_checkpoint, training_checkpoint
+from .checkpoint import checkpoint_state_dict, load_backbone, load_checkpoint, training_checkpoint
 from .criterion import RTDETRv2Criterion
 from .detector import RTDETRv2, tame_init
 from .train_setup import init_for_training, reinit_class_branch
@@ -36,7 +37,7 @@ CLASS_BRANCH = ("decoder.enc_score_head.", "decoder.dec_score_head.", "decoder.d
 _URL = "https://github.com/lyuwenyu/storage/releases/download/"
 
 
-def _release(tag: str, file: str, ap: float) -> WeightsInfo:
+def _release(tag: str, file: str, ap: float | None) -> WeightsInfo:
     return WeightsInfo(f"{_URL}{tag}/{file}", file, ap)
 
 
@@ -52,10 +53,18 @@ WEIGHTS: dict[str, WeightsInfo] = {
     "rtdetrv2-l-dsp": _release("v0.1", "rtdetrv2_r50vd_dsp_1x_coco.pth", 52.9),
 }
 
-__all__ = ["CLASS_BRANCH", "FAMILY", "TARGET_FORMAT", "UNORDERED_ROWS", "VARIANTS", "WEIGHTS",
+# The ImageNet-pretrained PResNet-vd the official recipes start from (`PResNet(pretrained=True)`, presnet.py's
+# `donwload_url` by depth; ssld for 50 and 101), per variant: `tdet train --backbone-weights official`
+_BACKBONES = {18: "ResNet18_vd_pretrained_from_paddle.pth", 34: "ResNet34_vd_pretrained_from_paddle.pth",
+              50: "ResNet50_vd_ssld_v2_pretrained_from_paddle.pth", 101: "ResNet101_vd_ssld_pretrained_from_paddle.pth"}
+BACKBONE_WEIGHTS: dict[str, WeightsInfo] = {v: _release("v0.1", _BACKBONES[c.depth], None)
+                                            for v, c in VARIANTS.items()}
+
+__all__ = ["BACKBONE_WEIGHTS", "CLASS_BRANCH", "FAMILY", "TARGET_FORMAT", "UNORDERED_ROWS", "VARIANTS", "WEIGHTS",
            "RTDETRv2", "RTDETRv2Config",
            "RTDETRv2Criterion", "build_criterion", "build_model", "export_module", "init_for_training",
-           "num_params", "reinit_class_branch", "checkpoint_state_dict", "training_checkpoint", "train_transform",
+           "num_params", "reinit_class_branch", "checkpoint_state_dict", "load_backbone", "training_checkpoint",
+           "train_transform",
            "train_collate"]
 
 
@@ -70,6 +79,11 @@ def build_model(name: str, *, weights: str | Path | None = None, deploy: bool = 
     if name not in VARIANTS:
         raise ValueError(f"unknown RT-DETRv2 variant {name!r}; known: {sorted(VARIANTS)}")
     cfg = with_overrides(VARIANTS[name], num_classes=num_classes, input_hw=input_hw)
+    h, w = cfg.input_hw
+    tokens = sum((h // s) * (w // s) for s in (8, 16, 32))  # the encoder's, the query selection's top-k picks from
+    if tokens < cfg.num_queries:
+        raise UserError(f"input size {h}x{w} is too small for {name}: {tokens} encoder tokens (strides 8/16/32) for "
+                        f"{cfg.num_queries} queries; use at least 128x128")
     if weights is None:
         model = build_initialised(lambda: RTDETRv2(cfg), seed=seed, init=init, tame=tame_init, train=init_for_training)
     else:

@@ -108,6 +108,7 @@ class PResNet(nn.Module):
         """freeze_at >= 0: the stem and the first `freeze_at` stages get requires_grad False (official
         `_freeze_parameters`); freeze_norm: every BN is a FrozenBatchNorm2d (buffers only)."""
         super().__init__()
+        self.depth = depth
         f = freeze_norm
         self.conv1 = nn.Sequential(OrderedDict([
             ("conv1_1", ConvNormLayer(3, 32, 3, 2, act=True, frozen=f)),

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tdet.client.errors import UserError
 from tdet.training.weights import load_state_dict_strict, read_checkpoint
 
 REGENERATED = ("decoder.anchors", "decoder.valid_mask")
@@ -85,3 +86,20 @@ def training_checkpoint(*, model: nn.Module, ema: dict, optimizer: dict, scaler:
     return {"model": model.state_dict(), "ema": ema, "optimizer": optimizer, "scaler": scaler,
             "last_epoch": epoch - 1, "date": datetime.datetime.now().isoformat(),
             "lr_scheduler": lr_state.get("lr_scheduler"), "lr_warmup_scheduler": lr_state.get("lr_warmup_scheduler")}
+
+
+def load_backbone(model: nn.Module, path: str | Path) -> None:
+    """ImageNet-pretrained PResNet-vd weights into `model.backbone`, strictly: the file the official recipes start
+    from (`PResNet(pretrained=True)` loads presnet.py's `donwload_url[depth]`: the backbone's own state dict), or
+    the backbone of a detector checkpoint (its `backbone.*` keys). BatchNorm's `num_batches_tracked` is optional
+    either way, as in the official load: FrozenBatchNorm2d drops it, BatchNorm2d fills it in."""
+    try:
+        sd = extract_state_dict(read_checkpoint(path))
+    except ValueError as err:
+        raise UserError(f"{path}: {err}") from None
+    if any(k.startswith("backbone.") for k in sd):  # a detector checkpoint: its backbone
+        sd = {k.removeprefix("backbone."): v for k, v in sd.items() if k.startswith("backbone.")}
+    own = model.backbone.state_dict()
+    sd = {k: v for k, v in sd.items() if k in own or not k.endswith(".num_batches_tracked")}
+    sd.update({k: v for k, v in own.items() if k.endswith(".num_batches_tracked") and k not in sd})
+    load_state_dict_strict(model.backbone, sd, path, f"PResNet-{model.backbone.depth} backbone")

@@ -14,7 +14,8 @@ def init_for_training(model: RTDETRv2, seed: int) -> RTDETRv2:
     and encoder have no init of their own; FrozenBatchNorm2d as identity), then the decoder's own
     (`reset_parameters` of MSDeformableAttention, the decoder layers and RTDETRTransformerv2), and every
     decoder layer a copy of layer 0 (the official deep-copies one initialised layer). The official
-    trains from an ImageNet-pretrained PResNet; we have none, so the backbone starts from scratch."""
+    trains from an ImageNet-pretrained PResNet: `tdet train --backbone-weights` loads it after this
+    (load_backbone); without it the backbone starts from scratch."""
     with torch.random.fork_rng(), torch.no_grad():
         torch.manual_seed(seed)
         # children before parents, so a parent's init overrides the defaults of its submodules
