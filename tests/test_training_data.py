@@ -459,6 +459,28 @@ def test_same_key_same_sample_any_worker_count(dataset):
                    for p, q in zip(x.targets, y.targets))
 
 
+def test_a_process_exits_with_the_train_loaders_workers_alive(dataset):
+    """The workers ignore SIGTERM (a group signal must not kill them mid-step) and multiprocessing's exit handler
+    stops daemonic children with SIGTERM then joins them: a process leaving with a live persistent loader (here
+    a module global, alive when the exit handlers run) hung for ever after a finished `tdet train --resume`."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        from tdet.training.data.coco import CocoDetection
+        from tdet.training.data.loader import build_train_loader
+        ds = CocoDetection({str(dataset.ann_file)!r}, {str(dataset.images_dir)!r})
+        loader = build_train_loader(ds, "damo-yolo", {{}}, (64, 64), batch_size=2, seed=0, workers=2)
+        loader.batch_sampler.set_epoch(0)
+        first = next(iter(loader))
+        print("batch", len(first.keys), flush=True)
+    """)
+    # a generous limit: it only tells a hang from an exit
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "batch 2" in res.stdout, res.stderr[-2000:]
+
+
 def test_train_loader_formats(dataset):
     loader = build_train_loader(dataset, "damo-yolo", {}, (256, 320), batch_size=4, seed=0, workers=0)
     loader.batch_sampler.set_epoch(0)

@@ -36,7 +36,7 @@ def register_train(sub: argparse._SubParsersAction) -> None:
                    help="RT-DETRv2: start the backbone from ImageNet-pretrained PResNet-vd weights, as the official "
                         "recipe does: 'official' (presnet.py's release file for the variant's depth, downloaded: "
                         "needs internet), that file, or a detector checkpoint (its backbone.* weights); the encoder "
-                        "and decoder start from the official initialisation. Not with --weights; DAMO-YOLO trains "
+                        "and decoder start from random initialisation. Not with --weights; DAMO-YOLO trains "
                         "from scratch (default: no backbone weights)")
     p.add_argument("--epochs", type=int, default=S,
                    help="epochs (default: the recipe's, 300 DAMO-YOLO / 72-120 RT-DETRv2)")

@@ -18,6 +18,7 @@ class SampleKey(NamedTuple):
     seed: int  # seeds the sample's numpy Generator
     epoch: int
     strong: bool  # mosaic/mixup (DAMO-YOLO) or photometric/zoom-out/IoU-crop + multi-scale (RT-DETRv2) on
+    progress: float = 0.0  # the fraction of the strong epochs done when this batch starts (SADA's ramp)
 
 
 class TrainBatch(NamedTuple):

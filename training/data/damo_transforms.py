@@ -21,9 +21,8 @@ strong=True (all epochs but the last `no_aug_epochs`), as `MosaicWrapper.__getit
     horizontal flip with probability hflip (albumentations HorizontalFlip: x -> W - x).
 strong=False (the last epochs; `set_mosaic(False)`): the dataset image, stretch resize, horizontal flip.
 
-Not implemented: SADA, the scale-aware box-level auto-augmentation (`damo/augmentations/scale_aware_aug.py`,
-box_prob 0.3) that the official recipe applies after the flip. Left out on purpose (task scope); training
-runs without it.
+ 6. SADA, the scale-aware box-level auto-augmentation, when the recipe has an `augment.sada` block (the
+    official recipe does): training/data/sada.py, ramped in by the fraction of the strong epochs done.
 
 Deviations from the official code (none changes the distribution of samples):
  - Randomness comes from the numpy Generator passed in (a sample is a function of (index, seed)), not from
@@ -44,7 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import cv2
@@ -58,6 +57,7 @@ from tdet.client.specs import DAMO_YOLO
 from .batch import SampleKey, TrainBatch, images_tensor
 from .coco import CocoDetection, Sample
 from .ops import F32, U8, augment_from_dict, hflip, stretch_resize
+from .sada import Sada, SadaConfig
 
 PAD = 114  # the official fill of the mosaic canvas, the affine border and the MixUp letterbox
 
@@ -76,6 +76,7 @@ class DamoAugment:
     mixup_prob: float = 0.15
     mixup_scale: tuple[float, float] = (0.5, 1.5)
     flip_prob: float = 0.5
+    sada: SadaConfig | None = None  # None: no SADA (a recipe without an `augment.sada` block)
 
     # recipe key -> {sub-key: field}
     _KEYS = {"mosaic": {"prob": "mosaic_prob", "scale": "mosaic_scale", "degrees": "degrees",
@@ -85,8 +86,14 @@ class DamoAugment:
     @classmethod
     def from_dict(cls, augment: dict[str, Any]) -> DamoAugment:
         """From `{mosaic: {prob, scale, degrees, translate, shear, keep_ratio}, mixup: {prob, scale}, hflip}`
-        (missing keys keep the defaults). Unknown keys raise ValueError."""
-        return augment_from_dict(cls, augment, cls._KEYS, {"hflip": "flip_prob"}, "DAMO-YOLO")
+        plus `sada: {box_prob, num_subpolicies, scale_splits, autoaug_params}` or null (missing keys keep the
+        defaults). Unknown keys raise ValueError."""
+        rest = {k: v for k, v in augment.items() if k != "sada"}
+        aug = augment_from_dict(cls, rest, cls._KEYS, {"hflip": "flip_prob"}, "DAMO-YOLO")
+        sada = augment.get("sada")
+        if sada is not None and not isinstance(sada, dict):
+            raise UserError(f"augment.sada: a mapping of SADA settings or null, got {sada!r}")
+        return replace(aug, sada=SadaConfig.from_dict(sada)) if sada is not None else aug
 
 
 def mosaic(parts: list[tuple[U8, F32]], center_xy: tuple[int, int], input_hw: tuple[int, int],
@@ -238,8 +245,10 @@ class DamoTrainTransform:
         self.input_hw = (int(input_hw[0]), int(input_hw[1]))
         self.aug = augment if isinstance(augment, DamoAugment) else DamoAugment.from_dict(augment)
         self._with_boxes = np.flatnonzero(dataset.num_boxes > 0)  # MixUp partners
+        self.sada = Sada(self.aug.sada) if self.aug.sada is not None else None
 
-    def __call__(self, index: int, rng: np.random.Generator, strong: bool) -> Sample:
+    def __call__(self, index: int, rng: np.random.Generator, strong: bool, progress: float = 0.0) -> Sample:
+        """progress: the fraction of the strong epochs done at this sample's batch (SADA's ramp)."""
         first = self.dataset.load(index)
         img, boxes, labels = first.image, first.boxes, first.labels
         if strong:
@@ -247,6 +256,8 @@ class DamoTrainTransform:
         img, boxes = stretch_resize(img, boxes, self.input_hw, DAMO_YOLO)
         if rng.random() < self.aug.flip_prob:
             img, boxes, labels = hflip(img, boxes, labels)
+        if strong and self.sada is not None:  # the official's iteration / max_iters passes 1 in the no-aug epochs
+            img, boxes, labels = self.sada(img, boxes, labels, progress, rng)
         return Sample(np.ascontiguousarray(img), boxes.astype(np.float32), labels.astype(np.int64),
                       first.image_id, first.orig_hw)
 

@@ -3,11 +3,12 @@
 Interface (what the trainer calls; the per-family parts, train_transform and train_collate, come from the
 family package, see tdet.training.family.Family):
 
-    build_train_transform(family, augment, input_hw, dataset) -> (index, rng, strong) -> Sample
+    build_train_transform(family, augment, input_hw, dataset) -> (index, rng, strong, progress) -> Sample
     build_train_loader(dataset, family, augment, input_hw, batch_size, seed, workers=2, rank=0, world=1,
                        multi_scale=None) -> DataLoader yielding TrainBatch
-        loader.batch_sampler is the TrainSampler: call `.set_epoch(epoch, strong=..., start_batch=...)`
-        before iterating each epoch (strong=False in the no-aug epochs; start_batch to resume mid-epoch).
+        loader.batch_sampler is the TrainSampler: call `.set_epoch(epoch, strong=..., start_batch=...,
+        strong_epochs=...)` before iterating each epoch (strong=False in the no-aug epochs; start_batch to resume
+        mid-epoch; strong_epochs, the run's epochs with strong augmentation, sets each key's progress).
     build_val_loader(dataset, family, input_hw, batch_size, workers=2) -> DataLoader yielding ValBatch
 
 TrainBatch: images float32 [B, 3, H, W] in the family's input range (DAMO-YOLO 0..255, RT-DETRv2 0..1),
@@ -17,7 +18,7 @@ ValBatch: images uint8 [B, 3, H, W] RGB at input_hw, exactly the served engine's
 resize: client resize_rgb + preprocess_spec; the model's cast/scale happens in training.reference.predict),
 image_ids int64 [B], orig_hw int64 [B, 2] (height, width of the file) for mapping boxes back for COCO eval.
 
-Determinism: a batch is a list of SampleKey(index, seed, epoch, strong); the sample is the transform applied
+Determinism: a batch is a list of SampleKey(index, seed, epoch, strong, progress); the sample is the transform applied
 with np.random.default_rng(seed), so it depends only on the key, never on the worker that made it, on the
 number of workers, or on what ran before (exact resume). The order is a permutation drawn from (seed, epoch),
 padded by wrapping to a multiple of `world` and dealt round-robin to the ranks (torch DistributedSampler's
@@ -29,7 +30,9 @@ normalized. It is off in the no-aug epochs (strong=False), as the official colla
 
 from __future__ import annotations
 
+import atexit
 import signal
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
@@ -45,7 +48,7 @@ from tdet.client.specs import FAMILIES, preprocess_spec
 from .batch import SampleKey
 from .coco import CocoDetection, Sample
 
-Transform = Callable[[int, np.random.Generator, bool], Sample]
+Transform = Callable[[int, np.random.Generator, bool, float], Sample]
 
 
 class ValBatch(NamedTuple):
@@ -75,13 +78,15 @@ class TrainSampler(Sampler[list[SampleKey]]):
             raise UserError(f"bad sampler arguments: len={dataset_len} batch={batch_size} rank={rank} world={world}")
         self.dataset_len, self.batch_size, self.seed = dataset_len, batch_size, int(seed)
         self.rank, self.world, self.drop_last = rank, world, drop_last
-        self.epoch, self.strong, self.start_batch = 0, True, 0
+        self.epoch, self.strong, self.start_batch, self.strong_epochs = 0, True, 0, 0
         if self.batches_per_epoch() == 0:
             raise UserError(f"{dataset_len} images give no full batch of {batch_size} per rank on {world} rank(s)")
 
-    def set_epoch(self, epoch: int, *, strong: bool = True, start_batch: int = 0) -> None:
-        """Select the epoch (its order), whether the strong augmentations are on, and the first batch to yield."""
+    def set_epoch(self, epoch: int, *, strong: bool = True, start_batch: int = 0, strong_epochs: int = 0) -> None:
+        """Select the epoch (its order), whether the strong augmentations are on, the first batch to yield, and
+        the run's strong epochs (a batch's progress: batches done / the strong epochs' batches; 0: always 0)."""
         self.epoch, self.strong, self.start_batch = int(epoch), bool(strong), int(start_batch)
+        self.strong_epochs = int(strong_epochs)
 
     def _shard(self) -> tuple[np.ndarray, np.ndarray]:
         """(dataset indices, sample seeds) of this rank for the epoch."""
@@ -102,9 +107,11 @@ class TrainSampler(Sampler[list[SampleKey]]):
 
     def __iter__(self) -> Iterator[list[SampleKey]]:
         index, seeds = self._shard()
-        for b in range(self.start_batch, self.batches_per_epoch()):
+        n = self.batches_per_epoch()
+        for b in range(self.start_batch, n):
             sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
-            yield [SampleKey(int(i), int(s), self.epoch, self.strong) for i, s in zip(index[sl], seeds[sl])]
+            progress = (self.epoch * n + b) / (self.strong_epochs * n) if self.strong_epochs > 0 else 0.0
+            yield [SampleKey(int(i), int(s), self.epoch, self.strong, progress) for i, s in zip(index[sl], seeds[sl])]
 
 
 class TrainDataset(Dataset):
@@ -117,7 +124,7 @@ class TrainDataset(Dataset):
         return self.length
 
     def __getitem__(self, key: SampleKey) -> tuple[Sample, SampleKey]:  # type: ignore[override]
-        return self.transform(key.index, np.random.default_rng(key.seed), key.strong), key
+        return self.transform(key.index, np.random.default_rng(key.seed), key.strong, key.progress), key
 
 
 def _worker_init(_: int) -> None:
@@ -130,14 +137,30 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def _loader_kwargs(workers: int) -> dict[str, Any]:
+def _loader_kwargs(workers: int, persistent: bool) -> dict[str, Any]:
     # a private generator: making an iterator must not draw from the global torch RNG (the model's denoising
     # noise uses it, and a resumed run must see the same draws)
     kw: dict[str, Any] = {"num_workers": workers, "pin_memory": torch.cuda.is_available(),
                           "generator": torch.Generator()}
     if workers > 0:
-        kw.update(persistent_workers=True, worker_init_fn=_worker_init, prefetch_factor=2)
+        kw.update(persistent_workers=persistent, worker_init_fn=_worker_init, prefetch_factor=2)
     return kw
+
+
+def close_loader(loader: DataLoader) -> None:
+    """End a loader's persistent workers now. They ignore SIGTERM (_worker_init), and multiprocessing's exit
+    handler stops daemonic children with SIGTERM and then joins them: a process exiting with them alive would
+    wait forever (a `tdet train` run that hung after its last step)."""
+    it = getattr(loader, "_iterator", None)
+    if it is not None and hasattr(it, "_shutdown_workers"):
+        it._shutdown_workers()
+    loader._iterator = None
+
+
+def _close_at_exit(ref: weakref.ref) -> None:
+    loader = ref()
+    if loader is not None:
+        close_loader(loader)
 
 
 def build_train_loader(dataset: CocoDetection, family: str, augment: dict[str, Any], input_hw: tuple[int, int],
@@ -147,8 +170,11 @@ def build_train_loader(dataset: CocoDetection, family: str, augment: dict[str, A
     collate = _family(family).train_collate(multi_scale)
     transform = build_train_transform(family, augment, input_hw, dataset)
     sampler = TrainSampler(len(dataset), batch_size, seed, rank, world)
-    return DataLoader(TrainDataset(transform, len(dataset)), batch_sampler=sampler, collate_fn=collate,
-                      **_loader_kwargs(workers))
+    loader = DataLoader(TrainDataset(transform, len(dataset)), batch_sampler=sampler, collate_fn=collate,
+                        **_loader_kwargs(workers, persistent=True))
+    if workers > 0:  # whatever path the process leaves by; registered after torch's and multiprocessing's: runs first
+        atexit.register(_close_at_exit, weakref.ref(loader))
+    return loader
 
 
 class ValDataset(Dataset):
@@ -175,5 +201,6 @@ def build_val_loader(dataset: CocoDetection, family: str, input_hw: tuple[int, i
     """The validation DataLoader: dataset order, every image once, the last batch may be short."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; known: {FAMILIES}")
+    # one pass per evaluation: its workers end with the pass
     return DataLoader(ValDataset(dataset, family, input_hw), batch_size=batch_size, shuffle=False,
-                      collate_fn=_val_collate, **_loader_kwargs(workers))
+                      collate_fn=_val_collate, **_loader_kwargs(workers, persistent=False))

@@ -202,7 +202,8 @@ class RTDETRTrainTransform:
         self.input_hw = (int(input_hw[0]), int(input_hw[1]))
         self.aug = augment if isinstance(augment, RTDETRAugment) else RTDETRAugment.from_dict(augment)
 
-    def __call__(self, index: int, rng: np.random.Generator, strong: bool) -> Sample:
+    def __call__(self, index: int, rng: np.random.Generator, strong: bool, progress: float = 0.0) -> Sample:
+        """progress (the fraction of the strong epochs done) is DAMO-YOLO's SADA ramp: nothing here ramps."""
         s, aug = self.dataset.load(index), self.aug
         img, boxes, labels = s.image, s.boxes, s.labels
         if strong:

@@ -223,9 +223,27 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # one input size per run (multi-scale: a few): autotune once
         self.fam = family_of(args.variant)
         self.recipe = resolve_recipe(args)
+        if self.resume_path is not None:
+            self.recipe = self._as_saved(self.recipe, self.resume_path)
         self.out = Path(args.out)
         self.state = RunState()
         self.backbone_path: Path | None = None  # the --backbone-weights file (resolved in _model)
+
+    # augment blocks added to the shipped recipes after runs were saved without them: such a run resumes as it
+    # began (without the block) instead of being refused as an edited recipe
+    NEWER_AUGMENTS = ("sada",)  # DAMO-YOLO's SADA (training/data/sada.py)
+
+    def _as_saved(self, recipe: Recipe, path: Path) -> Recipe:
+        saved = (load_resume(path).get("tdet") or {}).get("recipe")
+        if not isinstance(saved, dict) or not isinstance(saved.get("augment"), dict):
+            return recipe
+        newer = [k for k in self.NEWER_AUGMENTS if k in recipe.augment and k not in saved["augment"]]
+        if not newer:
+            return recipe
+        if self.dist.is_main:
+            print(f"resume: {path} was saved before the recipe had augment.{', augment.'.join(newer)}: the run "
+                  f"continues without it, as it began")
+        return dataclasses.replace(recipe, augment={k: v for k, v in recipe.augment.items() if k not in newer})
 
     # ---------------------------------------------------------------- setup
     def _datasets(self):
@@ -273,7 +291,7 @@ class Trainer:
             print(f"weights: resuming from the checkpoint {self.resume_path} (its model, EMA and optimizer state)")
         elif a.backbone_weights:
             print(f"weights: the backbone from {self.backbone_path} (pretrained, as the official recipe starts), "
-                  f"the encoder and decoder from the official initialisation")
+                  f"the encoder and decoder from random initialisation (the official init scheme)")
         elif not a.weights:
             print(no_weights_note(a.variant, pretrained_backbone=bool(self.fam.BACKBONE_WEIGHTS)))
         if skipped:
@@ -358,6 +376,10 @@ class Trainer:
             raise UserError(f"{err}; {self._save_after_error()}") from None
         except UserError as err:  # e.g. a corrupt val image: the message, not a loader worker's traceback
             raise UserError(worker_message(err)) from None
+        finally:
+            from ..data.loader import close_loader
+
+            close_loader(self.run.loader)
         summary = self._summary()
         D.shutdown(self.dist)
         return summary
@@ -388,7 +410,8 @@ class Trainer:
     def _epoch(self) -> None:
         r, dist, run, state = self.recipe, self.dist, self.run, self.state
         strong = state.epoch < r.epochs - r.no_aug_epochs
-        run.loader.batch_sampler.set_epoch(state.epoch, strong=strong, start_batch=state.batch)
+        run.loader.batch_sampler.set_epoch(state.epoch, strong=strong, start_batch=state.batch,
+                                           strong_epochs=r.epochs - r.no_aug_epochs)
         run.model.train()
         bar = tqdm(total=run.batches_per_epoch, initial=state.batch, desc=f"epoch {state.epoch + 1}/{r.epochs}",
                    unit="batch", disable=not dist.is_main or None, leave=dist.is_main, dynamic_ncols=True)
