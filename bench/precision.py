@@ -30,9 +30,10 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "training" / "demo"
-# (precision, keep the KEEP_FP32 layers, int8 activations: s8 the TensorRT form, u8 ONNX Runtime CPU's fast form)
-FORMS = (("fp32", True, ""), ("int8", True, "s8"), ("int8", False, "s8"), ("int8", True, "u8"),
-         ("fp16", True, ""), ("fp16", False, ""))
+# (precision, keep the KEEP_FP32 layers, int8 activations: s8 the TensorRT form, u8 ONNX Runtime CPU's fast form,
+# int8 weight bits: 7 the default, 8 saturates ONNX Runtime's int8 kernels on CPUs without VNNI)
+FORMS = (("fp32", True, "", 0), ("int8", True, "s8", 7), ("int8", False, "s8", 7), ("int8", True, "u8", 7),
+         ("int8", True, "s8", 8), ("int8", True, "u8", 8), ("fp16", True, "", 0), ("fp16", False, "", 0))
 
 
 def convert_all(variant: str, work: Path, calib_dir: Path, calib_num: int, method: str,
@@ -50,11 +51,13 @@ def convert_all(variant: str, work: Path, calib_dir: Path, calib_num: int, metho
     spec = specs.preprocess_spec(family, specs.parse_hw(meta[specs.META_INPUT_HW]))
     inputs = calibration_inputs(check_precision_args("int8", Calibration(calib_dir, calib_num, method)), spec)
     out = {"fp32": fp32}
-    for precision, keep, act in FORMS[1:]:
-        name = f"{precision}{' u8' if act == 'u8' else ''}{'' if keep else ' (no keep list)'}"
-        path = work / f"{variant}-{precision}{'-u8' if act == 'u8' else ''}{'' if keep else '-nokeep'}.onnx"
+    for precision, keep, act, bits in FORMS[1:]:
+        name = (f"{precision}{' u8' if act == 'u8' else ''}{' 8-bit weights' if bits == 8 else ''}"
+                f"{'' if keep else ' (no keep list)'}")
+        path = work / (f"{variant}-{precision}{'-u8' if act == 'u8' else ''}{'-w8' if bits == 8 else ''}"
+                       f"{'' if keep else '-nokeep'}.onnx")
         t = time.perf_counter()
-        calib = Calibration(calib_dir, calib_num, method, act) if precision == "int8" else None
+        calib = Calibration(calib_dir, calib_num, method, act, weight_bits=bits) if precision == "int8" else None
         reduce_precision(fp32, path, precision, family=family, inputs=inputs, calib=calib, keep_fp32=keep)
         print(f"{variant} {name}: converted in {time.perf_counter() - t:.0f} s", flush=True)
         out[name] = path

@@ -109,7 +109,8 @@ def test_int8_export_through_the_cli(fp32, data, tmp_path, capsys):
     meta = _meta(out)
     assert meta[specs.META_PRECISION] == "int8"
     assert json.loads(meta[specs.META_CALIBRATION]) == {"method": "percentile", "images": CALIB_NUM,
-                                                        "activations": "s8", "quantizer": "onnxruntime"}
+                                                        "activations": "s8", "quantizer": "onnxruntime",
+                                                        "weight_bits": 7}  # 8-bit weights saturate ORT sans VNNI
     _assert_detects_like(out, fp32["damo-yolo-t"], sorted(data["val"].iterdir()), "damo-yolo-t", "int8",
                          "damo-yolo-t int8 (CLI)")
 
@@ -179,6 +180,8 @@ def _write_images(folder: Path, n: int, bad: int | None = None) -> Path:
     ("modelopt-not-installed", "cannot import modelopt.onnx.quantization"),
     ("modelopt-u8", "symmetric int8 only"),
     ("modelopt-percentile", "not --calibrator percentile"),
+    ("modelopt-weight-bits", "ModelOpt writes 8-bit weights"),
+    ("fp32-with-weight-bits", "--int8-weight-bits: int8 calibration options"),
     ("python-without-modelopt", "--modelopt-python is for --quantizer modelopt"),
     ("fp32-no-keep-fp32", "--no-keep-fp32 is for --precision int8 / fp16"),  # it was ignored
 ])
@@ -191,12 +194,14 @@ def test_bad_calibration_is_a_clear_error_and_writes_nothing(tmp_path, capsys, c
     folders = {"empty": (0, None), "too-few": (3, None), "num-too-small": (8, None), "unreadable": (8, 3),
                "fp16-with-calib": (8, None)}
     folders.update({c: (8, None) for c in ("modelopt-no-python", "modelopt-python-missing", "modelopt-not-installed",
-                                           "modelopt-u8", "modelopt-percentile", "python-without-modelopt")})
+                                           "modelopt-u8", "modelopt-percentile", "python-without-modelopt",
+                                           "modelopt-weight-bits")})
     # this test's python has no ModelOpt (not a project dependency): the import check must refuse it
     modelopt = {"modelopt-no-python": [], "modelopt-python-missing": ["--modelopt-python", str(tmp_path / "nopy")],
                 "modelopt-not-installed": ["--modelopt-python", sys.executable],
                 "modelopt-u8": ["--modelopt-python", sys.executable, "--int8-activations", "u8"],
-                "modelopt-percentile": ["--modelopt-python", sys.executable, "--calibrator", "percentile"]}
+                "modelopt-percentile": ["--modelopt-python", sys.executable, "--calibrator", "percentile"],
+                "modelopt-weight-bits": ["--modelopt-python", sys.executable, "--int8-weight-bits", "7"]}
     if case in folders:
         args += ["--calib", str(_write_images(tmp_path / "calib", *folders[case])), "--calib-num",
                  "2" if case == "num-too-small" else "8"]
@@ -205,6 +210,9 @@ def test_bad_calibration_is_a_clear_error_and_writes_nothing(tmp_path, capsys, c
     if case == "fp32-with-activations":
         args[args.index("int8")] = "fp32"
         args += ["--int8-activations", "u8"]
+    if case == "fp32-with-weight-bits":
+        args[args.index("int8")] = "fp32"
+        args += ["--int8-weight-bits", "8"]
     if case == "fp32-no-keep-fp32":
         args[args.index("int8")] = "fp32"
         args += ["--no-keep-fp32"]

@@ -9,7 +9,16 @@ from pathlib import Path
 
 from tdet.client.errors import UserError, train_extra_missing
 
-from .precision import ACTIVATIONS, CALIBRATORS, DEFAULT_CALIB_NUM, MIN_CALIB_NUM, PRECISIONS, QUANTIZERS, Calibration
+from .precision import (
+    ACTIVATIONS,
+    CALIBRATORS,
+    DEFAULT_CALIB_NUM,
+    MIN_CALIB_NUM,
+    PRECISIONS,
+    QUANTIZERS,
+    WEIGHT_BITS,
+    Calibration,
+)
 from .train_cli import register_train
 
 
@@ -55,6 +64,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="int8: s8 (default) = symmetric int8, the form TensorRT builds (--engine tensorrt); u8 = "
                         "asymmetric uint8, the form ONNX Runtime's CPU provider runs fastest (TensorRT cannot "
                         "build it)")
+    p.add_argument("--int8-weight-bits", type=int, choices=WEIGHT_BITS,
+                   help="int8 (ONNX Runtime's quantizer): 7 (default) runs right on every x86 CPU; 8 (one more bit "
+                        "of weight precision) saturates ONNX Runtime's int8 kernels on CPUs without VNNI (AVX2 / "
+                        "AVX-512 only): for TensorRT or VNNI CPUs")
     p.add_argument("--quantizer", choices=QUANTIZERS,
                    help="int8: onnxruntime (default; quantize_static) or modelopt (NVIDIA ModelOpt's ONNX PTQ, "
                         "TensorRT's Q/DQ placement; symmetric int8, --calibrator minmax|entropy; needs "
@@ -107,7 +120,8 @@ def calibration_from_args(args: argparse.Namespace) -> Calibration | None:
     """--calib and its int8-only options -> a Calibration (None without --calib); one of them given without
     --calib is an error naming it (an option silently ignored is a different export than the one asked for)."""
     options = {"--calib-num": args.calib_num, "--calibrator": args.calibrator,
-               "--int8-activations": args.int8_activations, "--quantizer": args.quantizer,
+               "--int8-activations": args.int8_activations, "--int8-weight-bits": args.int8_weight_bits,
+               "--quantizer": args.quantizer,
                "--modelopt-python": args.modelopt_python}
     if args.calib is None:
         given = [k for k, v in options.items() if v is not None]
@@ -118,7 +132,7 @@ def calibration_from_args(args: argparse.Namespace) -> Calibration | None:
     return Calibration(defaults.images,
                        defaults.num if args.calib_num is None else args.calib_num,
                        args.calibrator or defaults.method, args.int8_activations or defaults.activations,
-                       args.quantizer or defaults.quantizer, args.modelopt_python)
+                       args.quantizer or defaults.quantizer, args.modelopt_python, args.int8_weight_bits)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -52,7 +52,8 @@ class Family(Protocol):
 
     def train_transform(self, dataset: CocoDetection, input_hw: tuple[int, int],
                         augment: dict[str, Any]) -> Callable[..., Any]:
-        """`(index, rng, strong) -> Sample`: the family's training augmentation."""
+        """`(index, rng, strong, progress=0.0) -> Sample`: the family's training augmentation (progress: the fraction
+        of the strong epochs done, for augmentations that ramp in)."""
 
     def train_collate(self, multi_scale: Sequence[int] | None = None) -> Callable[..., Any]:
         """list of (Sample, SampleKey) -> TrainBatch in the family's input range and TARGET_FORMAT."""

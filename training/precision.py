@@ -38,6 +38,11 @@ CALIBRATORS = ("minmax", "entropy", "percentile")  # onnxruntime.quantization.Ca
 # u8 = asymmetric uint8 x int8 weights, the form ONNX Runtime's CPU provider fuses into QLinearConv for every conv
 # (with s8 it fuses fewer than half of DAMO-YOLO-T's convs and runs the rest as Q/DQ + float Conv: README).
 ACTIVATIONS = ("s8", "u8")
+# int8 weight bits (ONNX Runtime's quantizer): 7 (`reduce_range`) by default. ORT's CPU int8 kernels on x86 CPUs
+# without VNNI (AVX2 / AVX-512 only) sum u8 x s8 products pairwise into int16 (vpmaddubsw), which saturates with
+# 8-bit weights: on such a CPU (this project's CI, an AVX2 EPYC) 8-bit int8 graphs lost up to 7.6 AP / moved scores
+# by 0.37 where 7-bit ones keep the fp32 detections. 8 bits only for TensorRT or VNNI CPUs (README).
+WEIGHT_BITS = (7, 8)
 QUANTIZERS = ("onnxruntime", "modelopt")
 MODELOPT_METHODS = {"minmax": "max", "entropy": "entropy"}  # our calibrator names -> ModelOpt's
 DEFAULT_CALIB_NUM = 64
@@ -78,6 +83,12 @@ class Calibration:
     activations: str = "s8"
     quantizer: str = "onnxruntime"
     modelopt_python: str | None = None
+    weight_bits: int | None = None  # None: 7 with ONNX Runtime's quantizer, ModelOpt's 8
+
+    @property
+    def bits(self) -> int:
+        """The int8 weights' bits the export writes."""
+        return 8 if self.quantizer == "modelopt" else (self.weight_bits or 7)
 
 
 def check_precision_args(precision: str, calib: Calibration | None, keep_fp32: bool = True) -> list[Path]:
@@ -99,6 +110,8 @@ def check_precision_args(precision: str, calib: Calibration | None, keep_fp32: b
         raise UserError(f"--int8-activations must be one of {', '.join(ACTIVATIONS)}, got {calib.activations!r}")
     if calib.quantizer not in QUANTIZERS:
         raise UserError(f"--quantizer must be one of {', '.join(QUANTIZERS)}, got {calib.quantizer!r}")
+    if calib.weight_bits not in (None, *WEIGHT_BITS):
+        raise UserError(f"--int8-weight-bits must be 7 or 8, got {calib.weight_bits}")
     if calib.quantizer == "modelopt":
         check_modelopt(calib)
     elif calib.modelopt_python is not None:
@@ -118,6 +131,9 @@ def check_modelopt(calib: Calibration) -> None:
     """--quantizer modelopt: the options ModelOpt has, and a --modelopt-python that imports it."""
     if calib.activations != "s8":
         raise UserError("--quantizer modelopt writes symmetric int8 only: drop --int8-activations u8")
+    if calib.weight_bits is not None:
+        raise UserError("--int8-weight-bits is ONNX Runtime's quantizer's (`reduce_range`); ModelOpt writes 8-bit "
+                        "weights: drop it")
     if calib.method not in MODELOPT_METHODS:
         raise UserError(f"--quantizer modelopt calibrates with {' or '.join(MODELOPT_METHODS)}, "
                         f"not --calibrator {calib.method}")
@@ -181,9 +197,9 @@ class CalibrationFeed:
 
 
 def quantize_int8(fp32: Path, out: Path, inputs: list[np.ndarray], *, family: str, method: str = "minmax",
-                  keep_fp32: bool = True, activations: str = "s8") -> list[str]:
-    """fp32 ONNX -> QDQ int8 ONNX at `out` (per-channel weights, activations calibrated on `inputs`);
-    -> the node names left in fp32."""
+                  keep_fp32: bool = True, activations: str = "s8", weight_bits: int = 7) -> list[str]:
+    """fp32 ONNX -> QDQ int8 ONNX at `out` (per-channel weights of `weight_bits` bits, activations calibrated on
+    `inputs`); -> the node names left in fp32."""
     import onnx
     from onnxruntime import quantization as q
     from onnxruntime.quantization.calibrate import save_tensors_data
@@ -206,7 +222,7 @@ def quantize_int8(fp32: Path, out: Path, inputs: list[np.ndarray], *, family: st
                           activation_type=act, weight_type=q.QuantType.QInt8,
                           calibrate_method=methods[method], nodes_to_exclude=exclude,
                           calibration_cache_path=str(cache) if method == "entropy" else None,
-                          extra_options={"ActivationSymmetric": activations == "s8"})
+                          reduce_range=weight_bits == 7, extra_options={"ActivationSymmetric": activations == "s8"})
     finally:
         root.setLevel(level)
         pre.unlink(missing_ok=True)
@@ -348,7 +364,8 @@ def write_precision_meta(path: Path, base_meta: dict[str, str], precision: str, 
     meta[specs.META_KEEP_FP32] = json.dumps({"patterns": list(patterns), "nodes": len(kept)})
     if calib is not None:
         meta[specs.META_CALIBRATION] = json.dumps({"method": calib.method, "images": calib.num,
-                                                   "activations": calib.activations, "quantizer": calib.quantizer})
+                                                   "activations": calib.activations, "quantizer": calib.quantizer,
+                                                   "weight_bits": calib.bits})
     del model.metadata_props[:]
     for k, v in meta.items():
         model.metadata_props.add(key=k, value=v)
@@ -370,7 +387,7 @@ def reduce_precision(fp32: Path, out: Path, precision: str, *, family: str, inpu
                                           python=calib.modelopt_python, keep_fp32=keep_fp32)
         else:
             kept = quantize_int8(fp32, out, inputs, family=family, method=calib.method, keep_fp32=keep_fp32,
-                                 activations=calib.activations)
+                                 activations=calib.activations, weight_bits=calib.bits)
     else:
         kept = convert_fp16(fp32, out, family=family, keep_fp32=keep_fp32)
     write_precision_meta(out, base_meta, precision, keep_patterns(family, keep_fp32), kept, calib)

@@ -238,7 +238,7 @@ def mixup(origin: U8, partner: U8, partner_boxes: F32, input_hw: tuple[int, int]
 
 
 class DamoTrainTransform:
-    """`(index, rng, strong) -> Sample` at input_hw: the DAMO-YOLO training pipeline over a CocoDetection."""
+    """`(index, rng, strong, progress) -> Sample` at input_hw: the DAMO-YOLO training pipeline over a CocoDetection."""
 
     def __init__(self, dataset: CocoDetection, input_hw: tuple[int, int], augment: DamoAugment | dict[str, Any]):
         self.dataset = dataset

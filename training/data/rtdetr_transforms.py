@@ -195,7 +195,7 @@ def sanitize(boxes: F32, labels: I64, hw: tuple[int, int], min_size: float) -> t
 
 
 class RTDETRTrainTransform:
-    """`(index, rng, strong) -> Sample` at input_hw: the RT-DETRv2 training pipeline over a CocoDetection."""
+    """`(index, rng, strong, progress) -> Sample` at input_hw: the RT-DETRv2 training pipeline over a CocoDetection."""
 
     def __init__(self, dataset: CocoDetection, input_hw: tuple[int, int], augment: RTDETRAugment | dict[str, Any]):
         self.dataset = dataset
