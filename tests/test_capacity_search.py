@@ -114,12 +114,22 @@ def _search(server, repo, frames, out, *extra) -> list[str]:
             "--out", str(out), *extra]
 
 
+def _measured_search(args: list[str], capsys, tries: int = 3) -> tuple[int, str]:
+    """`tdet capacity --search`, again when the tool voided a trial because its own load generator fell behind
+    schedule (a stalled 2-core VM: "the numbers describe the generator, not the server"), at most `tries` times."""
+    for _ in range(tries):
+        rc = main(args)
+        stdout = capsys.readouterr().out
+        if "the load generator was late" not in stdout:
+            break
+    return rc, stdout
+
+
 def test_search_doubles_the_capacity_with_two_engine_instances_and_restores(server, repo, frames, tmp_path,
                                                                             capsys):
     before = _files(repo)
     out = tmp_path / "search"
-    rc = main(_search(server, repo, frames, out))
-    stdout = capsys.readouterr().out
+    rc, stdout = _measured_search(_search(server, repo, frames, out), capsys)
     assert rc == 0, stdout
     result = json.loads((out / "search.json").read_text())
     base, engine2, pre2 = result["trials"]
@@ -173,16 +183,15 @@ def test_apply_leaves_the_best_config_in_the_repository_and_loaded(server, repo,
     before = _files(repo)
     out = tmp_path / "search"
     try:
-        rc = main(_search(server, repo, frames, out, "--apply", "--budget", "1"))  # one trial, then two: no more
-        stdout = capsys.readouterr().out
+        # one trial, then two: no more
+        rc, stdout = _measured_search(_search(server, repo, frames, out, "--apply", "--budget", "1"), capsys)
         result = json.loads((out / "search.json").read_text())
         assert rc == 0 and result["applied"], stdout
         assert [t["label"] for t in result["trials"]] == ["as in the repository"]
         assert "budget" in result["stopped"] and result["best"] == 0
         assert _files(repo) == before  # the best is the config as it was: nothing to write
 
-        rc = main(_search(server, repo, frames, out, "--apply", "--budget", "600"))
-        stdout = capsys.readouterr().out
+        rc, stdout = _measured_search(_search(server, repo, frames, out, "--apply", "--budget", "600"), capsys)
         assert rc == 0, stdout
         assert _counts(server.grpc_url) == {"cam_preprocess": 1, "cam_engine": 2}
         assert b"count: 2" in (repo / "cam_engine" / "config.pbtxt").read_bytes()
