@@ -45,7 +45,8 @@ def augment_from_dict(cls: type[T], augment: dict[str, Any], nested: dict[str, d
 
 def _cast(value: Any, type_name: str) -> Any:
     if type_name.startswith("tuple"):
-        return tuple(float(x) for x in value)
+        kind = int if type_name.startswith("tuple[int") else float
+        return tuple(kind(x) for x in value)
     return {"bool": bool, "int": int}.get(type_name, float)(value)
 
 

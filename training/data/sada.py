@@ -44,7 +44,7 @@ from PIL import Image
 
 from tdet.client.errors import UserError
 
-from .ops import F32, I64, U8
+from .ops import F32, I64, U8, augment_from_dict
 
 Img = npt.NDArray[np.float32]  # HWC RGB in [0, 1]
 Op = tuple[str, float, int]  # name, probability, level
@@ -75,22 +75,9 @@ class SadaConfig:
 
     @classmethod
     def from_dict(cls, block: dict[str, Any]) -> SadaConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(block) - names)
-        if unknown:
-            raise UserError(f"unknown DAMO-YOLO augment key(s) {['sada.' + k for k in unknown]}; known: "
-                            f"{sorted('sada.' + n for n in names)}")
-        kw: dict[str, Any] = dict(block)
-        if "scale_splits" in kw:
-            kw["scale_splits"] = tuple(float(v) for v in kw["scale_splits"])
-        if "autoaug_params" in kw:
-            kw["autoaug_params"] = tuple(int(v) for v in kw["autoaug_params"])
-        for k in ("box_prob",):
-            if k in kw:
-                kw[k] = float(kw[k])
-        if "num_subpolicies" in kw:
-            kw["num_subpolicies"] = int(kw["num_subpolicies"])
-        return cls(**kw)
+        """From the recipe's `sada` mapping (missing keys keep the defaults; unknown ones are refused)."""
+        return augment_from_dict(cls, {"sada": block}, {"sada": {f.name: f.name for f in fields(cls)}}, {},
+                                 "DAMO-YOLO")
 
 
 # ---------------------------------------------------------------- colour ops (color_augs.py), on [0, 1]
